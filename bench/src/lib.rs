@@ -1,0 +1,1 @@
+//! strata-bench: storage-driver benchmarks (issue 5; not built yet).
