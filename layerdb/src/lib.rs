@@ -1,1 +1,21 @@
-//! strata-layerdb: the store of layers, images and tags (issue 4; being built).
+//! strata-layerdb: the store of layers, images and tags.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub(crate) mod extract;
+pub(crate) mod fsutil;
+pub mod ids;
+pub mod reference;
+pub mod store;
+pub(crate) mod sys;
+pub(crate) mod tarfmt;
+pub(crate) mod tarsplit;
+
+pub use config::{CommitMeta, ConfigChange, ImageConfig};
+pub use error::{Error, Result};
+pub use ids::{ChainId, DiffId, Digest, ImageId};
+pub use reference::ImageName;
+pub use store::{
+    HistoryEntry, ImageInfo, ImageSummary, ImportOptions, LayerInfo, Removed, Store,
+};
