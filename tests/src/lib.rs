@@ -1,2 +1,39 @@
-//! Shared helpers for Strata's integration tests: layer-stack fixtures and
-//! mount guards.
+//! Shared helpers for Strata's integration tests: layer-stack fixtures
+//! ([`fixture`]), mount guards for the kernel's overlayfs and for a
+//! fuse-overlayfs-compatible mount program ([`mount`]), tree snapshots and
+//! their comparison ([`tree`]), and scripted operations with the
+//! differential driver ([`ops`]).
+//!
+//! The program under test is `$STRATA_MOUNT`, else the workspace's built
+//! `strata-mount` (run `cargo build -p strata-fs` first). The tests mount,
+//! so they run as root.
+
+pub mod fixture;
+pub mod mount;
+pub mod ops;
+pub mod sys;
+pub mod tree;
+
+pub use fixture::{Layer, Layers, OpaqueForm, FIXTURE_MTIME};
+pub use mount::{Backend, Mounted};
+pub use ops::{differential, Op, OpResult, Out};
+pub use tree::{diff, snapshot, SnapOpts, Snapshot};
+
+/// Defines a module `$name` with two tests, `kernel` and `strata`, each
+/// calling `$check(&Backend)`: the kernel run validates the test itself
+/// against the reference, the strata run tests the program under test.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident, $check:ident) => {
+        mod $name {
+            #[test]
+            fn kernel() {
+                super::$check(&$crate::Backend::Kernel)
+            }
+            #[test]
+            fn strata() {
+                super::$check(&$crate::Backend::strata())
+            }
+        }
+    };
+}

@@ -1,0 +1,144 @@
+//! The raw syscalls the test helpers need that `nix` does not wrap: extended
+//! attributes on paths (never following symlinks) and `getdents64` with a
+//! caller-chosen buffer size. Each returns the errno the kernel gave.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+
+fn cpath(path: &Path) -> Result<CString, Errno> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn cname(name: &str) -> Result<CString, Errno> {
+    CString::new(name).map_err(|_| Errno::EINVAL)
+}
+
+/// `lsetxattr(2)` with flags 0 (create or replace).
+pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), Errno> {
+    let (p, n) = (cpath(path)?, cname(name)?);
+    // SAFETY: p and n are NUL-terminated and live across the call; value is a
+    // valid slice of value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `lremovexattr(2)`.
+pub fn lremovexattr(path: &Path, name: &str) -> Result<(), Errno> {
+    let (p, n) = (cpath(path)?, cname(name)?);
+    // SAFETY: both strings are NUL-terminated and live across the call.
+    let r = unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+/// `lgetxattr(2)`: the whole value, however long.
+pub fn lgetxattr(path: &Path, name: &str) -> Result<Vec<u8>, Errno> {
+    let (p, n) = (cpath(path)?, cname(name)?);
+    loop {
+        // SAFETY: a NULL buffer with size 0 asks for the value's length.
+        let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        let len = Errno::result(len)? as usize;
+        let mut buf = vec![0u8; len.max(1)];
+        // SAFETY: buf is writable for buf.len() bytes.
+        let got =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match Errno::result(got) {
+            Ok(got) => {
+                buf.truncate(got as usize);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => continue, // it grew in between
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `llistxattr(2)`: all names, in the order the filesystem gave them.
+pub fn llistxattr(path: &Path) -> Result<Vec<String>, Errno> {
+    let p = cpath(path)?;
+    loop {
+        // SAFETY: a NULL buffer with size 0 asks for the list's length.
+        let len = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        let len = Errno::result(len)? as usize;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; len];
+        // SAFETY: buf is writable for buf.len() bytes.
+        let got = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match Errno::result(got) {
+            Ok(got) => {
+                buf.truncate(got as usize);
+                return Ok(buf
+                    .split(|&b| b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect());
+            }
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One entry returned by `getdents64`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirent {
+    /// `d_ino`.
+    pub ino: u64,
+    /// `d_off`: the cookie to continue after this entry.
+    pub off: i64,
+    /// `d_type` (`DT_*`).
+    pub kind: u8,
+    /// The name, without its NUL.
+    pub name: Vec<u8>,
+}
+
+/// One `getdents64(2)` call with a buffer of `buf_size` bytes. An empty vector
+/// means end of directory.
+pub fn getdents64(dir: BorrowedFd<'_>, buf_size: usize) -> Result<Vec<Dirent>, Errno> {
+    let mut buf = vec![0u8; buf_size];
+    // SAFETY: buf is writable for buf.len() bytes and dir is an open fd.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            dir.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    let n = Errno::result(n)? as usize;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < n {
+        let rec = &buf[pos..n];
+        let ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
+        let off = i64::from_ne_bytes(rec[8..16].try_into().expect("8 bytes"));
+        let reclen = u16::from_ne_bytes(rec[16..18].try_into().expect("2 bytes")) as usize;
+        let kind = rec[18];
+        let name_field = &rec[19..reclen];
+        let len = name_field
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_field.len());
+        out.push(Dirent {
+            ino,
+            off,
+            kind,
+            name: name_field[..len].to_vec(),
+        });
+        pos += reclen;
+    }
+    Ok(out)
+}
