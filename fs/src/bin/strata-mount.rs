@@ -1,0 +1,226 @@
+//! `strata-mount`: fuse-overlayfs's command line over Strata's union
+//! filesystem, usable as the `mount_program` of podman, buildah and dockerd.
+//!
+//! `strata-mount [-f] [-d] -o lowerdir=A:B[,upperdir=U,workdir=W][,...] MNT`
+//!
+//! Without `-f` it forks: the parent exits 0 once the mount is live (or
+//! non-zero with a one-line reason on stderr, leaving nothing mounted), and
+//! the server goes on in the background until the mount is unmounted
+//! (`fusermount3 -u MNT`) or it gets SIGTERM/SIGINT, which unmount it.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{fork, pipe, setsid, ForkResult};
+use strata_fs::{MountOptions, Mounted};
+
+struct Args {
+    options: Vec<String>,
+    mountpoint: Option<PathBuf>,
+    foreground: bool,
+    debug: bool,
+}
+
+fn usage() -> &'static str {
+    "usage: strata-mount [-f] [-d] -o lowerdir=LOWER1:LOWER2[,upperdir=UPPER,workdir=WORK][,OPTIONS] MOUNTPOINT"
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut a = Args {
+        options: Vec::new(),
+        mountpoint: None,
+        foreground: false,
+        debug: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--version" | "-V" => {
+                println!("strata-mount version {}", env!("CARGO_PKG_VERSION"));
+                println!("strata-fs: FUSE union filesystem, fuse-overlayfs compatible");
+                return Ok(None);
+            }
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return Ok(None);
+            }
+            "-f" => a.foreground = true,
+            "-d" | "--debug" => {
+                a.debug = true;
+                a.foreground = true;
+            }
+            "-o" => a.options.push(it.next().ok_or("-o needs an argument")?),
+            s if s.starts_with("-o") && s.len() > 2 => a.options.push(s[2..].to_string()),
+            s if s.starts_with('-') => return Err(format!("unknown flag {s}\n{}", usage())),
+            s => {
+                if a.mountpoint.is_some() {
+                    // fuse-overlayfs accepts (and ignores) a source argument
+                    // before the mountpoint: keep the last path as mountpoint.
+                }
+                a.mountpoint = Some(PathBuf::from(s));
+            }
+        }
+    }
+    if a.options.iter().any(|o| o.split(',').any(|x| x == "debug")) {
+        a.debug = true;
+        a.foreground = true;
+    }
+    Ok(Some(a))
+}
+
+fn init_logging(debug: bool) {
+    let filter = if debug {
+        "debug".to_string()
+    } else {
+        std::env::var("STRATA_LOG").unwrap_or_else(|_| "warn".into())
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Blocks the signals that end the server so a dedicated thread can wait
+/// for them (workers inherit the mask).
+fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    let _ = set.thread_block();
+    set
+}
+
+fn serve(opts: MountOptions, mnt: PathBuf, ready: Option<std::fs::File>) -> ExitCode {
+    let signals = block_signals();
+    let mounted = match Mounted::mount(opts, &mnt) {
+        Ok(m) => m,
+        Err(e) => {
+            let msg = format!("strata-mount: {e}");
+            match ready {
+                Some(mut w) => {
+                    let _ = w.write_all(msg.as_bytes());
+                }
+                None => eprintln!("{msg}"),
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let mountpoint = mounted.mountpoint().to_path_buf();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            let _ = strata_fs::unmount(&mountpoint);
+        }
+    });
+    if let Some(mut w) = ready {
+        let _ = w.write_all(b"OK");
+        drop(w);
+    }
+    match mounted.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(?e, "FUSE session ended with an error");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-mount: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(mnt) = args.mountpoint.clone() else {
+        eprintln!("strata-mount: no mountpoint given\n{}", usage());
+        return ExitCode::from(2);
+    };
+    let opts = match MountOptions::parse(args.options.iter().map(String::as_str)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("strata-mount: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = opts.validate() {
+        eprintln!("strata-mount: {e}");
+        return ExitCode::from(2);
+    }
+    if args.foreground {
+        init_logging(args.debug);
+        return serve(opts, mnt, None);
+    }
+    // Fork before any thread exists; the child reports through a pipe.
+    let (r, w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("strata-mount: pipe: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // SAFETY of fork: the process is single-threaded here.
+    #[allow(unsafe_code)]
+    match unsafe { fork() } {
+        Err(e) => {
+            eprintln!("strata-mount: fork: {e}");
+            ExitCode::from(1)
+        }
+        Ok(ForkResult::Parent { .. }) => {
+            drop(w);
+            // SAFETY: `r` is an owned fd we hand to File.
+            #[allow(unsafe_code)]
+            let mut f = unsafe { std::fs::File::from_raw_fd(r.into_raw_fd()) };
+            let mut msg = String::new();
+            let _ = f.read_to_string(&mut msg);
+            if msg == "OK" {
+                ExitCode::SUCCESS
+            } else {
+                let msg = if msg.is_empty() {
+                    "strata-mount: the server died before the mount was ready".into()
+                } else {
+                    msg
+                };
+                eprintln!("{}", msg.trim_end());
+                ExitCode::from(1)
+            }
+        }
+        Ok(ForkResult::Child) => {
+            drop(r);
+            let _ = setsid();
+            init_logging(false);
+            // SAFETY: `w` is an owned fd we hand to File.
+            #[allow(unsafe_code)]
+            let w = unsafe { std::fs::File::from_raw_fd(w.into_raw_fd()) };
+            redirect_stdio();
+            serve(opts, mnt, Some(w))
+        }
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null so the server holds no
+/// terminal or pipe of its caller (podman waits for EOF on the stderr pipe it
+/// gives the mount program). Logs go to `$STRATA_LOG_FILE` when set.
+fn redirect_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let log = std::env::var_os("STRATA_LOG_FILE").and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        let _ = nix::unistd::dup2_stderr(log.as_ref().unwrap_or(&null));
+    }
+}

@@ -1,0 +1,243 @@
+//! Copy-up: bringing a lower entry into the upper layer before its first
+//! change.
+//!
+//! Parents are copied up first. Data and metadata (mode, owner, times,
+//! xattrs) are assembled under a temporary name in `WORKDIR/work` and renamed
+//! into place, so a crash never leaves a half-copied file visible; leftovers
+//! are removed at the next mount. Data moves with `copy_file_range`, which
+//! reflinks where the filesystem can. A copied-up non-directory records its
+//! origin's inode number (`trusted.overlay.strata.origin`) so `st_ino` stays
+//! the same.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use tracing::error;
+
+use crate::layers::LayerIdx;
+use crate::nodes::{Kind, Node, NodeId};
+use crate::overlay::{Overlay, Res, ORIGIN_XATTR};
+use crate::path::RelPath;
+use crate::sys::{self, Time};
+use crate::whiteout;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temporary name inside the work directory.
+pub fn temp_name() -> CString {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    CString::new(format!("#strata-{}-{n}", std::process::id())).expect("no NUL")
+}
+
+/// Whether an xattr name is private to the overlay and never copied or shown.
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// How much of a file to copy up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyData {
+    /// The whole content.
+    All,
+    /// Nothing: the caller truncates it to zero anyway (`O_TRUNC`).
+    None,
+}
+
+impl Overlay {
+    /// Makes sure `node` exists in the upper layer, copying it (and its
+    /// parents) up if needed.
+    pub fn ensure_upper(&self, node: &Node) -> Res<()> {
+        self.ensure_upper_with(node, CopyData::All)
+    }
+
+    /// As [`Overlay::ensure_upper`], choosing how much data to copy.
+    pub fn ensure_upper_with(&self, node: &Node, data: CopyData) -> Res<()> {
+        let upper = self.upper()?;
+        if node.top() == upper {
+            return Ok(());
+        }
+        if node.id != NodeId::ROOT {
+            let parent = self.parent_of(node)?;
+            self.ensure_upper(&parent)?;
+        }
+        let _guard = node.change.lock();
+        let s = node.state();
+        if s.layers[0] == upper {
+            return Ok(());
+        }
+        let path = self.nodes.path(node)?;
+        self.copy_up_entry(s.layers[0], &path, data, node.ino)?;
+        let mut w = node.state.write();
+        if w.kind == Kind::Dir {
+            w.layers.insert(0, upper);
+        } else {
+            w.layers = vec![upper];
+        }
+        Ok(())
+    }
+
+    /// Copies the entry `path` of layer `from` to the same path in the upper
+    /// layer, whose parent directory must already exist there. `ino` is the
+    /// inode number to keep.
+    pub fn copy_up_entry(
+        &self,
+        from: LayerIdx,
+        path: &RelPath,
+        data: CopyData,
+        ino: u64,
+    ) -> Res<()> {
+        let upper = self.upper()?;
+        let work = self.stack.work().ok_or(Errno::EROFS)?;
+        let src = self.stack.fd(from);
+        let st = sys::stat_at(src, path.c())?;
+        let kind = Kind::from_mode(st.st_mode);
+        let tmp = temp_name();
+        let res = self.build_copy(src, path, &st, kind, work, &tmp, data, ino);
+        if let Err(e) = res {
+            error!(?e, %path, "copy-up failed");
+            let _ = crate::layers::remove_tree(work, &tmp, kind == Kind::Dir);
+            return Err(e);
+        }
+        let dst = self.stack.fd(upper);
+        // Replace whatever the upper layer has at the name (nothing, or a
+        // whiteout of the AUFS form, which is removed after).
+        if let Err(e) = sys::rename_at2(work, &tmp, dst, path.c(), 0) {
+            error!(?e, %path, "copy-up rename failed");
+            let _ = crate::layers::remove_tree(work, &tmp, kind == Kind::Dir);
+            return Err(e);
+        }
+        if self.whiteout_form == whiteout::WhiteoutForm::WhFile {
+            whiteout::remove_wh_file(dst, path)?;
+        }
+        if self.do_fsync() && kind == Kind::File {
+            let (parent, _) = path.split();
+            if let Ok(d) = sys::open_beneath(dst, parent.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            {
+                let _ = sys::fsync(d.as_fd(), false);
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy(
+        &self,
+        src: BorrowedFd<'_>,
+        path: &RelPath,
+        st: &libc::stat,
+        kind: Kind,
+        work: BorrowedFd<'_>,
+        tmp: &std::ffi::CStr,
+        data: CopyData,
+        ino: u64,
+    ) -> Res<()> {
+        let perm = st.st_mode & 0o7777;
+        match kind {
+            Kind::Dir => {
+                sys::mkdir_at(work, tmp, 0o700)?;
+            }
+            Kind::File => {
+                let out = sys::open_beneath(
+                    work,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )?;
+                if data == CopyData::All && st.st_size > 0 {
+                    let inp = sys::open_beneath(src, path.c(), libc::O_RDONLY, 0)?;
+                    copy_data(inp.as_fd(), out.as_fd(), st.st_size as u64)?;
+                }
+                if self.do_fsync() {
+                    sys::fsync(out.as_fd(), false)?;
+                }
+            }
+            Kind::Symlink => {
+                let target = sys::readlink_at(src, path.c())?;
+                let t = CString::new(target).map_err(|_| Errno::EINVAL)?;
+                sys::symlink_at(&t, work, tmp)?;
+            }
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                sys::mknod_at(work, tmp, st.st_mode, st.st_rdev)?;
+            }
+        }
+        let tmp_path = RelPath::from_bytes(tmp.to_bytes());
+        copy_xattrs(src, path, work, &tmp_path)?;
+        sys::chown_at(work, tmp, st.st_uid, st.st_gid)?;
+        if kind != Kind::Symlink {
+            sys::chmod_at(work, tmp, perm)?;
+        }
+        if kind != Kind::Dir && self.privileged {
+            let _ = sys::setxattr_at(work, tmp, ORIGIN_XATTR, &ino.to_le_bytes(), 0);
+        }
+        sys::utimens_at(
+            work,
+            tmp,
+            Time::Set(st.st_atime, st.st_atime_nsec),
+            Time::Set(st.st_mtime, st.st_mtime_nsec),
+        )?;
+        Ok(())
+    }
+}
+
+/// Copies `len` bytes from `inp` to `out`, by `copy_file_range` where the
+/// kernel can, else by read and write.
+pub fn copy_data(inp: BorrowedFd<'_>, out: BorrowedFd<'_>, len: u64) -> Res<()> {
+    match sys::copy_range(inp, 0, out, 0, len) {
+        Ok(n) if n == len => return Ok(()),
+        Ok(n) => return copy_loop(inp, out, n, len),
+        Err(Errno::EXDEV) | Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => {}
+        Err(e) => return Err(e),
+    }
+    copy_loop(inp, out, 0, len)
+}
+
+fn copy_loop(inp: BorrowedFd<'_>, out: BorrowedFd<'_>, mut off: u64, len: u64) -> Res<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while off < len {
+        let n = sys::pread(inp, &mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        sys::pwrite(out, &buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies the xattrs of `src/path` to `dst/dst_path`, except the overlay's
+/// private ones.
+pub fn copy_xattrs(
+    src: BorrowedFd<'_>,
+    path: &RelPath,
+    dst: BorrowedFd<'_>,
+    dst_path: &RelPath,
+) -> Res<()> {
+    let names = match sys::listxattr_vec(src, path.c()) {
+        Ok(n) => n,
+        Err(Errno::EOPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        if is_private_xattr(&name) {
+            continue;
+        }
+        let cname = CString::new(name).map_err(|_| Errno::EINVAL)?;
+        let value = match sys::getxattr_vec(src, path.c(), &cname) {
+            Ok(v) => v,
+            Err(Errno::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::setxattr_at(dst, dst_path.c(), &cname, &value, 0) {
+            Ok(()) => {}
+            // security.* labels the upper filesystem refuses are not data.
+            Err(Errno::EOPNOTSUPP) | Err(Errno::EPERM)
+                if cname.to_bytes().starts_with(b"security.") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,700 @@
+//! The `fuser::Filesystem` implementation: a switchboard.
+//!
+//! Each handler decodes the request, calls the module that owns the area,
+//! and replies; every error becomes `reply.error` in one place. A handler
+//! never takes the daemon down: a panic is caught, logged, and answered with
+//! `EIO` (fuser replies `EIO` for a dropped reply).
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileHandle, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use nix::errno::Errno;
+use tracing::{error, info};
+
+use crate::namespace::NewEntry;
+use crate::nodes::{Node, NodeId};
+use crate::overlay::{Caller, Overlay, Res};
+use crate::setattr::AttrChange;
+use crate::sys::{self, Time};
+
+/// The FUSE server of one mount.
+#[derive(Debug)]
+pub struct StrataFs {
+    ov: Arc<Overlay>,
+}
+
+impl StrataFs {
+    /// Serves `ov`.
+    pub fn new(ov: Arc<Overlay>) -> Self {
+        StrataFs { ov }
+    }
+
+    fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
+        self.ov.nodes.get(NodeId(ino.0))
+    }
+}
+
+fn errno(e: Errno) -> FErrno {
+    FErrno::from_i32(e as i32)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn time(t: Option<TimeOrNow>) -> Option<Time> {
+    t.map(|t| match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                if n == 0 {
+                    Time::Set(-s, 0)
+                } else {
+                    Time::Set(-s - 1, 1_000_000_000 - n)
+                }
+            }
+        },
+    })
+}
+
+/// Runs a handler, turning a panic into a logged error (the dropped reply
+/// answers `EIO`).
+fn guarded(op: &'static str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        error!(op, "request handler panicked; answered EIO");
+    }
+}
+
+macro_rules! reply_or_err {
+    ($reply:ident, $res:expr, |$v:pat_param| $ok:expr) => {
+        match $res {
+            Ok($v) => $ok,
+            Err(e) => $reply.error(errno(e)),
+        }
+    };
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let caps = config.capabilities();
+        let want = [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_EXPORT_SUPPORT,
+            InitFlags::FUSE_ASYNC_DIO,
+        ];
+        for f in want {
+            if caps.contains(f) {
+                let _ = config.add_capabilities(f);
+            }
+        }
+        if crate::overlay::passthrough_on(&self.ov) {
+            if caps.contains(InitFlags::FUSE_PASSTHROUGH) && config.set_max_stack_depth(1).is_ok() {
+                let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
+                info!("FUSE passthrough enabled for upper files");
+            } else {
+                self.ov
+                    .passthrough
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guarded("lookup", || {
+            let ttl = self.ov.ttl();
+            reply_or_err!(
+                reply,
+                self.node(parent).and_then(|p| self.ov.lookup(&p, name)),
+                |(n, attr)| { reply.entry_node(INodeNo(n.id.0), &ttl, &attr, Generation(0)) }
+            )
+        })
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.nodes.forget(NodeId(ino.0), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        guarded("getattr", || {
+            let ttl = self.ov.ttl();
+            let res =
+                self.node(ino)
+                    .and_then(|n| match fh.and_then(|fh| self.ov.file_fd(fh.0).ok()) {
+                        Some(fd) => {
+                            sys::fstat(fd.as_fd()).map(|st| self.ov.attr_from_stat(&n, &st))
+                        }
+                        None => self.ov.getattr(&n),
+                    });
+            reply_or_err!(reply, res, |attr| reply.attr(&ttl, &attr))
+        })
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        guarded("setattr", || {
+            let ttl = self.ov.ttl();
+            let ch = AttrChange {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: time(atime),
+                mtime: time(mtime),
+                fh: fh.map(|f| f.0),
+            };
+            reply_or_err!(
+                reply,
+                self.node(ino).and_then(|n| self.ov.setattr(&n, ch)),
+                |attr| reply.attr(&ttl, &attr)
+            )
+        })
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        guarded("readlink", || {
+            let res = self.node(ino).and_then(|n| {
+                let path = self.ov.nodes.path(&n)?;
+                sys::readlink_at(self.ov.stack.fd(n.top()), path.c())
+            });
+            reply_or_err!(reply, res, |t| reply.data(&t))
+        })
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mknod", || {
+            let ttl = self.ov.ttl();
+            let entry = NewEntry::Node {
+                rdev: rdev as u64,
+                file_type: mode & libc::S_IFMT,
+            };
+            let res = self
+                .node(parent)
+                .and_then(|p| self.ov.create_entry(&p, name, mode, entry, &caller(req)));
+            reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
+                INodeNo(n.id.0),
+                &ttl,
+                &attr,
+                Generation(0)
+            ))
+        })
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mkdir", || {
+            let ttl = self.ov.ttl();
+            let res = self.node(parent).and_then(|p| {
+                self.ov
+                    .create_entry(&p, name, mode, NewEntry::Dir, &caller(req))
+            });
+            reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
+                INodeNo(n.id.0),
+                &ttl,
+                &attr,
+                Generation(0)
+            ))
+        })
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("unlink", || {
+            reply_or_err!(
+                reply,
+                self.node(parent)
+                    .and_then(|p| self.ov.remove(&p, name, false)),
+                |()| reply.ok()
+            )
+        })
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("rmdir", || {
+            reply_or_err!(
+                reply,
+                self.node(parent)
+                    .and_then(|p| self.ov.remove(&p, name, true)),
+                |()| reply.ok()
+            )
+        })
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        guarded("symlink", || {
+            let ttl = self.ov.ttl();
+            use std::os::unix::ffi::OsStrExt;
+            let entry = NewEntry::Symlink {
+                target: target.as_os_str().as_bytes(),
+            };
+            let res = self.node(parent).and_then(|p| {
+                self.ov
+                    .create_entry(&p, link_name, 0o777, entry, &caller(req))
+            });
+            reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
+                INodeNo(n.id.0),
+                &ttl,
+                &attr,
+                Generation(0)
+            ))
+        })
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        guarded("rename", || {
+            let res = self.node(parent).and_then(|p| {
+                let np = self.node(newparent)?;
+                self.ov.rename(&p, name, &np, newname, flags.bits())
+            });
+            reply_or_err!(reply, res, |()| reply.ok())
+        })
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        guarded("link", || {
+            let ttl = self.ov.ttl();
+            let res = self.node(ino).and_then(|n| {
+                let np = self.node(newparent)?;
+                self.ov.link(&n, &np, newname)
+            });
+            reply_or_err!(reply, res, |(n, attr)| reply.entry_node(
+                INodeNo(n.id.0),
+                &ttl,
+                &attr,
+                Generation(0)
+            ))
+        })
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        guarded("open", || {
+            let res = self
+                .node(ino)
+                .and_then(|n| self.ov.open(&n, flags.0, &|fd| reply.open_backing(fd)));
+            match res {
+                Ok(o) => {
+                    let mut f = FopenFlags::empty();
+                    if o.keep_cache {
+                        f |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    match &o.backing {
+                        Some(b) => reply.opened_passthrough(FileHandle(o.fh), f, b),
+                        None => reply.opened(FileHandle(o.fh), f),
+                    }
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        })
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        guarded("read", || {
+            reply_or_err!(reply, self.ov.read(fh.0, offset, size), |d| reply.data(&d))
+        })
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        guarded("write", || {
+            reply_or_err!(reply, self.ov.write(fh.0, offset, data), |n| reply
+                .written(n as u32))
+        })
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.ov.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsync", || {
+            reply_or_err!(reply, self.ov.fsync(fh.0, datasync), |()| reply.ok())
+        })
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guarded("opendir", || {
+            let res = self.node(ino).and_then(|n| {
+                if n.kind() != crate::nodes::Kind::Dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                Ok(self.ov.handles.add_dir())
+            });
+            reply_or_err!(reply, res, |fh| reply
+                .opened(FileHandle(fh), FopenFlags::empty()))
+        })
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        guarded("readdir", || {
+            let res = (|| -> Res<()> {
+                let h = self.ov.handles.dir(fh.0)?;
+                let mut entries = h.entries.lock();
+                if offset == 0 {
+                    let n = self.node(ino)?;
+                    *entries = self.ov.list_dir(&n)?;
+                }
+                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind.fuse(), &e.name) {
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            reply_or_err!(reply, res, |()| reply.ok())
+        })
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.ov.handles.remove_dir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsyncdir", || {
+            let res = self.node(ino).and_then(|n| {
+                if !self.ov.do_fsync() || !self.ov.stack.is_upper(n.top()) {
+                    return Ok(());
+                }
+                let path = self.ov.nodes.path(&n)?;
+                let fd = sys::open_beneath(
+                    self.ov.stack.fd(n.top()),
+                    path.c(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                )?;
+                sys::fsync(fd.as_fd(), datasync)
+            });
+            reply_or_err!(reply, res, |()| reply.ok())
+        })
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        guarded("statfs", || {
+            let top = self.ov.stack.all().next().expect("a stack has a layer");
+            reply_or_err!(reply, sys::fstatvfs(self.ov.stack.fd(top)), |s| reply
+                .statfs(
+                    s.f_blocks,
+                    s.f_bfree,
+                    s.f_bavail,
+                    s.f_files,
+                    s.f_ffree,
+                    s.f_bsize as u32,
+                    s.f_namemax as u32,
+                    s.f_frsize as u32,
+                ))
+        })
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("setxattr", || {
+            reply_or_err!(
+                reply,
+                self.node(ino)
+                    .and_then(|n| self.ov.setxattr(&n, name, value, flags)),
+                |()| reply.ok()
+            )
+        })
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        guarded("getxattr", || {
+            reply_or_err!(
+                reply,
+                self.node(ino)
+                    .and_then(|n| self.ov.getxattr(&n, name, size)),
+                |v| {
+                    if size == 0 {
+                        reply.size(v.len() as u32)
+                    } else {
+                        reply.data(&v)
+                    }
+                }
+            )
+        })
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        guarded("listxattr", || {
+            reply_or_err!(
+                reply,
+                self.node(ino).and_then(|n| self.ov.listxattr(&n)),
+                |v| {
+                    if size == 0 {
+                        reply.size(v.len() as u32)
+                    } else if (v.len() as u32) > size {
+                        reply.error(FErrno::from_i32(libc::ERANGE))
+                    } else {
+                        reply.data(&v)
+                    }
+                }
+            )
+        })
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("removexattr", || {
+            reply_or_err!(
+                reply,
+                self.node(ino).and_then(|n| self.ov.removexattr(&n, name)),
+                |()| reply.ok()
+            )
+        })
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guarded("create", || {
+            let ttl = self.ov.ttl();
+            let res = self.node(parent).and_then(|p| {
+                let (node, attr, fd) =
+                    self.ov
+                        .create_entry(&p, name, mode, NewEntry::File { flags }, &caller(req))?;
+                let fd = fd.ok_or(Errno::EIO)?;
+                let o = self
+                    .ov
+                    .add_open(&node, fd, true, &|fd| reply.open_backing(fd))?;
+                Ok((node, attr, o))
+            });
+            match res {
+                Ok((node, attr, o)) => reply.created_node(
+                    INodeNo(node.id.0),
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                    o.backing.as_deref(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fallocate", || {
+            let res = self
+                .ov
+                .file_fd(fh.0)
+                .and_then(|fd| sys::fallocate(fd.as_fd(), mode, offset as i64, length as i64));
+            reply_or_err!(reply, res, |()| reply.ok())
+        })
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        guarded("lseek", || {
+            let res = self
+                .ov
+                .file_fd(fh.0)
+                .and_then(|fd| sys::lseek(fd.as_fd(), offset, whence));
+            reply_or_err!(reply, res, |o| reply.offset(o))
+        })
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        guarded("copy_file_range", || {
+            let res = self.ov.file_fd(fh_in.0).and_then(|i| {
+                let o = self.ov.file_fd(fh_out.0)?;
+                sys::copy_range(
+                    i.as_fd(),
+                    offset_in,
+                    o.as_fd(),
+                    offset_out,
+                    len.min(u32::MAX as u64 / 2),
+                )
+            });
+            reply_or_err!(reply, res, |n| reply.written(n as u32))
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! Open files: how reads and writes reach the layers, and why.
+//!
+//! The kernel binds a FUSE inode to one backing file for as long as any
+//! passthrough open of it exists. If a lower file were passed through on a
+//! read-only open, a later copy-up could not move that open to the upper
+//! copy: the old fd would go on reading the lower file, and a write open
+//! would be bound to the lower file too (fuse-overlayfs 2.0 writes into the
+//! shared lower layer that way). So:
+//!
+//! - a file that lives only in a lower layer is opened **cached**: reads go
+//!   through FUSE into the page cache, kept across opens (`FOPEN_KEEP_CACHE`,
+//!   the lower layer never changes). A write open first copies the file up;
+//!   while cached opens exist, the writer is cached too, so the kernel's page
+//!   cache stays the one coherent view, and a read-only fd opened before the
+//!   copy-up reads the upper copy from then on (its handle is switched to
+//!   the upper file on the next read).
+//! - a file in the upper layer is opened with **passthrough** when the kernel
+//!   allows it and no cached open of it is live: reads, writes and mmap go
+//!   straight to the upper file. One backing id per node is shared by all its
+//!   passthrough opens and dropped with the last one.
+//! - anything else is cached without `FOPEN_KEEP_CACHE`, so the kernel drops
+//!   stale pages at open.
+//!
+//! No write ever reaches a lower layer: lower files are only ever opened
+//! `O_RDONLY`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use fuser::BackingId;
+use nix::errno::Errno;
+use parking_lot::{Mutex, RwLock};
+use tracing::{debug, warn};
+
+use crate::copyup::CopyData;
+use crate::nodes::{Kind, Node};
+use crate::overlay::{passthrough_on, Overlay, Res};
+use crate::readdir::DirEntry;
+use crate::sys;
+
+/// How the kernel does I/O on one open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// Through FUSE read/write and the page cache.
+    Cached,
+    /// Straight to the backing file.
+    Passthrough,
+}
+
+/// One open regular file.
+#[derive(Debug)]
+pub struct FileHandle {
+    /// The node it belongs to.
+    pub node: Arc<Node>,
+    fd: RwLock<Arc<OwnedFd>>,
+    /// Opened on a lower layer (read-only); switched to the upper copy once
+    /// the node is copied up.
+    on_lower: AtomicBool,
+    /// Its I/O mode.
+    pub mode: IoMode,
+}
+
+/// One open directory: the snapshot being listed.
+#[derive(Debug, Default)]
+pub struct DirHandle {
+    /// The merged entries; offset `i + 1` follows entry `i`.
+    pub entries: Mutex<Vec<DirEntry>>,
+}
+
+/// The open files and directories of a mount.
+#[derive(Debug, Default)]
+pub struct Handles {
+    files: DashMap<u64, Arc<FileHandle>>,
+    dirs: DashMap<u64, Arc<DirHandle>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The open file `fh`.
+    pub fn file(&self, fh: u64) -> Res<Arc<FileHandle>> {
+        self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    /// The open directory `fh`.
+    pub fn dir(&self, fh: u64) -> Res<Arc<DirHandle>> {
+        self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
+    }
+
+    /// Registers an open directory.
+    pub fn add_dir(&self) -> u64 {
+        let id = self.next_id();
+        self.dirs.insert(id, Arc::new(DirHandle::default()));
+        id
+    }
+
+    /// Forgets an open directory.
+    pub fn remove_dir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+}
+
+/// What an open tells the kernel.
+#[derive(Debug)]
+pub struct Opened {
+    /// The file handle.
+    pub fh: u64,
+    /// Keep the page cache from earlier opens.
+    pub keep_cache: bool,
+    /// The backing file for passthrough, if passed through.
+    pub backing: Option<Arc<BackingId>>,
+}
+
+/// Flags of the caller's open that the real open keeps.
+fn real_flags(flags: i32, upper: bool) -> i32 {
+    if !upper {
+        return libc::O_RDONLY;
+    }
+    flags
+        & (libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_TRUNC
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME)
+}
+
+impl Overlay {
+    /// Opens `node` with the caller's `flags`. `register` registers a
+    /// backing file with the kernel for passthrough.
+    pub fn open(
+        &self,
+        node: &Arc<Node>,
+        flags: i32,
+        register: &dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> Res<Opened> {
+        let acc = flags & libc::O_ACCMODE;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if node.kind() == Kind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        if acc != libc::O_RDONLY || trunc {
+            self.ensure_upper_with(node, if trunc { CopyData::None } else { CopyData::All })?;
+        }
+        let path = self.nodes.path(node)?;
+        let top = node.top();
+        let is_upper = self.stack.is_upper(top);
+        let fd = sys::open_beneath(self.stack.fd(top), path.c(), real_flags(flags, is_upper), 0)?;
+        self.add_open(node, fd, is_upper, register)
+    }
+
+    /// Registers a new open file of `node` on the real `fd`, choosing its
+    /// I/O mode.
+    pub fn add_open(
+        &self,
+        node: &Arc<Node>,
+        fd: OwnedFd,
+        is_upper: bool,
+        register: &dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> Res<Opened> {
+        let fd = Arc::new(fd);
+        let mut io = node.io.lock();
+        let mut mode = IoMode::Cached;
+        let mut backing = None;
+        if is_upper && io.cached_opens == 0 && passthrough_on(self) {
+            match &io.backing {
+                Some(b) => backing = Some(b.clone()),
+                None => match register(fd.as_fd()) {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        io.backing = Some(b.clone());
+                        backing = Some(b);
+                    }
+                    Err(e) => {
+                        warn!(?e, "the kernel refused FUSE passthrough; serving reads and writes through FUSE");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                },
+            }
+            if backing.is_some() {
+                mode = IoMode::Passthrough;
+            }
+        }
+        match mode {
+            IoMode::Cached => io.cached_opens += 1,
+            IoMode::Passthrough => io.passthrough_opens += 1,
+        }
+        io.any_fd = Some(fd.clone());
+        drop(io);
+        let fh = self.handles.next_id();
+        let h = FileHandle {
+            node: node.clone(),
+            fd: RwLock::new(fd),
+            on_lower: AtomicBool::new(!is_upper),
+            mode,
+        };
+        self.handles.files.insert(fh, Arc::new(h));
+        debug!(fh, ?mode, "open");
+        Ok(Opened {
+            fh,
+            keep_cache: !is_upper,
+            backing,
+        })
+    }
+
+    /// The fd to use for a handle, switched to the upper copy if the node
+    /// was copied up since the handle was opened on a lower layer.
+    fn handle_fd(&self, h: &FileHandle) -> Res<Arc<OwnedFd>> {
+        if h.on_lower.load(Ordering::Acquire) {
+            let top = h.node.top();
+            if self.stack.is_upper(top) {
+                let mut w = h.fd.write();
+                if h.on_lower.load(Ordering::Acquire) {
+                    let path = self.nodes.path(&h.node)?;
+                    let fd = sys::open_beneath(self.stack.fd(top), path.c(), libc::O_RDONLY, 0)?;
+                    *w = Arc::new(fd);
+                    h.on_lower.store(false, Ordering::Release);
+                }
+                return Ok(w.clone());
+            }
+        }
+        Ok(h.fd.read().clone())
+    }
+
+    /// Reads up to `size` bytes at `offset` of an open file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+        let h = self.handles.file(fh)?;
+        let fd = self.handle_fd(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::pread(fd.as_fd(), &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset` of an open file.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<usize> {
+        let h = self.handles.file(fh)?;
+        let fd = self.handle_fd(&h)?;
+        sys::pwrite(fd.as_fd(), data, offset)
+    }
+
+    /// Flushes an open file to disk (unless the mount is volatile).
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
+        let h = self.handles.file(fh)?;
+        if !self.do_fsync() {
+            return Ok(());
+        }
+        let fd = self.handle_fd(&h)?;
+        sys::fsync(fd.as_fd(), datasync)
+    }
+
+    /// The real fd of an open file (fallocate, lseek, copy_file_range,
+    /// truncate through an fd).
+    pub fn file_fd(&self, fh: u64) -> Res<Arc<OwnedFd>> {
+        let h = self.handles.file(fh)?;
+        self.handle_fd(&h)
+    }
+
+    /// Closes an open file.
+    pub fn release(&self, fh: u64) {
+        let Some((_, h)) = self.handles.files.remove(&fh) else {
+            return;
+        };
+        let mut io = h.node.io.lock();
+        match h.mode {
+            IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
+            IoMode::Passthrough => {
+                io.passthrough_opens = io.passthrough_opens.saturating_sub(1);
+                if io.passthrough_opens == 0 {
+                    io.backing = None;
+                }
+            }
+        }
+        if io.cached_opens == 0 && io.passthrough_opens == 0 {
+            io.any_fd = None;
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! strata-fs: Strata's FUSE union filesystem.
+//!
+//! Stacks read-only lower directories under one writable upper directory
+//! with overlayfs semantics (copy-up, whiteouts, opaque directories, merged
+//! readdir), so layer directories move freely between Strata, the kernel's
+//! overlayfs, fuse-overlayfs and containers/storage.
+//!
+//! The entry points: [`MountOptions`] (parsed from fuse-overlayfs's `-o`
+//! string), [`Mounted::mount`] to mount, and [`Mounted::run`] to serve until
+//! the mount goes away. The `strata-mount` program wraps them with
+//! fuse-overlayfs's command line.
+//!
+//! Invariants: only the upper layer is ever written; every path is resolved
+//! relative to a layer's directory fd; no `unsafe` outside [`sys`].
+#![deny(unsafe_code)]
+
+pub mod copyup;
+pub mod fuse;
+pub mod ids;
+pub mod io;
+pub mod layers;
+pub mod lookup;
+pub mod namespace;
+pub mod nodes;
+pub mod options;
+pub mod overlay;
+pub mod path;
+pub mod readdir;
+pub mod rename;
+pub mod setattr;
+pub mod sys;
+pub mod whiteout;
+pub mod xattr;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, Session, SessionACL};
+use nix::errno::Errno;
+
+pub use crate::options::{MountOptions, OptionsError};
+pub use crate::overlay::Overlay;
+
+/// Why a mount could not be made. Each message names the path and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error(transparent)]
+    Stack(#[from] layers::StackError),
+    #[error("mountpoint {0}: {1}")]
+    Mountpoint(PathBuf, String),
+    #[error("{kind} {dir} is inside the mountpoint {mnt}; layers must live outside it")]
+    InsideMountpoint {
+        kind: &'static str,
+        dir: PathBuf,
+        mnt: PathBuf,
+    },
+    #[error("cannot open /dev/fuse: {0} (is the fuse module loaded?)")]
+    Device(Errno),
+    #[error("mount of {0} failed: {1}")]
+    Mount(PathBuf, Errno),
+    #[error("FUSE handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("cannot set up the filesystem: {0}")]
+    Setup(Errno),
+}
+
+/// A live mount whose server has not started serving yet.
+pub struct Mounted {
+    session: Session<fuse::StrataFs>,
+    mountpoint: PathBuf,
+    overlay: Arc<Overlay>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+fn canonical(kind: &'static str, p: &Path) -> Result<PathBuf, MountError> {
+    p.canonicalize().map_err(|e| match e.raw_os_error() {
+        Some(code) => MountError::Stack(layers::StackError::Open {
+            kind,
+            path: p.to_path_buf(),
+            err: Errno::from_raw(code),
+        }),
+        None => MountError::Mountpoint(p.to_path_buf(), e.to_string()),
+    })
+}
+
+impl Mounted {
+    /// Opens the layers of `opts` and mounts them at `mountpoint`. On
+    /// return the kernel has completed the FUSE handshake: the mount is
+    /// live, and requests wait until [`Mounted::run`] serves them. On error
+    /// nothing is left mounted.
+    pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
+        opts.validate()?;
+        let mnt = mountpoint
+            .canonicalize()
+            .map_err(|e| MountError::Mountpoint(mountpoint.to_path_buf(), e.to_string()))?;
+        if !mnt.is_dir() {
+            return Err(MountError::Mountpoint(mnt, "not a directory".into()));
+        }
+        let mut opts = opts;
+        let mut lowers = Vec::new();
+        for l in &opts.lowers {
+            let c = canonical("lowerdir", l)?;
+            if c.starts_with(&mnt) {
+                return Err(MountError::InsideMountpoint {
+                    kind: "lowerdir",
+                    dir: l.clone(),
+                    mnt,
+                });
+            }
+            lowers.push(c);
+        }
+        opts.lowers = lowers;
+        for (kind, d) in [("upperdir", &mut opts.upper), ("workdir", &mut opts.work)] {
+            if let Some(p) = d {
+                let c = canonical(kind, p)?;
+                if c.starts_with(&mnt) {
+                    return Err(MountError::InsideMountpoint {
+                        kind,
+                        dir: p.clone(),
+                        mnt,
+                    });
+                }
+                *p = c;
+            }
+        }
+        sys::raise_nofile_limit();
+        sys::set_umask(0);
+        let stack = layers::Stack::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())?;
+        let threads = opts.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2)
+        });
+        let mut flags: u64 = libc::MS_NOSUID as u64 * u64::from(opts.nosuid);
+        if opts.nodev {
+            flags |= libc::MS_NODEV;
+        }
+        if opts.noexec {
+            flags |= libc::MS_NOEXEC;
+        }
+        if opts.noatime {
+            flags |= libc::MS_NOATIME;
+        }
+        let read_only = opts.upper.is_none() || opts.read_only;
+        if read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        let overlay = Arc::new(Overlay::new(stack, opts).map_err(MountError::Setup)?);
+        let dev: OwnedFd = sys::open_fuse_device().map_err(MountError::Device)?;
+        sys::mount_fuse(
+            dev.as_fd(),
+            &mnt,
+            "strata",
+            "strata",
+            flags,
+            "default_permissions,allow_other",
+        )
+        .map_err(|e| MountError::Mount(mnt.clone(), e))?;
+        let mut config = Config::default();
+        config.acl = SessionACL::All;
+        config.n_threads = Some(threads);
+        config.clone_fd = true;
+        let fs = fuse::StrataFs::new(overlay.clone());
+        let session = match Session::from_fd(fs, dev, SessionACL::All, config) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sys::umount_detach(&mnt);
+                return Err(MountError::Handshake(e));
+            }
+        };
+        Ok(Mounted {
+            session,
+            mountpoint: mnt,
+            overlay,
+            threads,
+        })
+    }
+
+    /// The canonical mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The filesystem being served.
+    pub fn overlay(&self) -> &Arc<Overlay> {
+        &self.overlay
+    }
+
+    /// Number of worker threads that will serve requests.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Serves requests until the filesystem is unmounted (`fusermount3 -u`,
+    /// `umount`, or [`unmount`]).
+    pub fn run(self) -> std::io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// Detaches the mount at `mountpoint`; its server then exits by itself.
+pub fn unmount(mountpoint: &Path) -> Result<(), Errno> {
+    sys::umount_detach(mountpoint)
+}

@@ -1,0 +1,356 @@
+//! The inode table: one [`Node`] per name the kernel holds, with lookup
+//! counts and FORGET.
+//!
+//! A node is a name in a directory of the merged tree (hard links are
+//! separate nodes with the same `st_ino`). It records where the name
+//! resolved: the layers that hold it, top first. Lower layers never change
+//! while mounted and every change to the upper layer goes through this
+//! server, which updates the nodes it touches, so a live node's record is a
+//! cache that is always valid: this is the positive half of the lookup cache.
+//!
+//! Invariants: node ids are never reused within a mount; the root is id 1 and
+//! is never forgotten; a node's `parent` is 0 once its name is gone
+//! (unlinked, or replaced by a rename).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use fuser::BackingId;
+use nix::errno::Errno;
+use parking_lot::{Mutex, RwLock};
+
+use crate::layers::LayerIdx;
+use crate::path::RelPath;
+
+/// A FUSE node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// The root directory.
+    pub const ROOT: NodeId = NodeId(1);
+    /// "No node" (a detached node's parent).
+    pub const NONE: NodeId = NodeId(0);
+}
+
+/// The type of a file, from `st_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    /// The kind of a `st_mode`.
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => Kind::File,
+        }
+    }
+
+    /// The FUSE file type.
+    pub fn fuse(self) -> fuser::FileType {
+        match self {
+            Kind::Dir => fuser::FileType::Directory,
+            Kind::File => fuser::FileType::RegularFile,
+            Kind::Symlink => fuser::FileType::Symlink,
+            Kind::Fifo => fuser::FileType::NamedPipe,
+            Kind::Socket => fuser::FileType::Socket,
+            Kind::CharDev => fuser::FileType::CharDevice,
+            Kind::BlockDev => fuser::FileType::BlockDevice,
+        }
+    }
+
+    /// The kind of a `d_type` from getdents (`None` for DT_UNKNOWN).
+    pub fn from_dtype(t: u8) -> Option<Kind> {
+        Some(match t {
+            libc::DT_DIR => Kind::Dir,
+            libc::DT_REG => Kind::File,
+            libc::DT_LNK => Kind::Symlink,
+            libc::DT_FIFO => Kind::Fifo,
+            libc::DT_SOCK => Kind::Socket,
+            libc::DT_CHR => Kind::CharDev,
+            libc::DT_BLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a name resolved and what it is.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// Parent directory (`NodeId::NONE` once the name is gone).
+    pub parent: NodeId,
+    /// Name in the parent.
+    pub name: OsString,
+    /// What it is.
+    pub kind: Kind,
+    /// Layers holding it, top first. One layer for a non-directory; for a
+    /// directory every layer merged into it (down to an opaque one).
+    pub layers: Vec<LayerIdx>,
+    /// The name was removed while the kernel still holds the node.
+    pub unlinked: bool,
+}
+
+/// How the kernel does I/O on a node's open files (see `crate::io`).
+#[derive(Debug, Default)]
+pub struct IoState {
+    /// Open files served through FUSE read/write (page cache in the kernel).
+    pub cached_opens: u32,
+    /// Open files passed through to a backing file.
+    pub passthrough_opens: u32,
+    /// The backing file registered for passthrough; one per node while any
+    /// passthrough open exists (the kernel binds it to the inode).
+    pub backing: Option<Arc<BackingId>>,
+    /// An open fd of the file, for fstat of an unlinked file.
+    pub any_fd: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+/// One node of the merged tree.
+#[derive(Debug)]
+pub struct Node {
+    /// Its FUSE node id.
+    pub id: NodeId,
+    /// The inode number users see; fixed for the node's life, kept across
+    /// copy-up.
+    pub ino: u64,
+    lookups: AtomicU64,
+    /// Where it resolved.
+    pub state: RwLock<NodeState>,
+    /// Its open files' I/O mode.
+    pub io: Mutex<IoState>,
+    /// Serialises copy-up and other changes of this node's layers.
+    pub change: Mutex<()>,
+    /// Live child nodes by name (directories only).
+    pub children: Mutex<HashMap<OsString, NodeId>>,
+}
+
+impl Node {
+    /// A snapshot of the node's state.
+    pub fn state(&self) -> NodeState {
+        self.state.read().clone()
+    }
+
+    /// The topmost layer holding the node.
+    pub fn top(&self) -> LayerIdx {
+        self.state.read().layers[0]
+    }
+
+    /// The node's kind.
+    pub fn kind(&self) -> Kind {
+        self.state.read().kind
+    }
+}
+
+/// All live nodes of a mount.
+#[derive(Debug)]
+pub struct NodeTable {
+    nodes: DashMap<NodeId, Arc<Node>>,
+    next: AtomicU64,
+}
+
+impl NodeTable {
+    /// A table holding only the root, which resolves to `root_layers`.
+    pub fn new(root_ino: u64, root_layers: Vec<LayerIdx>) -> NodeTable {
+        let t = NodeTable {
+            nodes: DashMap::new(),
+            next: AtomicU64::new(2),
+        };
+        let root = Node {
+            id: NodeId::ROOT,
+            ino: root_ino,
+            lookups: AtomicU64::new(1),
+            state: RwLock::new(NodeState {
+                parent: NodeId::NONE,
+                name: OsString::new(),
+                kind: Kind::Dir,
+                layers: root_layers,
+                unlinked: false,
+            }),
+            io: Mutex::new(IoState::default()),
+            change: Mutex::new(()),
+            children: Mutex::new(HashMap::new()),
+        };
+        t.nodes.insert(NodeId::ROOT, Arc::new(root));
+        t
+    }
+
+    /// The node with id `id`, or `ESTALE` if the kernel sent a forgotten id.
+    pub fn get(&self, id: NodeId) -> Result<Arc<Node>, Errno> {
+        self.nodes.get(&id).map(|n| n.clone()).ok_or(Errno::ESTALE)
+    }
+
+    /// Number of live nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether only the root is live.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// The path of a node relative to the layer roots, or `ENOENT` if its
+    /// name is gone.
+    pub fn path(&self, node: &Node) -> Result<RelPath, Errno> {
+        let mut names: Vec<OsString> = Vec::new();
+        let mut cur = {
+            let s = node.state.read();
+            if node.id == NodeId::ROOT {
+                return Ok(RelPath::root());
+            }
+            if s.parent == NodeId::NONE {
+                return Err(Errno::ENOENT);
+            }
+            names.push(s.name.clone());
+            s.parent
+        };
+        while cur != NodeId::ROOT {
+            let n = self.get(cur).map_err(|_| Errno::ENOENT)?;
+            let s = n.state.read();
+            if s.parent == NodeId::NONE {
+                return Err(Errno::ENOENT);
+            }
+            names.push(s.name.clone());
+            cur = s.parent;
+        }
+        let mut p = RelPath::root();
+        for n in names.iter().rev() {
+            p = p.join_os(n);
+        }
+        Ok(p)
+    }
+
+    /// The live child `name` of `parent`, if the kernel holds one.
+    pub fn child(&self, parent: &Node, name: &OsStr) -> Option<Arc<Node>> {
+        let id = *parent.children.lock().get(name)?;
+        self.nodes.get(&id).map(|n| n.clone())
+    }
+
+    /// Records a lookup of `name` in `parent` that resolved to `state`: the
+    /// existing child node if it is of the same kind (its state refreshed),
+    /// else a new node with inode number `ino`. Adds one lookup count.
+    pub fn lookup_child(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        state: NodeState,
+        ino: u64,
+    ) -> Arc<Node> {
+        let mut children = parent.children.lock();
+        if let Some(id) = children.get(name) {
+            if let Some(n) = self.nodes.get(id).map(|n| n.clone()) {
+                let same = n.state.read().kind == state.kind;
+                if same {
+                    *n.state.write() = state;
+                    n.lookups.fetch_add(1, Ordering::Relaxed);
+                    return n;
+                }
+                n.state.write().parent = NodeId::NONE;
+            }
+        }
+        let id = NodeId(self.next.fetch_add(1, Ordering::Relaxed));
+        let node = Arc::new(Node {
+            id,
+            ino,
+            lookups: AtomicU64::new(1),
+            state: RwLock::new(state),
+            io: Mutex::new(IoState::default()),
+            change: Mutex::new(()),
+            children: Mutex::new(HashMap::new()),
+        });
+        self.nodes.insert(id, node.clone());
+        children.insert(name.to_os_string(), id);
+        node
+    }
+
+    /// Adds one lookup count to a node (readdirplus, link).
+    pub fn add_lookup(&self, node: &Node) {
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops `n` lookup counts; a node with none left is removed.
+    pub fn forget(&self, id: NodeId, n: u64) {
+        if id == NodeId::ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get(&id).map(|n| n.clone()) else {
+            return;
+        };
+        let prev = node.lookups.fetch_sub(
+            n.min(node.lookups.load(Ordering::Relaxed)),
+            Ordering::AcqRel,
+        );
+        if prev > n {
+            return;
+        }
+        let (parent, name) = {
+            let s = node.state.read();
+            (s.parent, s.name.clone())
+        };
+        if parent != NodeId::NONE {
+            if let Ok(p) = self.get(parent) {
+                let mut ch = p.children.lock();
+                if ch.get(&name) == Some(&id) {
+                    ch.remove(&name);
+                }
+            }
+        }
+        self.nodes.remove(&id);
+    }
+
+    /// Detaches the child `name` of `parent` (its name is gone): the node, if
+    /// live, keeps working through open files but has no path any more.
+    pub fn detach_child(&self, parent: &Node, name: &OsStr) -> Option<Arc<Node>> {
+        let id = parent.children.lock().remove(name)?;
+        let node = self.nodes.get(&id).map(|n| n.clone())?;
+        let mut s = node.state.write();
+        s.parent = NodeId::NONE;
+        s.unlinked = true;
+        drop(s);
+        Some(node)
+    }
+
+    /// Moves the live child `name` of `from` to `to_name` in `to` (rename).
+    pub fn move_child(&self, from: &Node, name: &OsStr, to: &Node, to_name: &OsStr) {
+        let id = from.children.lock().remove(name);
+        if let Some(id) = id {
+            if let Some(node) = self.nodes.get(&id).map(|n| n.clone()) {
+                {
+                    let mut s = node.state.write();
+                    s.parent = to.id;
+                    s.name = to_name.to_os_string();
+                }
+                to.children.lock().insert(to_name.to_os_string(), id);
+            }
+        }
+    }
+
+    /// Every live descendant of `dir` (depth first), for changes that apply
+    /// to a whole subtree.
+    pub fn descendants(&self, dir: &Node) -> Vec<Arc<Node>> {
+        let mut out = Vec::new();
+        let mut stack: Vec<NodeId> = dir.children.lock().values().copied().collect();
+        while let Some(id) = stack.pop() {
+            if let Some(n) = self.nodes.get(&id).map(|n| n.clone()) {
+                stack.extend(n.children.lock().values().copied());
+                out.push(n);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,273 @@
+//! The fuse-overlayfs `-o` option string, parsed once into [`MountOptions`].
+//!
+//! Accepted as podman, buildah and dockerd pass it: `lowerdir=` (topmost
+//! first, `:`-separated, `\:` escapes a colon, `\\` a backslash),
+//! `upperdir=`, `workdir=`, `volatile`, `fsync=0`, `squash_to_uid=N`,
+//! `squash_to_gid=N`, `squash_to_root`, `uidmapping=` / `gidmapping=`
+//! (`CTR:HOST:LEN` triples separated by `:` or `,`, a leading `:` allowed),
+//! `noatime`, `nodev`, `nosuid`, `noexec`, `ro`, `context=...`, and empty
+//! elements. Unknown options are kept in [`MountOptions::ignored`] and never
+//! fail the mount.
+
+use std::path::PathBuf;
+
+use crate::ids::{IdMap, IdRange};
+
+/// Errors in an option string; each names the offending option.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    #[error("option {option}: {reason}")]
+    Invalid { option: String, reason: String },
+    #[error("no lowerdir= given: a mount needs at least one lower directory")]
+    NoLower,
+    #[error("upperdir= needs workdir= as well (and the other way round)")]
+    UpperWithoutWork,
+}
+
+/// Everything a mount is told by its option string.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MountOptions {
+    /// Lower layers, topmost first.
+    pub lowers: Vec<PathBuf>,
+    /// The writable upper layer; `None` makes a read-only mount.
+    pub upper: Option<PathBuf>,
+    /// Scratch directory on the upper's filesystem, for atomic copy-up.
+    pub work: Option<PathBuf>,
+    /// Skip every fsync (`volatile` or `fsync=0`).
+    pub no_fsync: bool,
+    /// Report this uid for every file (`squash_to_uid`, `squash_to_root`).
+    pub squash_uid: Option<u32>,
+    /// Report this gid for every file (`squash_to_gid`, `squash_to_root`).
+    pub squash_gid: Option<u32>,
+    /// uid mapping between the ids stored in layers and the ids users see.
+    pub uid_map: IdMap,
+    /// gid mapping, as `uid_map`.
+    pub gid_map: IdMap,
+    /// Do not update access times.
+    pub noatime: bool,
+    /// Do not interpret device nodes.
+    pub nodev: bool,
+    /// Do not honour set-user-id bits.
+    pub nosuid: bool,
+    /// Do not allow execution.
+    pub noexec: bool,
+    /// Mount read-only even with an upper layer.
+    pub read_only: bool,
+    /// Number of FUSE worker threads (`threads=N`), default: CPUs, at least 2.
+    pub threads: Option<usize>,
+    /// Use FUSE passthrough for upper files when the kernel allows (`passthrough=0` disables).
+    pub passthrough: bool,
+    /// Entry/attribute cache timeout in seconds (`timeout=`).
+    pub timeout_secs: Option<f64>,
+    /// Options that were accepted but have no effect here.
+    pub ignored: Vec<String>,
+}
+
+/// Splits a lowerdir list on unescaped `:`, unescaping `\:` and `\\`.
+pub fn split_lowerdirs(s: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ':' => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out
+}
+
+/// Splits the whole `-o` string on `,`, keeping commas inside a quoted
+/// `context="a,b"` value, and escaped `\,`.
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            '\\' => {
+                cur.push(c);
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+fn parse_u32(option: &str, v: &str) -> Result<u32, OptionsError> {
+    v.trim().parse().map_err(|_| OptionsError::Invalid {
+        option: option.to_string(),
+        reason: format!("{v:?} is not a number"),
+    })
+}
+
+fn parse_map(option: &str, v: &str) -> Result<IdMap, OptionsError> {
+    let nums: Vec<&str> = v.split([':', ',']).filter(|s| !s.is_empty()).collect();
+    if nums.is_empty() || nums.len() % 3 != 0 {
+        return Err(OptionsError::Invalid {
+            option: option.to_string(),
+            reason: "expected CONTAINER-ID:HOST-ID:LENGTH triples".into(),
+        });
+    }
+    let mut ranges = Vec::new();
+    for t in nums.chunks(3) {
+        ranges.push(IdRange {
+            inside: parse_u32(option, t[0])?,
+            outside: parse_u32(option, t[1])?,
+            len: parse_u32(option, t[2])?,
+        });
+    }
+    Ok(IdMap::new(ranges))
+}
+
+impl MountOptions {
+    /// Parses one or more `-o` strings (later ones add to earlier ones).
+    pub fn parse<'a>(strings: impl IntoIterator<Item = &'a str>) -> Result<Self, OptionsError> {
+        let mut o = MountOptions {
+            passthrough: true,
+            ..Default::default()
+        };
+        for s in strings {
+            for opt in split_options(s) {
+                o.apply(&opt)?;
+            }
+        }
+        Ok(o)
+    }
+
+    fn apply(&mut self, opt: &str) -> Result<(), OptionsError> {
+        let opt = opt.trim();
+        if opt.is_empty() {
+            return Ok(());
+        }
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, val) {
+            ("lowerdir", Some(v)) => self.lowers.extend(split_lowerdirs(v)),
+            ("upperdir", Some(v)) => self.upper = Some(PathBuf::from(unescape(v))),
+            ("workdir", Some(v)) => self.work = Some(PathBuf::from(unescape(v))),
+            ("volatile", None) => self.no_fsync = true,
+            ("fsync", Some(v)) => self.no_fsync = v.trim() == "0",
+            ("squash_to_root", None) => {
+                self.squash_uid = Some(0);
+                self.squash_gid = Some(0);
+            }
+            ("squash_to_uid", Some(v)) => self.squash_uid = Some(parse_u32(opt, v)?),
+            ("squash_to_gid", Some(v)) => self.squash_gid = Some(parse_u32(opt, v)?),
+            ("uidmapping", Some(v)) => self.uid_map = parse_map(opt, v)?,
+            ("gidmapping", Some(v)) => self.gid_map = parse_map(opt, v)?,
+            ("noatime", None) => self.noatime = true,
+            ("nodev", None) => self.nodev = true,
+            ("nosuid", None) => self.nosuid = true,
+            ("noexec", None) => self.noexec = true,
+            ("ro", None) => self.read_only = true,
+            ("rw", None) => self.read_only = false,
+            ("threads", Some(v)) => self.threads = Some(parse_u32(opt, v)?.max(1) as usize),
+            ("passthrough", Some(v)) => self.passthrough = v.trim() != "0",
+            ("timeout", Some(v)) => {
+                self.timeout_secs = Some(v.trim().parse().map_err(|_| OptionsError::Invalid {
+                    option: opt.to_string(),
+                    reason: "expected seconds".into(),
+                })?)
+            }
+            _ => self.ignored.push(opt.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Checks that the options describe a mountable stack.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.lowers.is_empty() {
+            return Err(OptionsError::NoLower);
+        }
+        if self.upper.is_some() != self.work.is_some() {
+            return Err(OptionsError::UpperWithoutWork);
+        }
+        Ok(())
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podman_option_string() {
+        let o = MountOptions::parse([
+            "lowerdir=/l/A:/l/B,upperdir=/u,workdir=/w,,volatile,context=\"system_u:object_r:container_file_t:s0:c1,c2\",uidmapping=:0:100000:65536,gidmapping=:0:100000:65536,noatime,nodev,fsync=0,weird_option",
+        ])
+        .unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/l/A"), PathBuf::from("/l/B")]);
+        assert_eq!(o.upper, Some(PathBuf::from("/u")));
+        assert!(o.no_fsync && o.noatime && o.nodev);
+        assert_eq!(o.uid_map.to_user(0), 100000);
+        assert_eq!(o.uid_map.to_disk(100005), 5);
+        assert!(o.ignored.iter().any(|s| s == "weird_option"));
+        assert!(o.ignored.iter().any(|s| s.starts_with("context=")));
+        o.validate().unwrap();
+    }
+
+    #[test]
+    fn escaped_colon_in_lowerdir() {
+        assert_eq!(
+            split_lowerdirs(r"/a\:b:/c"),
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+        );
+    }
+
+    #[test]
+    fn squash_and_errors() {
+        let o = MountOptions::parse(["lowerdir=/a,squash_to_root"]).unwrap();
+        assert_eq!((o.squash_uid, o.squash_gid), (Some(0), Some(0)));
+        assert!(MountOptions::parse(["squash_to_uid=x"]).is_err());
+        assert_eq!(
+            MountOptions::parse(["upperdir=/u"]).unwrap().validate(),
+            Err(OptionsError::NoLower)
+        );
+        assert_eq!(
+            MountOptions::parse(["lowerdir=/a,upperdir=/u"])
+                .unwrap()
+                .validate(),
+            Err(OptionsError::UpperWithoutWork)
+        );
+    }
+}

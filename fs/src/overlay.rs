@@ -1,0 +1,225 @@
+//! The union filesystem's state and the operations shared by every request:
+//! attributes, owner translation, and the write gate.
+//!
+//! Each area lives in its own module as an `impl Overlay` block: lookup,
+//! readdir, copy-up, namespace changes, rename, xattrs, open files.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::FileAttr;
+use nix::errno::Errno;
+
+use crate::io::Handles;
+use crate::layers::{LayerIdx, Stack};
+use crate::nodes::{Kind, Node, NodeTable};
+use crate::options::MountOptions;
+use crate::path::RelPath;
+use crate::sys;
+use crate::whiteout::{OpaqueForm, WhiteoutForm};
+
+/// Result of a filesystem operation: the errno goes to the caller.
+pub type Res<T> = Result<T, Errno>;
+
+/// The private xattr that keeps a copied-up file's inode number (its
+/// origin's), so `st_ino` survives copy-up and later lookups.
+pub const ORIGIN_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.origin";
+
+/// Identity of the caller of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// A mounted union: the layers, the node table, the open files, the options.
+#[derive(Debug)]
+pub struct Overlay {
+    pub(crate) stack: Stack,
+    pub(crate) nodes: NodeTable,
+    pub(crate) handles: Handles,
+    pub(crate) opts: MountOptions,
+    pub(crate) whiteout_form: WhiteoutForm,
+    pub(crate) opaque_form: OpaqueForm,
+    /// Whether passthrough may be tried (cleared when the kernel refuses).
+    pub(crate) passthrough: AtomicBool,
+    pub(crate) ttl: Duration,
+    pub(crate) privileged: bool,
+}
+
+impl Overlay {
+    /// Builds the filesystem for an opened stack.
+    pub fn new(stack: Stack, opts: MountOptions) -> Res<Overlay> {
+        let privileged = nix::unistd::geteuid().is_root();
+        let root_layers: Vec<LayerIdx> = stack.all().collect();
+        let top = root_layers[0];
+        let st = sys::stat_at(stack.fd(top), c".")?;
+        let root_ino = stack.ino(top, st.st_ino);
+        let ttl = Duration::from_secs_f64(opts.timeout_secs.unwrap_or(1.0));
+        let passthrough = opts.passthrough && privileged;
+        let ov = Overlay {
+            nodes: NodeTable::new(root_ino, vec![]),
+            stack,
+            handles: Handles::default(),
+            whiteout_form: if privileged {
+                WhiteoutForm::Device
+            } else {
+                WhiteoutForm::WhFile
+            },
+            opaque_form: if privileged {
+                OpaqueForm::TrustedXattr
+            } else {
+                OpaqueForm::Marker
+            },
+            passthrough: AtomicBool::new(passthrough),
+            ttl,
+            privileged,
+            opts,
+        };
+        // The root merges every layer, as the kernel's overlayfs does (a
+        // layer root is never opaque and never whited out).
+        let layers: Vec<LayerIdx> = ov.stack.all().collect();
+        ov.nodes
+            .get(crate::nodes::NodeId::ROOT)?
+            .state
+            .write()
+            .layers = layers;
+        Ok(ov)
+    }
+
+    /// The attribute timeout and entry timeout given to the kernel.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Whether the mount accepts changes (an upper layer, not `ro`).
+    pub fn writable(&self) -> bool {
+        self.stack.upper().is_some() && !self.opts.read_only
+    }
+
+    /// The upper layer, or `EROFS` for a read-only mount.
+    pub fn upper(&self) -> Res<LayerIdx> {
+        if self.opts.read_only {
+            return Err(Errno::EROFS);
+        }
+        self.stack.upper().ok_or(Errno::EROFS)
+    }
+
+    /// Whether fsync should reach the disk (not `volatile` / `fsync=0`).
+    pub fn do_fsync(&self) -> bool {
+        !self.opts.no_fsync
+    }
+
+    /// The uid stored on disk for a caller's uid.
+    pub fn disk_uid(&self, uid: u32) -> u32 {
+        self.opts.uid_map.to_disk(uid)
+    }
+
+    /// The gid stored on disk for a caller's gid.
+    pub fn disk_gid(&self, gid: u32) -> u32 {
+        self.opts.gid_map.to_disk(gid)
+    }
+
+    /// The attributes users see for a real stat of a node.
+    pub fn attr_from_stat(&self, node: &Node, st: &libc::stat) -> FileAttr {
+        let unlinked = node.state.read().unlinked;
+        let mut a = attr_of(st, node.ino);
+        a.uid = self
+            .opts
+            .squash_uid
+            .unwrap_or_else(|| self.opts.uid_map.to_user(st.st_uid));
+        a.gid = self
+            .opts
+            .squash_gid
+            .unwrap_or_else(|| self.opts.gid_map.to_user(st.st_gid));
+        if unlinked && a.kind != fuser::FileType::Directory {
+            a.nlink = 0;
+        }
+        a
+    }
+
+    /// Stats a node in its top layer (or through an open fd once its name is
+    /// gone).
+    pub fn stat_node(&self, node: &Node) -> Res<libc::stat> {
+        let s = node.state();
+        if s.unlinked
+            || s.parent == crate::nodes::NodeId::NONE && node.id != crate::nodes::NodeId::ROOT
+        {
+            if let Some(fd) = node.io.lock().any_fd.clone() {
+                return sys::fstat(std::os::fd::AsFd::as_fd(&*fd));
+            }
+            return Err(Errno::ENOENT);
+        }
+        let path = self.nodes.path(node)?;
+        sys::stat_at(self.stack.fd(s.layers[0]), path.c())
+    }
+
+    /// The attributes of a node.
+    pub fn getattr(&self, node: &Node) -> Res<FileAttr> {
+        let st = self.stat_node(node)?;
+        Ok(self.attr_from_stat(node, &st))
+    }
+
+    /// The inode number for a freshly resolved entry whose top is `top`.
+    pub fn ino_for(
+        &self,
+        top: LayerIdx,
+        path: &RelPath,
+        st: &libc::stat,
+        kind: Kind,
+        layers: &[LayerIdx],
+    ) -> u64 {
+        if kind == Kind::Dir {
+            // A merged directory keeps the number of its topmost lower
+            // directory, as before it was copied up.
+            if self.stack.is_upper(top) && layers.len() > 1 {
+                if let Ok(lst) = sys::stat_at(self.stack.fd(layers[1]), path.c()) {
+                    return self.stack.ino(layers[1], lst.st_ino);
+                }
+            }
+            return self.stack.ino(top, st.st_ino);
+        }
+        if self.stack.is_upper(top) && self.privileged {
+            let mut buf = [0u8; 8];
+            if let Ok(8) = sys::getxattr_at(self.stack.fd(top), path.c(), ORIGIN_XATTR, &mut buf) {
+                return u64::from_le_bytes(buf);
+            }
+        }
+        self.stack.ino(top, st.st_ino)
+    }
+}
+
+/// The FUSE attributes of a real stat, with `ino` as the inode number.
+pub fn attr_of(st: &libc::stat, ino: u64) -> FileAttr {
+    FileAttr {
+        ino: fuser::INodeNo(ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: Kind::from_mode(st.st_mode).fuse(),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+/// Whether passthrough is still enabled.
+pub(crate) fn passthrough_on(ov: &Overlay) -> bool {
+    ov.passthrough.load(Ordering::Relaxed)
+}

@@ -1,0 +1,229 @@
+//! Rename across layers: plain, `RENAME_NOREPLACE` and `RENAME_EXCHANGE`,
+//! files and directories.
+//!
+//! Both names are brought into the upper layer first. A directory that has
+//! content in a lower layer is renamed by copying its whole merged tree up
+//! and marking it opaque ("materialising" it), where the kernel's overlayfs
+//! without `redirect_dir` fails with `EXDEV`. The upper layer stays portable:
+//! any overlay reader sees the same tree, with no redirect to resolve. The
+//! cost is a copy of the tree's data, once. The old name gets a whiteout when
+//! a lower layer still holds it (atomically, with `RENAME_WHITEOUT`, where
+//! devices can be made).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use parking_lot::Mutex;
+
+use crate::layers::{remove_tree_contents, LayerIdx};
+use crate::lookup::{Resolved, NAME_MAX};
+use crate::nodes::{Kind, Node, NodeId};
+use crate::overlay::{Overlay, Res};
+use crate::path::RelPath;
+use crate::sys;
+use crate::whiteout::{self, WhiteoutForm};
+
+/// Serialises renames (they touch two directories and may move subtrees).
+pub static RENAME_LOCK: Mutex<()> = Mutex::new(());
+
+impl Overlay {
+    /// Renames `name` in `parent` to `newname` in `newparent`.
+    pub fn rename(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        newparent: &Node,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
+        let upper = self.upper()?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if name.len() > NAME_MAX || newname.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if whiteout::is_reserved_name(newname.as_bytes()) {
+            return Err(Errno::EINVAL);
+        }
+        self.ensure_upper(parent)?;
+        self.ensure_upper(newparent)?;
+        let _rename = RENAME_LOCK.lock();
+        let (_g1, _g2) = if parent.id == newparent.id {
+            (Some(parent.change.lock()), None)
+        } else if parent.id < newparent.id {
+            let a = parent.change.lock();
+            (Some(a), Some(newparent.change.lock()))
+        } else {
+            let b = newparent.change.lock();
+            (Some(b), Some(parent.change.lock()))
+        };
+        let p1 = self.nodes.path(parent)?;
+        let p2 = self.nodes.path(newparent)?;
+        let l1 = parent.state().layers;
+        let l2 = newparent.state().layers;
+        let src = self
+            .resolve(&p1, &l1, name.as_bytes())?
+            .ok_or(Errno::ENOENT)?;
+        let dst = self.resolve(&p2, &l2, newname.as_bytes())?;
+        if noreplace && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if parent.id == newparent.id && name == newname {
+            return Ok(());
+        }
+        let path1 = p1.join(name.as_bytes());
+        let path2 = p2.join(newname.as_bytes());
+        if !exchange {
+            if let Some(d) = &dst {
+                match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    (true, true) if !self.dir_is_empty(&path2, &d.layers)? => {
+                        return Err(Errno::ENOTEMPTY)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let ufd = self.stack.fd(upper);
+        // Bring the moving entries up.
+        self.bring_up(parent, name, &path1, &src)?;
+        if exchange {
+            self.bring_up(newparent, newname, &path2, dst.as_ref().expect("checked"))?;
+        } else if let Some(d) = &dst {
+            if d.kind == Kind::Dir && self.stack.is_upper(d.layers[0]) {
+                // Merged-empty: only whiteouts left, which must go for the
+                // real rename to replace it.
+                let dfd = sys::open_beneath(ufd, path2.c(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                remove_tree_contents(std::os::fd::AsFd::as_fd(&dfd))?;
+            }
+        }
+        // A directory landing on a name that lower layers hold must not merge
+        // with them.
+        if src.kind == Kind::Dir && self.exists_below(&p2, &l2, newname.as_bytes())? {
+            whiteout::set_opaque(ufd, &path1, self.opaque_form)?;
+        }
+        if exchange {
+            let d = dst.as_ref().expect("checked");
+            if d.kind == Kind::Dir && self.exists_below(&p1, &l1, name.as_bytes())? {
+                whiteout::set_opaque(ufd, &path2, self.opaque_form)?;
+            }
+            sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_EXCHANGE)?;
+        } else {
+            let needs_whiteout = self.exists_below(&p1, &l1, name.as_bytes())?;
+            let mut done = false;
+            if needs_whiteout && self.whiteout_form == WhiteoutForm::Device {
+                match sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT) {
+                    Ok(()) => done = true,
+                    Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !done {
+                sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0)?;
+                if needs_whiteout {
+                    whiteout::make_whiteout(ufd, &path1, self.whiteout_form)?;
+                }
+            }
+            if self.whiteout_form == WhiteoutForm::WhFile {
+                whiteout::remove_wh_file(ufd, &path2)?;
+            }
+        }
+        // The node table follows.
+        if exchange {
+            let a = parent.children.lock().remove(name);
+            let b = newparent.children.lock().remove(newname);
+            for (id, p, n) in [(a, newparent, newname), (b, parent, name)] {
+                if let Some(id) = id {
+                    if let Ok(node) = self.nodes.get(id) {
+                        let mut s = node.state.write();
+                        s.parent = p.id;
+                        s.name = n.to_os_string();
+                        drop(s);
+                        p.children.lock().insert(n.to_os_string(), id);
+                    }
+                }
+            }
+        } else {
+            self.nodes.detach_child(newparent, newname);
+            self.nodes.move_child(parent, name, newparent, newname);
+        }
+        Ok(())
+    }
+
+    /// Makes the entry `path` (resolved as `r`, named `name` in `parent`)
+    /// live entirely in the upper layer, and updates its live node.
+    fn bring_up(&self, parent: &Node, name: &OsStr, path: &RelPath, r: &Resolved) -> Res<()> {
+        let upper = self.upper()?;
+        let child = self.nodes.child(parent, name);
+        if r.kind == Kind::Dir {
+            if r.layers.iter().all(|l| self.stack.is_upper(*l)) {
+                return Ok(());
+            }
+            self.materialize_dir(path, &r.layers)?;
+            if let Some(c) = &child {
+                c.state.write().layers = vec![upper];
+                for d in self.nodes.descendants(c) {
+                    d.state.write().layers = vec![upper];
+                }
+            }
+            return Ok(());
+        }
+        if self.stack.is_upper(r.layers[0]) {
+            return Ok(());
+        }
+        let ino = match &child {
+            Some(c) => c.ino,
+            None => self.ino_for(r.layers[0], path, &r.stat, r.kind, &r.layers),
+        };
+        self.copy_up_entry(r.layers[0], path, crate::copyup::CopyData::All, ino)?;
+        if let Some(c) = &child {
+            c.state.write().layers = vec![upper];
+        }
+        Ok(())
+    }
+
+    /// Copies the merged directory tree at `path` (merged from `layers`)
+    /// entirely into the upper layer and marks it opaque.
+    pub fn materialize_dir(&self, path: &RelPath, layers: &[LayerIdx]) -> Res<()> {
+        let upper = self.upper()?;
+        let ufd = self.stack.fd(upper);
+        if !self.stack.is_upper(layers[0]) {
+            let st = sys::stat_at(self.stack.fd(layers[0]), path.c())?;
+            self.copy_up_entry(
+                layers[0],
+                path,
+                crate::copyup::CopyData::All,
+                self.stack.ino(layers[0], st.st_ino),
+            )?;
+        }
+        for (name, layer, ino, kind) in self.merged_entries(path, layers)? {
+            let child = path.join(&name);
+            if kind == Kind::Dir {
+                if let Some(r) = self.resolve(path, layers, &name)? {
+                    if !r.layers.iter().all(|l| self.stack.is_upper(*l)) {
+                        self.materialize_dir(&child, &r.layers)?;
+                    }
+                }
+            } else if !self.stack.is_upper(layer) {
+                self.copy_up_entry(
+                    layer,
+                    &child,
+                    crate::copyup::CopyData::All,
+                    self.stack.ino(layer, ino),
+                )?;
+            }
+        }
+        whiteout::set_opaque(ufd, path, self.opaque_form)?;
+        let _ = NodeId::ROOT;
+        Ok(())
+    }
+}

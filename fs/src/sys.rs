@@ -1,0 +1,683 @@
+//! Every raw syscall the filesystem makes that `nix` does not wrap safely.
+//!
+//! Signatures are I/O-safe: `BorrowedFd`/`AsFd` in, `OwnedFd` out. Paths are
+//! always relative to a layer's directory fd; `openat2` is called with
+//! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` so nothing a layer holds (a
+//! symlink, `..`) can make the server open a host path outside that layer.
+//! This is the only module of the crate allowed to use `unsafe`.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+
+/// `openat2(2)` resolve flags used for every open inside a layer.
+const RESOLVE_BENEATH: u64 = 0x08;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` (relative, no leading `/`) beneath the directory `dir`.
+///
+/// Symlinks are never followed, in any component: a symlink as the last
+/// component opens the link itself only with `O_PATH | O_NOFOLLOW`, and
+/// fails with `ELOOP` otherwise, as `O_NOFOLLOW` does.
+pub fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+    };
+    loop {
+        // SAFETY: `how` is a valid open_how of the size passed; `path` is a
+        // NUL-terminated string that outlives the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if ret >= 0 {
+            // SAFETY: the kernel returned a new, owned file descriptor.
+            return Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) });
+        }
+        let err = Errno::last();
+        if err == Errno::EAGAIN || err == Errno::EINTR {
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// Opens an absolute host path as an `O_PATH` directory fd (mount set-up only).
+pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `c` is NUL-terminated and lives across the call.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new fd returned by open(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(dir, path, AT_SYMLINK_NOFOLLOW)`; the path "." stats `dir` itself.
+pub fn stat_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<libc::stat, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer; `path` is NUL-terminated.
+    let ret = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer.
+    let ret = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatvfs(fd)`.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is a valid out-pointer.
+    let ret = unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fstatvfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+fn check(ret: libc::c_int) -> Result<(), Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// `mkdirat(2)`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a NUL-terminated path.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), path.as_ptr(), mode) })
+}
+
+/// `mknodat(2)`.
+pub fn mknod_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a NUL-terminated path.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), path.as_ptr(), mode, rdev) })
+}
+
+/// `symlinkat(2)`.
+pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, path: &CStr) -> Result<(), Errno> {
+    // SAFETY: plain syscall on NUL-terminated strings.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), path.as_ptr()) })
+}
+
+/// `linkat(2)` without following symlinks.
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> Result<(), Errno> {
+    // SAFETY: plain syscall on NUL-terminated paths.
+    check(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            0,
+        )
+    })
+}
+
+/// `unlinkat(2)`; `dir_flag` removes a directory.
+pub fn unlink_at(dir: BorrowedFd<'_>, path: &CStr, remove_dir: bool) -> Result<(), Errno> {
+    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: plain syscall on a NUL-terminated path.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), path.as_ptr(), flags) })
+}
+
+/// `renameat2(2)` with raw `RENAME_*` flags.
+pub fn rename_at2(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: u32,
+) -> Result<(), Errno> {
+    // SAFETY: plain syscall on NUL-terminated paths.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// `fchownat(dir, path, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id alone.
+pub fn chown_at(dir: BorrowedFd<'_>, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a NUL-terminated path.
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// `fchmodat(dir, path, mode)`; symlinks are not changed (Linux cannot).
+pub fn chmod_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a NUL-terminated path.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), path.as_ptr(), mode, 0) })
+}
+
+/// `fchown(fd)`.
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })
+}
+
+/// `fchmod(fd)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+}
+
+/// A timestamp for [`utimens_at`]: a value, now, or leave alone.
+#[derive(Clone, Copy, Debug)]
+pub enum Time {
+    Set(i64, i64),
+    Now,
+    Omit,
+}
+
+impl Time {
+    fn timespec(self) -> libc::timespec {
+        match self {
+            Time::Set(sec, nsec) => libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            },
+            Time::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            Time::Omit => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        }
+    }
+}
+
+/// `utimensat(dir, path, [atime, mtime], AT_SYMLINK_NOFOLLOW)`.
+pub fn utimens_at(dir: BorrowedFd<'_>, path: &CStr, atime: Time, mtime: Time) -> Result<(), Errno> {
+    let ts = [atime.timespec(), mtime.timespec()];
+    // SAFETY: `ts` is a two-element array as utimensat requires.
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// `futimens(fd, [atime, mtime])`.
+pub fn futimens(fd: BorrowedFd<'_>, atime: Time, mtime: Time) -> Result<(), Errno> {
+    let ts = [atime.timespec(), mtime.timespec()];
+    // SAFETY: `ts` is a two-element array as futimens requires.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
+}
+
+/// `readlinkat(2)`.
+pub fn readlink_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for its whole length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// The path `/proc/self/fd/DIR/PATH`, through which the `l*xattr` calls reach
+/// an entry relative to a layer fd (the magic link lands inside the layer; the
+/// last component is never followed).
+fn proc_path(dir: BorrowedFd<'_>, path: &CStr) -> CString {
+    let mut s = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    let p = path.to_bytes();
+    if p != b"." {
+        s.push(b'/');
+        s.extend_from_slice(p);
+    }
+    CString::new(s).expect("no NUL in a CStr")
+}
+
+/// `lgetxattr` of an entry beneath `dir`. With an empty buffer, returns the size.
+pub fn getxattr_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    buf: &mut [u8],
+) -> Result<usize, Errno> {
+    let p = proc_path(dir, path);
+    // SAFETY: `buf` is writable for its length; strings are NUL-terminated.
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Reads a whole xattr value of an entry beneath `dir`.
+pub fn getxattr_vec(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<Vec<u8>, Errno> {
+    loop {
+        let size = getxattr_at(dir, path, name, &mut [])?;
+        let mut buf = vec![0u8; size];
+        match getxattr_at(dir, path, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `llistxattr` of an entry beneath `dir`. With an empty buffer, returns the size.
+pub fn listxattr_at(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    let p = proc_path(dir, path);
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// All xattr names of an entry beneath `dir`.
+pub fn listxattr_vec(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<Vec<u8>>, Errno> {
+    loop {
+        let size = listxattr_at(dir, path, &mut [])?;
+        let mut buf = vec![0u8; size];
+        match listxattr_at(dir, path, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect());
+            }
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `lsetxattr` of an entry beneath `dir`.
+pub fn setxattr_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    value: &[u8],
+    flags: i32,
+) -> Result<(), Errno> {
+    let p = proc_path(dir, path);
+    // SAFETY: `value` is readable for its length; strings are NUL-terminated.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+/// `lremovexattr` of an entry beneath `dir`.
+pub fn removexattr_at(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<(), Errno> {
+    let p = proc_path(dir, path);
+    // SAFETY: strings are NUL-terminated.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) })
+}
+
+/// `pread(2)`, retried on EINTR; returns the bytes read (short at EOF).
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the slice is writable for the length passed.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                (offset + done as u64) as i64,
+            )
+        };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    Ok(done)
+}
+
+/// `pwrite(2)` of the whole buffer, retried on EINTR and short writes.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the slice is readable for the length passed.
+        let n = unsafe {
+            libc::pwrite(
+                fd.as_raw_fd(),
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+                (offset + done as u64) as i64,
+            )
+        };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            if done > 0 {
+                return Ok(done);
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(done)
+}
+
+/// `copy_file_range(2)` of `len` bytes between two fds at explicit offsets;
+/// returns the bytes copied (short at the source's EOF).
+pub fn copy_range(
+    src: BorrowedFd<'_>,
+    src_off: u64,
+    dst: BorrowedFd<'_>,
+    dst_off: u64,
+    len: u64,
+) -> Result<u64, Errno> {
+    let mut off_in = src_off as i64;
+    let mut off_out = dst_off as i64;
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(1 << 30) as usize;
+        // SAFETY: offsets are valid out-pointers; fds are borrowed for the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// `lseek(2)` (used for SEEK_DATA / SEEK_HOLE).
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64, Errno> {
+    // SAFETY: plain syscall on an fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `fallocate(2)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: i64, len: i64) -> Result<(), Errno> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) })
+}
+
+/// `fsync(2)` or `fdatasync(2)`.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<(), Errno> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+}
+
+/// `ftruncate(2)`.
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> Result<(), Errno> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) })
+}
+
+/// Reads directory entries of an open directory fd: (name, d_ino, d_type).
+/// Skips `.` and `..`.
+pub fn read_dir_fd(fd: OwnedFd) -> Result<Vec<(Vec<u8>, u64, u8)>, Errno> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: `buf` is writable for its length; getdents64 fills it with
+        // packed linux_dirent64 records.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            // linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, name...
+            let rec = &buf[off..];
+            let d_ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
+            let reclen = u16::from_ne_bytes(rec[16..18].try_into().expect("2 bytes")) as usize;
+            let d_type = rec[18];
+            let name_bytes = &rec[19..reclen];
+            let len = name_bytes
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push((name.to_vec(), d_ino, d_type));
+            }
+            off += reclen;
+        }
+    }
+    Ok(out)
+}
+
+/// Mounts a FUSE filesystem at `target` served through the open `/dev/fuse`
+/// fd `dev`, with `data` as the extra mount data (after `fd=`, `rootmode=`).
+pub fn mount_fuse(
+    dev: BorrowedFd<'_>,
+    target: &std::path::Path,
+    fsname: &str,
+    subtype: &str,
+    flags: u64,
+    data: &str,
+) -> Result<(), Errno> {
+    let src = CString::new(fsname).map_err(|_| Errno::EINVAL)?;
+    let tgt = CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let fstype = CString::new(format!("fuse.{subtype}")).map_err(|_| Errno::EINVAL)?;
+    let mut opts = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+    if !data.is_empty() {
+        opts.push(',');
+        opts.push_str(data);
+    }
+    let opts = CString::new(opts).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            opts.as_ptr().cast(),
+        )
+    })
+}
+
+/// Detaches the mount at `target` (`umount2(MNT_DETACH)`).
+pub fn umount_detach(target: &std::path::Path) -> Result<(), Errno> {
+    let tgt = CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// Opens `/dev/fuse` for a new connection.
+pub fn open_fuse_device() -> Result<OwnedFd, Errno> {
+    // SAFETY: literal NUL-terminated path.
+    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new fd from open(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets the process umask (the server creates files with exact modes).
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe {
+        libc::umask(mask);
+    }
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit (the server holds one fd per open file).
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A `CString` from an `OsStr`; names from the kernel never contain NUL.
+pub fn cstr(s: &OsStr) -> Result<CString, Errno> {
+    CString::new(s.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// Borrows any fd-like value (kept for symmetry with the callers' types).
+pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
+    f.as_fd()
+}

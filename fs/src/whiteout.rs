@@ -1,0 +1,139 @@
+//! Whiteouts and opaque directories: the forms Strata reads and the one it
+//! writes.
+//!
+//! Read: a character device 0/0 (overlayfs), a `.wh.NAME` file (AUFS/OCI, as
+//! podman stores image layers), and a zero-size regular file carrying
+//! `trusted.overlay.whiteout` (the kernel's xattr form). Opaque directories:
+//! `trusted.overlay.opaque=y`, `user.overlay.opaque=y`,
+//! `user.fuseoverlayfs.opaque=y`, or a `.wh..wh..opq` entry inside.
+//!
+//! Written: the device form and `trusted.overlay.opaque=y` where the server
+//! may create devices (as root), else `.wh.NAME` and the `.wh..wh..opq`
+//! marker, which every reader of OCI layers understands.
+
+use std::ffi::CStr;
+use std::os::fd::BorrowedFd;
+
+use nix::errno::Errno;
+
+use crate::path::RelPath;
+use crate::sys;
+
+/// Prefix of AUFS/OCI whiteout names.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// Name of the AUFS/OCI opaque marker inside a directory.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// The xattr names that mark a directory opaque (value `y`).
+const OPAQUE_XATTRS: [&CStr; 3] = [
+    c"trusted.overlay.opaque",
+    c"user.overlay.opaque",
+    c"user.fuseoverlayfs.opaque",
+];
+
+/// How a whiteout is written into the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutForm {
+    /// A character device 0/0, as the kernel's overlayfs writes.
+    Device,
+    /// An empty `.wh.NAME` file beside the hidden name (unprivileged).
+    WhFile,
+}
+
+/// How an opaque directory is marked in the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpaqueForm {
+    /// `trusted.overlay.opaque=y`, as the kernel's overlayfs writes.
+    TrustedXattr,
+    /// A `.wh..wh..opq` entry inside the directory (unprivileged).
+    Marker,
+}
+
+/// Whether a stat result is a device whiteout (char 0/0).
+pub fn is_device_whiteout(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Whether an entry found by stat is a whiteout in any form that can be
+/// seen from the entry itself (device, or the kernel's xattr form).
+pub fn is_whiteout(dir: BorrowedFd<'_>, path: &RelPath, st: &libc::stat) -> bool {
+    if is_device_whiteout(st) {
+        return true;
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0 {
+        return sys::getxattr_at(dir, path.c(), c"trusted.overlay.whiteout", &mut []).is_ok();
+    }
+    false
+}
+
+/// Whether the AUFS-form whiteout `.wh.NAME` exists in `parent` of a layer.
+pub fn has_wh_file(dir: BorrowedFd<'_>, parent: &RelPath, name: &[u8]) -> bool {
+    let mut n = WH_PREFIX.to_vec();
+    n.extend_from_slice(name);
+    sys::stat_at(dir, parent.join(&n).c()).is_ok()
+}
+
+/// Whether the directory at `path` in a layer is opaque.
+pub fn is_opaque(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
+    let mut v = [0u8; 1];
+    for name in OPAQUE_XATTRS {
+        if let Ok(1) = sys::getxattr_at(dir, path.c(), name, &mut v) {
+            if v[0] == b'y' {
+                return true;
+            }
+        }
+    }
+    sys::stat_at(dir, path.join(OPAQUE_MARKER).c()).is_ok()
+}
+
+/// Marks the directory `path` of the upper layer opaque.
+pub fn set_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Result<(), Errno> {
+    match form {
+        OpaqueForm::TrustedXattr => {
+            sys::setxattr_at(dir, path.c(), c"trusted.overlay.opaque", b"y", 0)
+        }
+        OpaqueForm::Marker => {
+            let fd = sys::open_beneath(
+                dir,
+                path.join(OPAQUE_MARKER).c(),
+                libc::O_CREAT | libc::O_WRONLY,
+                0,
+            )?;
+            drop(fd);
+            Ok(())
+        }
+    }
+}
+
+/// Creates a whiteout for `path` (whose parent exists in the upper layer).
+/// The name must not exist in the upper layer.
+pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) -> Result<(), Errno> {
+    match form {
+        WhiteoutForm::Device => sys::mknod_at(dir, path.c(), libc::S_IFCHR, 0),
+        WhiteoutForm::WhFile => {
+            let (parent, name) = path.split();
+            let mut n = WH_PREFIX.to_vec();
+            n.extend_from_slice(name);
+            let fd =
+                sys::open_beneath(dir, parent.join(&n).c(), libc::O_CREAT | libc::O_WRONLY, 0)?;
+            drop(fd);
+            Ok(())
+        }
+    }
+}
+
+/// Removes an AUFS-form whiteout `.wh.NAME` for `path` if there is one.
+pub fn remove_wh_file(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> {
+    let (parent, name) = path.split();
+    let mut n = WH_PREFIX.to_vec();
+    n.extend_from_slice(name);
+    match sys::unlink_at(dir, parent.join(&n).c(), false) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a name is reserved by the whiteout forms (never shown to users).
+pub fn is_reserved_name(name: &[u8]) -> bool {
+    name.starts_with(WH_PREFIX)
+}

@@ -1,0 +1,76 @@
+//! Extended attributes, with the overlay's private names hidden.
+//!
+//! `trusted.overlay.*`, `user.overlay.*` and `user.fuseoverlayfs.*` belong to
+//! the union (whiteouts, opacity, origins): they are never listed, reading one
+//! gives `ENODATA`, and setting or removing one is refused with `EPERM`.
+//! Changing any other xattr of a lower entry copies it up first.
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+
+use crate::copyup::is_private_xattr;
+use crate::nodes::Node;
+use crate::overlay::{Overlay, Res};
+use crate::sys;
+
+impl Overlay {
+    /// Reads xattr `name` of `node`; with `size` 0, only its length.
+    pub fn getxattr(&self, node: &Node, name: &OsStr, size: u32) -> Res<Vec<u8>> {
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Errno::ENODATA);
+        }
+        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let path = self.nodes.path(node)?;
+        let fd = self.stack.fd(node.top());
+        if size == 0 {
+            let n = sys::getxattr_at(fd, path.c(), &cname, &mut [])?;
+            return Ok(vec![0; n]);
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::getxattr_at(fd, path.c(), &cname, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The NUL-separated list of `node`'s visible xattr names.
+    pub fn listxattr(&self, node: &Node) -> Res<Vec<u8>> {
+        let path = self.nodes.path(node)?;
+        let fd = self.stack.fd(node.top());
+        let names = sys::listxattr_vec(fd, path.c())?;
+        let mut out = Vec::new();
+        for n in names.into_iter().filter(|n| !is_private_xattr(n)) {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Sets xattr `name` of `node` (copying it up first).
+    pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
+        let upper = self.upper()?;
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        self.ensure_upper(node)?;
+        let path = self.nodes.path(node)?;
+        sys::setxattr_at(self.stack.fd(upper), path.c(), &cname, value, flags)
+    }
+
+    /// Removes xattr `name` of `node` (copying it up first).
+    pub fn removexattr(&self, node: &Node, name: &OsStr) -> Res<()> {
+        let upper = self.upper()?;
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        // Fail before a copy-up when there is nothing to remove.
+        let path = self.nodes.path(node)?;
+        sys::getxattr_at(self.stack.fd(node.top()), path.c(), &cname, &mut [])?;
+        self.ensure_upper(node)?;
+        let path = self.nodes.path(node)?;
+        sys::removexattr_at(self.stack.fd(upper), path.c(), &cname)
+    }
+}
