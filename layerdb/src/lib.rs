@@ -1,6 +1,7 @@
 //! strata-layerdb: the store of layers, images and tags.
 #![deny(unsafe_code)]
 
+pub mod archive;
 pub mod config;
 pub mod error;
 pub(crate) mod extract;
@@ -12,6 +13,7 @@ pub(crate) mod sys;
 pub(crate) mod tarfmt;
 pub(crate) mod tarsplit;
 
+pub use archive::{Compression, LoadOptions, LoadedImage, SaveFormat};
 pub use config::{CommitMeta, ConfigChange, ImageConfig};
 pub use error::{Error, Result};
 pub use ids::{ChainId, DiffId, Digest, ImageId};
