@@ -109,14 +109,19 @@ impl TempDir {
     pub fn new(tmp_root: &Path) -> Result<TempDir> {
         let name = unique_name("t");
         let lock_path = tmp_root.join(format!("{name}.lock"));
+        // The lock file appears under its name already locked (created and
+        // locked under a dot-name, then renamed), so `check` never sees a
+        // live temp dir with a free lock.
+        let staging = tmp_root.join(format!(".{name}.lock"));
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&lock_path)
-            .ctx("create", &lock_path)?;
+            .open(&staging)
+            .ctx("create", &staging)?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io("flock", &lock_path, e.into()))?;
+            .map_err(|(_, e)| Error::io("flock", &staging, e.into()))?;
+        fs::rename(&staging, &lock_path).ctx("rename", &lock_path)?;
         let path = tmp_root.join(&name);
         fs::DirBuilder::new()
             .mode(0o700)

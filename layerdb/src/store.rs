@@ -167,6 +167,15 @@ pub struct ImportOptions {
     pub created: Option<String>,
 }
 
+/// Options of [`Store::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Behave as a rootless store even when running as root: whiteouts as
+    /// `.wh.` files, opaque dirs as `user.overlay.opaque`, owners not set,
+    /// device nodes refused.
+    pub unprivileged: bool,
+}
+
 /// The layer database. Cheap to create; every method takes the store lock
 /// for as long as it needs it, so several `Store`s (in one or several
 /// processes) may use one root at once.
@@ -222,6 +231,11 @@ impl Store {
     /// The store is privileged (device whiteouts, owners, device nodes,
     /// `trusted.*` xattrs) when the process runs as root.
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(root, &StoreOptions::default())
+    }
+
+    /// Opens (creating it if needed) the store at `root` with options.
+    pub fn open_with(root: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store> {
         let root = root.as_ref().to_path_buf();
         for d in ["", "tmp", "layers", "images"] {
             let p = root.join(d);
@@ -239,7 +253,7 @@ impl Store {
             .ctx("create", &lock)?;
         Ok(Store {
             root,
-            privileged: nix::unistd::geteuid().is_root(),
+            privileged: !opts.unprivileged && nix::unistd::geteuid().is_root(),
         })
     }
 

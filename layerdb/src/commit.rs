@@ -1,0 +1,88 @@
+//! Commit: a container's upper directory becomes a layer on top of its
+//! image, and a new image whose config inherits the parent's with one more
+//! history entry.
+//!
+//! The upper is packed into a tar in `tmp/` ([`crate::pack`], overlay
+//! whiteouts and opaque directories turned into `.wh.` entries, overlay
+//! xattrs stripped), then imported like any layer, so the stored layer, its
+//! tar-split record and its diffID are exactly those of the tar `save` will
+//! write.
+
+use std::io::{BufWriter, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::config::{self, CommitMeta};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::TempFile;
+use crate::ids::{ChainId, ImageId};
+use crate::pack::{pack, PackMode};
+use crate::reference::{DefaultDomain, ImageName};
+use crate::store::Store;
+
+impl Store {
+    /// Turns the directory `upper` into a new layer on top of the image
+    /// `parent` (or on nothing, for `None`), and stores a new image, tagged
+    /// `name` if given. The parent's config is kept field for field;
+    /// `meta` adds the history entry (`created_by`, `comment`, `author`) and
+    /// config changes. `upper` is only read.
+    pub fn commit(
+        &self,
+        parent: Option<&str>,
+        upper: &Path,
+        meta: &CommitMeta,
+        name: Option<&str>,
+    ) -> Result<ImageId> {
+        let name = name
+            .map(|n| ImageName::parse(n, DefaultDomain::Localhost))
+            .transpose()?;
+        let (parent_cfg, mut chain) = match parent {
+            Some(r) => {
+                let info = self.inspect(r)?;
+                let chain: Vec<ChainId> = info.layers.iter().map(|l| l.chain_id).collect();
+                (Some(info.config_bytes), chain)
+            }
+            None => (None, Vec::new()),
+        };
+        let (tmp, f) = TempFile::new(&self.tmp_dir())?;
+        let mut w = BufWriter::new(f);
+        pack(upper, &mut w, PackMode::Layer)?;
+        let mut f = w
+            .into_inner()
+            .map_err(|e| Error::io("write", tmp.path(), e.into_error()))?;
+        f.seek(SeekFrom::Start(0)).ctx("seek", tmp.path())?;
+        let mut r = std::io::BufReader::new(f);
+        let layer = self.extract_layer(
+            &mut r,
+            chain.last().copied(),
+            None,
+            &format!("layer committed from {}", upper.display()),
+        )?;
+        drop(tmp);
+        let diff = layer.record.diff_id;
+        let cfg = match &parent_cfg {
+            Some(p) => config::child_config(p, diff, meta)?,
+            None => {
+                let created = meta.created.clone().unwrap_or_else(config::now_rfc3339);
+                let mut v = config::import_config(diff, &created, &meta.changes, meta.comment.as_deref());
+                if let Some(h) = v["history"][0].as_object_mut() {
+                    h.remove("created_by");
+                    if let Some(c) = &meta.created_by {
+                        h.insert("created_by".into(), c.clone().into());
+                    }
+                    if let Some(a) = &meta.author {
+                        h.insert("author".into(), a.clone().into());
+                    }
+                }
+                if let Some(a) = &meta.author {
+                    v["author"] = a.clone().into();
+                }
+                v
+            }
+        };
+        let bytes = config::to_bytes(&cfg);
+        chain.push(layer.record.chain_id);
+        let l = self.lock(true)?;
+        let names: Vec<ImageName> = name.into_iter().collect();
+        self.store_image_locked(&l, &mut vec![layer], &chain, &bytes, &names)
+    }
+}
