@@ -11,6 +11,7 @@
 pub mod fixture;
 pub mod mount;
 pub mod ops;
+pub mod pattern;
 pub mod sys;
 pub mod tree;
 

@@ -171,8 +171,8 @@ pub fn wait_process_gone(pid: i32, timeout: Duration) -> bool {
 /// The result of running a mount program to completion.
 #[derive(Debug)]
 pub struct Outcome {
-    /// Its exit status, or None if it did not exit within [`PROCESS_TIMEOUT`]
-    /// (then it was killed).
+    /// Its exit status, or None if it did not exit in time (then it was
+    /// killed).
     pub status: Option<ExitStatus>,
     /// What it wrote to stderr (a file, so a daemon keeping it open cannot
     /// block us).
@@ -189,8 +189,19 @@ impl Outcome {
 }
 
 /// Runs `prog args...` with stdin and stdout on /dev/null, in `cwd`, waiting
-/// a bounded time for it to exit.
+/// at most [`PROCESS_TIMEOUT`] for it to exit.
 pub fn run_program(prog: &Path, args: &[OsString], cwd: &Path, stderr_file: &Path) -> Outcome {
+    run_program_for(prog, args, cwd, stderr_file, PROCESS_TIMEOUT)
+}
+
+/// [`run_program`] with another bound on the wait.
+pub fn run_program_for(
+    prog: &Path,
+    args: &[OsString],
+    cwd: &Path,
+    stderr_file: &Path,
+    timeout: Duration,
+) -> Outcome {
     let err = fs::File::create(stderr_file).expect("create stderr file");
     let mut child = Command::new(prog)
         .args(args)
@@ -206,7 +217,7 @@ pub fn run_program(prog: &Path, args: &[OsString], cwd: &Path, stderr_file: &Pat
         if let Some(s) = child.try_wait().expect("wait for mount program") {
             break Some(s);
         }
-        if start.elapsed() > PROCESS_TIMEOUT {
+        if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
             break None;

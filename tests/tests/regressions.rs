@@ -8,6 +8,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use strata_tests::pattern::{check_pattern_file, write_pattern_file, MIB};
 use strata_tests::{on_both, Backend, Layers};
 
 fn read_all(path: &std::path::Path) -> Vec<u8> {
@@ -610,71 +611,6 @@ fn inode_numbers_unique(backend: &Backend) {
     );
 }
 on_both!(inode_numbers_unique, inode_numbers_unique);
-
-const MIB: usize = 1024 * 1024;
-
-/// A 1 MiB block whose first 8 bytes are its index, so a misplaced block
-/// shows.
-fn block(i: usize, base: &[u8]) -> Vec<u8> {
-    let mut b = base.to_vec();
-    b[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    b
-}
-
-fn base_block() -> Vec<u8> {
-    (0..MIB)
-        .map(|j| (j.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
-        .collect()
-}
-
-/// Writes a file of `mib` pattern blocks.
-pub fn write_pattern_file(path: &std::path::Path, mib: usize) {
-    let base = base_block();
-    let mut f = File::create(path).expect("create big file");
-    for i in 0..mib {
-        f.write_all(&block(i, &base)).expect("write big file");
-    }
-}
-
-/// Checks a pattern file, with `changed` bytes overriding; returns the
-/// first difference.
-fn check_pattern_file(
-    path: &std::path::Path,
-    mib: usize,
-    changed: &[(usize, u8)],
-) -> Result<(), String> {
-    let base = base_block();
-    let mut f = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    if len != (mib * MIB) as u64 {
-        return Err(format!(
-            "{} is {len} bytes, expected {}",
-            path.display(),
-            mib * MIB
-        ));
-    }
-    let mut buf = vec![0u8; MIB];
-    for i in 0..mib {
-        f.read_exact(&mut buf)
-            .map_err(|e| format!("read block {i}: {e}"))?;
-        let mut want = block(i, &base);
-        for &(off, b) in changed {
-            if off / MIB == i {
-                want[off % MIB] = b;
-            }
-        }
-        if buf != want {
-            let at = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
-            return Err(format!(
-                "{}: block {i} differs at byte {at}: {:#04x} instead of {:#04x}",
-                path.display(),
-                buf[at],
-                want[at]
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// Copy-up of a 256 MiB file: writing one byte in the middle leaves all
 /// other bytes intact in the merged view and in the upper.

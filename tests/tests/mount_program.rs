@@ -1,0 +1,478 @@
+//! The mount program contract that podman, buildah and dockerd's
+//! fuse-overlayfs driver rely on (issue 3, item 3), tested on the program
+//! under test (`$STRATA_MOUNT`, default strata-mount).
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use strata_tests::mount::{
+    escape_colon, is_mountpoint, mount_fstype, pids_with_arg, run_program_for, strata_program,
+    wait_process_gone, Outcome, PROCESS_TIMEOUT,
+};
+use strata_tests::{Backend, Layers, Mounted};
+
+/// Runs the program on `m` with this option string, from `cwd` (default:
+/// the stack's root), and hands whatever it mounted to `m`'s guard.
+fn run_on(m: &mut Mounted, opts: &str, cwd: Option<&Path>) -> Outcome {
+    run_on_for(m, opts, cwd, PROCESS_TIMEOUT)
+}
+
+fn run_on_for(m: &mut Mounted, opts: &str, cwd: Option<&Path>, timeout: Duration) -> Outcome {
+    let prog = strata_program();
+    let args: Vec<OsString> = vec!["-o".into(), opts.into(), m.path().into()];
+    let cwd = cwd.unwrap_or(m.root()).to_path_buf();
+    let out = run_program_for(&prog, &args, &cwd, &m.root().join("prog.stderr"), timeout);
+    let servers = pids_with_arg(m.path());
+    m.adopt(Backend::Program(prog), servers);
+    out
+}
+
+fn two_lowers() -> Layers {
+    Layers::new()
+        .lower(|l| {
+            l.file("bottom", "bottom\n")
+                .file("both", "from bottom\n")
+                .file("d/x", "x\n")
+                .dir("e")
+        })
+        .lower(|l| l.file("top", "top\n").file("both", "from top\n"))
+}
+
+fn assert_mounted_ok(m: &Mounted, out: &Outcome) {
+    assert!(
+        out.success(),
+        "mount program failed: {:?}, stderr: {}",
+        out.status,
+        out.stderr.trim()
+    );
+    let parent = fs::metadata(m.root()).expect("stat parent").dev();
+    let mnt =
+        fs::metadata(m.path()).expect("stat of the mountpoint right after the program exited");
+    assert_ne!(
+        mnt.dev(),
+        parent,
+        "right after exit 0 the mountpoint must be a live mount (st_dev differs)"
+    );
+    assert!(is_mountpoint(m.path()), "not in mountinfo after exit 0");
+    fs::read_dir(m.path()).expect("list the mount root");
+}
+
+#[test]
+fn version_prints_a_line() {
+    let out = Command::new(strata_program())
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run --version");
+    assert!(
+        out.status.success(),
+        "--version exit status {:?}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
+    assert!(
+        !first.trim().is_empty(),
+        "--version printed no line (stdout {text:?})"
+    );
+}
+
+/// Exit 0 only once the mount is live; the program exits, a server stays;
+/// after `fusermount3 -u` the server exits by itself.
+#[test]
+fn daemonizes_and_exits_after_fusermount_u() {
+    let mut m = two_lowers().materialize(false);
+    let opts = m.program_options();
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    assert_eq!(
+        mount_fstype(m.path()).map(|t| t.starts_with("fuse")),
+        Some(true),
+        "a FUSE mount"
+    );
+    let servers = pids_with_arg(m.path());
+    assert!(
+        !servers.is_empty(),
+        "no server process left running (looked for {} in /proc/*/cmdline)",
+        m.path().display()
+    );
+    assert!(
+        !servers.contains(&out.pid),
+        "the program itself must have exited"
+    );
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(m.path())
+        .status()
+        .expect("fusermount3");
+    assert!(st.success(), "fusermount3 -u failed");
+    for pid in servers {
+        assert!(
+            wait_process_gone(pid, PROCESS_TIMEOUT),
+            "server {pid} still runs {PROCESS_TIMEOUT:?} after fusermount3 -u"
+        );
+    }
+    assert!(!is_mountpoint(m.path()));
+}
+
+/// After `umount2(MNT_DETACH)` (what podman does) the server exits too.
+#[test]
+fn exits_after_lazy_umount() {
+    let mut m = two_lowers().materialize(false);
+    let opts = m.program_options();
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    let servers = pids_with_arg(m.path());
+    assert!(!servers.is_empty(), "no server process");
+    umount2(m.path(), MntFlags::MNT_DETACH).expect("umount2 MNT_DETACH");
+    for pid in servers {
+        assert!(
+            wait_process_gone(pid, PROCESS_TIMEOUT),
+            "server {pid} still runs after umount2(MNT_DETACH)"
+        );
+    }
+}
+
+/// SIGTERM to the server unmounts cleanly and it exits.
+#[test]
+fn sigterm_unmounts() {
+    let mut m = two_lowers().materialize(false);
+    let opts = m.program_options();
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    let servers = pids_with_arg(m.path());
+    assert!(!servers.is_empty(), "no server process");
+    for &pid in &servers {
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    }
+    for pid in servers {
+        assert!(
+            wait_process_gone(pid, PROCESS_TIMEOUT),
+            "server {pid} still runs after SIGTERM"
+        );
+    }
+    assert!(
+        !is_mountpoint(m.path()),
+        "still mounted after the server exited on SIGTERM"
+    );
+}
+
+/// Two lowers and no upperdir: a read-only view; every write is EROFS.
+#[test]
+fn read_only_mount_without_upperdir() {
+    let m = two_lowers().read_only().mount_strata();
+    assert_eq!(fs::read(m.join("both")).expect("read"), b"from top\n");
+    assert_eq!(fs::read(m.join("bottom")).expect("read"), b"bottom\n");
+    let erofs = |what: &str, r: Result<(), Errno>| assert_eq!(r, Err(Errno::EROFS), "{what}");
+    let io = |r: std::io::Result<()>| r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+    erofs("create", io(fs::write(m.join("new"), "x")));
+    erofs(
+        "open for write",
+        io(fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("top"))
+            .map(drop)),
+    );
+    erofs("mkdir", io(fs::create_dir(m.join("newdir"))));
+    erofs("unlink", io(fs::remove_file(m.join("top"))));
+    erofs("rmdir", io(fs::remove_dir(m.join("e"))));
+    erofs("rename", io(fs::rename(m.join("top"), m.join("top2"))));
+    erofs(
+        "chmod",
+        io(fs::set_permissions(
+            m.join("top"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )),
+    );
+    erofs(
+        "setxattr",
+        strata_tests::sys::lsetxattr(&m.join("top"), "user.x", b"x"),
+    );
+    erofs("symlink", io(symlink("t", m.join("sl"))));
+}
+
+const PODMAN_EXTRA: &str =
+    ",,volatile,fsync=0,noatime,nodev,context=\"system_u:object_r:container_file_t:s0\"";
+
+/// podman's option string with uid/gid mappings. containers/storage writes
+/// each mapping as `ContainerID:HostID:Size` (joined by `:`, hence the
+/// leading colon podman 4.3 was seen passing): layer files hold container
+/// ids and the mount shows host ids, so disk uid N shows as 100000+N, and a
+/// chown to host id 100003 through the mount stores 3 on disk (what
+/// fuse-overlayfs does, and what a container process running as host uid
+/// 100000 needs to own its files).
+#[test]
+fn podman_options_with_id_mappings() {
+    let layers = Layers::new()
+        .lower(|l| {
+            l.file("root_owned", "r\n")
+                .file("owned57", "5\n")
+                .owner("owned57", 5, 7)
+        })
+        .lower(|l| l.file("top", "t\n"));
+    let mut m = layers.materialize(false);
+    let opts = format!(
+        "{}{PODMAN_EXTRA},uidmapping=:0:100000:65536,gidmapping=:0:100000:65536",
+        m.program_options()
+    );
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    let owner = |p: &Path| {
+        let md = fs::symlink_metadata(p).expect("lstat");
+        (md.uid(), md.gid())
+    };
+    assert_eq!(
+        owner(&m.join("root_owned")),
+        (100_000, 100_000),
+        "disk 0:0 shows as host 100000:100000"
+    );
+    assert_eq!(
+        owner(&m.join("owned57")),
+        (100_005, 100_007),
+        "disk 5:7 shows as host 100005:100007"
+    );
+    assert_eq!(owner(&m.join("top")), (100_000, 100_000));
+    fs::write(m.join("new"), "n").expect("write through a podman-style mount");
+    nix::unistd::chown(
+        &m.join("new"),
+        Some(nix::unistd::Uid::from_raw(100_003)),
+        Some(nix::unistd::Gid::from_raw(100_004)),
+    )
+    .expect("chown through the mount");
+    assert_eq!(
+        owner(&m.join("new")),
+        (100_003, 100_004),
+        "owner seen through the mount"
+    );
+    m.unmount();
+    assert_eq!(
+        owner(&m.upper().join("new")),
+        (3, 4),
+        "owner stored in the upper layer"
+    );
+}
+
+#[test]
+fn podman_options_plain() {
+    let mut m = two_lowers().materialize(false);
+    let opts = format!("{}{PODMAN_EXTRA}", m.program_options());
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    fs::write(m.join("new"), "n").expect("write");
+    assert_eq!(fs::read(m.upper().join("new")).expect("upper"), b"n");
+}
+
+#[test]
+fn squash_options_accepted() {
+    let mut m = two_lowers().materialize(false);
+    let opts = format!(
+        "{},squash_to_uid=1000,squash_to_gid=1001",
+        m.program_options()
+    );
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    let md = fs::symlink_metadata(m.join("top")).expect("lstat");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (1000, 1001),
+        "squash_to_uid/gid change the owners users see"
+    );
+}
+
+#[test]
+fn unknown_options_do_not_fail() {
+    let mut m = two_lowers().materialize(false);
+    let opts = format!(
+        "{},strata_no_such_option=1,another_unknown,,",
+        m.program_options()
+    );
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+}
+
+/// `\:` escapes a colon inside a lowerdir path.
+#[test]
+fn escaped_colon_in_lowerdir() {
+    let mut m = two_lowers().materialize(false);
+    let colon = m.root().join("with:colon");
+    fs::create_dir(&colon).expect("mkdir");
+    fs::write(colon.join("from_colon_dir"), "c\n").expect("write");
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        escape_colon(&colon.to_string_lossy()),
+        escape_colon(&m.lowers()[0].to_string_lossy()),
+        m.upper().display(),
+        m.work().display()
+    );
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    assert_eq!(
+        fs::read(m.join("from_colon_dir")).expect("read from the lower with a colon"),
+        b"c\n"
+    );
+}
+
+/// podman runs the program with cwd at the storage root and may pass
+/// relative layer paths.
+#[test]
+fn relative_paths_from_cwd() {
+    let mut m = two_lowers().materialize(false);
+    let opts = "lowerdir=l/0:l/1,upperdir=u,workdir=w".to_string();
+    let root = m.root().to_path_buf();
+    let out = run_on(&mut m, &opts, Some(&root));
+    assert_mounted_ok(&m, &out);
+    fs::write(m.join("new"), "n").expect("write");
+    assert_eq!(fs::read(m.upper().join("new")).expect("upper"), b"n");
+}
+
+/// lowerdir entries may be symlinks to the layer directories (podman's
+/// `l/` short names).
+#[test]
+fn symlinked_lowerdir_entries() {
+    let mut m = two_lowers().materialize(false);
+    let links = m.root().join("links");
+    fs::create_dir(&links).expect("mkdir");
+    symlink(&m.lowers()[0], links.join("A")).expect("symlink");
+    symlink("../l/1", links.join("B")).expect("symlink");
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        links.join("A").display(),
+        links.join("B").display(),
+        m.upper().display(),
+        m.work().display()
+    );
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    assert_eq!(fs::read(m.join("bottom")).expect("read"), b"bottom\n");
+}
+
+/// All of stdin, stdout and stderr on /dev/null.
+#[test]
+fn all_stdio_on_dev_null() {
+    let mut m = two_lowers().materialize(false);
+    let prog = strata_program();
+    let mut child = Command::new(&prog)
+        .arg("-o")
+        .arg(m.program_options())
+        .arg(m.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let status = (0..PROCESS_TIMEOUT.as_millis() / 10)
+        .find_map(|_| {
+            let s = child.try_wait().expect("wait");
+            if s.is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s
+        })
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            child.wait().expect("wait")
+        });
+    m.adopt(Backend::Program(prog), pids_with_arg(m.path()));
+    assert!(status.success(), "status {status:?}");
+    assert!(is_mountpoint(m.path()));
+    assert_eq!(fs::read(m.join("top")).expect("read"), b"top\n");
+}
+
+fn assert_refused(m: &mut Mounted, opts: &str, what: &str) {
+    let out = run_on_for(m, opts, None, Duration::from_secs(20));
+    let servers = pids_with_arg(m.path());
+    let mounted = is_mountpoint(m.path());
+    if out.status.is_none() || mounted {
+        // A hung server: kill it first so cleanup cannot block on it.
+        for &pid in &servers {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = umount2(m.path(), MntFlags::MNT_DETACH);
+    }
+    assert!(
+        out.status.is_some(),
+        "{what}: the program hung (killed after 20 s)"
+    );
+    assert!(
+        !out.success(),
+        "{what}: must be refused with a non-zero exit"
+    );
+    assert!(!mounted, "{what}: refused, yet something is mounted");
+    assert!(
+        servers.is_empty(),
+        "{what}: a server process was left running: {servers:?}"
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: one line on stderr, got {:?}",
+        out.stderr
+    );
+}
+
+/// A lower or upper that is the mountpoint or inside it is refused (it
+/// hangs fuse-overlayfs) with a one-line reason, and nothing is mounted.
+#[test]
+fn layer_inside_mountpoint_is_refused() {
+    for case in ["lower is mnt", "lower inside mnt", "upper inside mnt"] {
+        let mut m = two_lowers().materialize(false);
+        let inside = m.path().join("inside");
+        fs::create_dir(&inside).expect("mkdir inside the mountpoint");
+        let mnt = m.path().display().to_string();
+        let (l0, u, w) = (
+            m.lowers()[0].display().to_string(),
+            m.upper().display().to_string(),
+            m.work().display().to_string(),
+        );
+        let opts = match case {
+            "lower is mnt" => format!("lowerdir={mnt}:{l0},upperdir={u},workdir={w}"),
+            "lower inside mnt" => format!(
+                "lowerdir={l0}:{},upperdir={u},workdir={w}",
+                inside.display()
+            ),
+            _ => format!("lowerdir={l0},upperdir={},workdir={w}", inside.display()),
+        };
+        assert_refused(&mut m, &opts, case);
+    }
+}
+
+/// A missing lower directory: non-zero exit, one line on stderr, nothing
+/// mounted, no server left.
+#[test]
+fn missing_lowerdir_fails_cleanly() {
+    let mut m = two_lowers().materialize(false);
+    let opts = format!(
+        "lowerdir={}/nonexistent,upperdir={},workdir={}",
+        m.root().display(),
+        m.upper().display(),
+        m.work().display()
+    );
+    assert_refused(&mut m, &opts, "missing lowerdir");
+}
+
+/// Mounting the same upper and work directories again after an unmount
+/// shows what was written before.
+#[test]
+fn remount_same_upper_after_unmount() {
+    let mut m = two_lowers().mount_strata();
+    fs::write(m.join("new"), "persisted\n").expect("write");
+    m.unmount();
+    m.mount_again(Backend::strata(), false);
+    assert_eq!(
+        fs::read(m.join("new")).expect("read after remount"),
+        b"persisted\n"
+    );
+}
