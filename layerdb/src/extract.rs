@@ -297,7 +297,9 @@ fn open_beneath(dir: BorrowedFd<'_>, path: &[u8]) -> nix::Result<OwnedFd> {
 fn path_err(errno: Errno, entry: &[u8]) -> Error {
     match errno {
         Errno::ELOOP | Errno::EXDEV => Error::bad_entry(entry, "its path goes through a symlink"),
-        Errno::ENOTDIR => Error::bad_entry(entry, "a parent of it is not a directory"),
+        Errno::ENOTDIR => {
+            Error::bad_entry(entry, "a parent of it is a symlink or not a directory")
+        }
         Errno::EEXIST => Error::bad_entry(entry, "duplicate entry (the path already exists)"),
         e => Error::bad_entry(entry, format!("cannot create it: {e}")),
     }
