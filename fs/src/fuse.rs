@@ -99,6 +99,7 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ];
         for f in want {
             if caps.contains(f) {
@@ -348,6 +349,9 @@ impl Filesystem for StrataFs {
                     let mut f = FopenFlags::empty();
                     if o.keep_cache {
                         f |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    if o.direct_io {
+                        f |= FopenFlags::FOPEN_DIRECT_IO;
                     }
                     match &o.backing {
                         Some(b) => reply.opened_passthrough(FileHandle(o.fh), f, b),
@@ -625,7 +629,7 @@ impl Filesystem for StrataFs {
                     &attr,
                     Generation(0),
                     FileHandle(o.fh),
-                    FopenFlags::empty(),
+                    if o.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
                     o.backing.as_deref(),
                 ),
                 Err(e) => reply.error(errno(e)),

@@ -5,21 +5,23 @@
 //! read-only open, a later copy-up could not move that open to the upper
 //! copy: the old fd would go on reading the lower file, and a write open
 //! would be bound to the lower file too (fuse-overlayfs 2.0 writes into the
-//! shared lower layer that way). So:
+//! shared lower layer that way). And FUSE's page cache turns a read that
+//! races a truncate into zero padding (fuse-overlayfs issue 475). So:
 //!
-//! - a file that lives only in a lower layer is opened **cached**: reads go
-//!   through FUSE into the page cache, kept across opens (`FOPEN_KEEP_CACHE`,
-//!   the lower layer never changes). A write open first copies the file up;
-//!   while cached opens exist, the writer is cached too, so the kernel's page
-//!   cache stays the one coherent view, and a read-only fd opened before the
-//!   copy-up reads the upper copy from then on (its handle is switched to
-//!   the upper file on the next read).
+//! - a file that lives only in a lower layer is opened **direct**
+//!   (`FOPEN_DIRECT_IO`, mmap allowed): every read asks the server, which
+//!   reads whatever layer holds the file now. A read-only fd opened before a
+//!   copy-up reads the upper copy from then on (its handle is switched to the
+//!   upper file on the next read), and no read ever sees padding. The data
+//!   comes from the host's page cache of the lower file, which every
+//!   container of the image shares. Mapped pages of lower files are kept
+//!   across opens (`FOPEN_KEEP_CACHE`: the lower layer never changes).
 //! - a file in the upper layer is opened with **passthrough** when the kernel
-//!   allows it and no cached open of it is live: reads, writes and mmap go
-//!   straight to the upper file. One backing id per node is shared by all its
-//!   passthrough opens and dropped with the last one.
-//! - anything else is cached without `FOPEN_KEEP_CACHE`, so the kernel drops
-//!   stale pages at open.
+//!   allows it and no direct open of it is live (a direct open may be
+//!   mmapped, which the kernel will not mix with passthrough): reads, writes
+//!   and mmap go straight to the upper file. One backing id per node is
+//!   shared by all its passthrough opens and dropped with the last one.
+//! - any other open of an upper file is direct, without keeping the cache.
 //!
 //! No write ever reaches a lower layer: lower files are only ever opened
 //! `O_RDONLY`.
@@ -44,8 +46,8 @@ use crate::sys;
 /// How the kernel does I/O on one open file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
-    /// Through FUSE read/write and the page cache.
-    Cached,
+    /// Through FUSE read/write, bypassing the page cache.
+    Direct,
     /// Straight to the backing file.
     Passthrough,
 }
@@ -113,6 +115,8 @@ pub struct Opened {
     pub fh: u64,
     /// Keep the page cache from earlier opens.
     pub keep_cache: bool,
+    /// Bypass the page cache.
+    pub direct_io: bool,
     /// The backing file for passthrough, if passed through.
     pub backing: Option<Arc<BackingId>>,
 }
@@ -166,9 +170,9 @@ impl Overlay {
     ) -> Res<Opened> {
         let fd = Arc::new(fd);
         let mut io = node.io.lock();
-        let mut mode = IoMode::Cached;
+        let mut mode = IoMode::Direct;
         let mut backing = None;
-        if is_upper && io.cached_opens == 0 && passthrough_on(self) {
+        if is_upper && io.direct_opens == 0 && passthrough_on(self) {
             match &io.backing {
                 Some(b) => backing = Some(b.clone()),
                 None => match register(fd.as_fd()) {
@@ -188,7 +192,7 @@ impl Overlay {
             }
         }
         match mode {
-            IoMode::Cached => io.cached_opens += 1,
+            IoMode::Direct => io.direct_opens += 1,
             IoMode::Passthrough => io.passthrough_opens += 1,
         }
         io.any_fd = Some(fd.clone());
@@ -202,11 +206,7 @@ impl Overlay {
         };
         self.handles.files.insert(fh, Arc::new(h));
         debug!(fh, ?mode, "open");
-        Ok(Opened {
-            fh,
-            keep_cache: !is_upper,
-            backing,
-        })
+        Ok(Opened { fh, keep_cache: !is_upper, direct_io: mode == IoMode::Direct, backing })
     }
 
     /// The fd to use for a handle, switched to the upper copy if the node
@@ -269,7 +269,7 @@ impl Overlay {
         };
         let mut io = h.node.io.lock();
         match h.mode {
-            IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
+            IoMode::Direct => io.direct_opens = io.direct_opens.saturating_sub(1),
             IoMode::Passthrough => {
                 io.passthrough_opens = io.passthrough_opens.saturating_sub(1);
                 if io.passthrough_opens == 0 {
@@ -277,7 +277,7 @@ impl Overlay {
                 }
             }
         }
-        if io.cached_opens == 0 && io.passthrough_opens == 0 {
+        if io.passthrough_opens == 0 && io.direct_opens == 0 {
             io.any_fd = None;
         }
     }

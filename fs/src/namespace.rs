@@ -136,6 +136,12 @@ impl Overlay {
                     )?;
                 }
                 match slot {
+                    // A directory cannot be renamed over a device: swap the
+                    // two, then drop the whiteout now in the work directory.
+                    UpperSlot::DeviceWhiteout if matches!(entry, NewEntry::Dir) => {
+                        sys::rename_at2(dir_fd, &at, ufd, path.c(), libc::RENAME_EXCHANGE)?;
+                        sys::unlink_at(dir_fd, &at, false)?;
+                    }
                     UpperSlot::DeviceWhiteout => sys::rename_at2(dir_fd, &at, ufd, path.c(), 0)?,
                     _ => {
                         sys::rename_at2(dir_fd, &at, ufd, path.c(), libc::RENAME_NOREPLACE)?;

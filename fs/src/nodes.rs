@@ -109,8 +109,8 @@ pub struct NodeState {
 /// How the kernel does I/O on a node's open files (see `crate::io`).
 #[derive(Debug, Default)]
 pub struct IoState {
-    /// Open files served through FUSE read/write (page cache in the kernel).
-    pub cached_opens: u32,
+    /// Open files served through FUSE without page cache.
+    pub direct_opens: u32,
     /// Open files passed through to a backing file.
     pub passthrough_opens: u32,
     /// The backing file registered for passthrough; one per node while any
