@@ -502,6 +502,18 @@ impl Store {
     }
 
     fn load_archive(&self, ar: &Archive, opts: &LoadOptions) -> Result<Vec<LoadedImage>> {
+        // A layer we found stored may be deleted by another process before
+        // we take the lock; then extract it too, on a second pass.
+        let mut tries = 0;
+        loop {
+            match self.load_archive_once(ar, opts) {
+                Err(Error::LayerMissing { .. }) if tries < 3 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn load_archive_once(&self, ar: &Archive, opts: &LoadOptions) -> Result<Vec<LoadedImage>> {
         let plans = if ar.exists("manifest.json") {
             plan_docker(ar)?
         } else if ar.exists("index.json") {
