@@ -38,6 +38,8 @@ fn base() -> Layers {
                 .file("op_w/hidden", "hidden\n")
                 .file("op_u/hidden", "hidden\n")
                 .file("op_f/hidden", "hidden\n")
+                .file("op_up/hidden", "hidden by an opaque upper dir\n")
+                .file("op_up2/hidden", "hidden by an opaque upper dir\n")
                 .file("owned", "owned by 1000\n")
                 .owner("owned", 1000, 1001)
                 .mode("owned", 0o640)
@@ -83,6 +85,9 @@ fn base() -> Layers {
                 .wh_file("dm/hidden_by_upper")
                 .whiteout("gone_up")
                 .symlink("sup", "up")
+                .opaque_as("op_up", OpaqueForm::FuseOverlayXattr)
+                .file("op_up/u", "upper in an opaque dir\n")
+                .opaque_wh("op_up2")
                 .file("xu", "upper with xattr\n")
                 .xattr("xu", "user.u", "u")
         })
@@ -103,6 +108,8 @@ fn initial_view() {
             Op::List("op_w"),
             Op::List("op_u"),
             Op::List("op_f"),
+            Op::List("op_up"),
+            Op::List("op_up2"),
             Op::Stat("gone_dev"),
             Op::Stat("gone_wh"),
             Op::Stat("gone_up"),
@@ -756,6 +763,40 @@ fn xattr_whiteouts_in_lowers() {
             Op::Read("xw/gone"),
             Op::Unlink("xw/keep"),
             Op::List("xw"),
+        ],
+    );
+}
+
+/// fallocate and fsync on lower, upper and shadowed files; statfs' name
+/// length limit.
+#[test]
+fn fallocate_fsync_statfs() {
+    fn fallocate(root: &std::path::Path, name: &str) -> strata_tests::OpResult {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join(name))
+            .map_err(|e| errno_of(&e))?;
+        nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 10_000)?;
+        f.sync_all().map_err(|e| errno_of(&e))?;
+        Ok(Out::Unit)
+    }
+    differential(
+        &base(),
+        &[
+            Op::Custom("fallocate lo to 10000 bytes", |r| fallocate(r, "lo")),
+            Op::Custom("fallocate up to 10000 bytes", |r| fallocate(r, "up")),
+            Op::Custom("fallocate sh to 10000 bytes", |r| fallocate(r, "sh")),
+            Op::Custom("fsync a read-only fd of lo_top", |r| {
+                let f = std::fs::File::open(r.join("lo_top")).map_err(|e| errno_of(&e))?;
+                f.sync_all().map_err(|e| errno_of(&e))?;
+                Ok(Out::Unit)
+            }),
+            Op::Custom("statfs f_namemax", |r| {
+                let st = nix::sys::statvfs::statvfs(r)?;
+                Ok(Out::Meta(format!("namemax {}", st.name_max())))
+            }),
+            Op::Stat("lo"),
+            Op::Stat("lo_top"),
         ],
     );
 }

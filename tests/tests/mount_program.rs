@@ -288,6 +288,23 @@ fn squash_options_accepted() {
 }
 
 #[test]
+fn squash_to_root_accepted() {
+    let layers = Layers::new()
+        .lower(|l| l.file("owned", "o\n").owner("owned", 1000, 1000))
+        .lower(|l| l.file("top", "t\n"));
+    let mut m = layers.materialize(false);
+    let opts = format!("{},squash_to_root", m.program_options());
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    let md = fs::symlink_metadata(m.join("owned")).expect("lstat");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (0, 0),
+        "squash_to_root shows every owner as root"
+    );
+}
+
+#[test]
 fn unknown_options_do_not_fail() {
     let mut m = two_lowers().materialize(false);
     let opts = format!(
