@@ -394,10 +394,21 @@ pub fn compare(ops: &[Op], a: &Record, b: &Record) -> Option<String> {
 /// The differential test: the same layers and script on the kernel's
 /// overlayfs and on the program under test must give the same results,
 /// merged trees and upper directories. Panics with both sides on a
-/// difference.
+/// difference. With `STRATA_TESTS_SHOW` set, prints every op's results.
 pub fn differential(layers: &Layers, ops: &[Op]) {
     let kernel = record(layers, &Backend::Kernel, ops);
     let program = record(layers, &Backend::strata(), ops);
+    if std::env::var_os("STRATA_TESTS_SHOW").is_some() {
+        for (i, op) in ops.iter().enumerate() {
+            eprintln!(
+                "#{i} {} -> kernel {} / {} {}",
+                ShowOp(op),
+                show_result(&kernel.results[i]),
+                program.name,
+                show_result(&program.results[i])
+            );
+        }
+    }
     if let Some(report) = compare(ops, &kernel, &program) {
         panic!(
             "{} differs from the kernel's overlayfs:\n{report}",

@@ -800,3 +800,84 @@ fn fallocate_fsync_statfs() {
         ],
     );
 }
+
+/// Runs `sh -c script` as uid:gid 1000:1000 with no supplementary groups,
+/// from the mount root; the result is its exit status.
+fn as_user(root: &std::path::Path, script: &str) -> strata_tests::OpResult {
+    use std::os::unix::process::CommandExt;
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(root)
+        .uid(1000)
+        .gid(1000)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| errno_of(&e))?;
+    Ok(Out::Meta(format!("exit {:?}", st.code())))
+}
+
+/// Permission checks for an unprivileged user, and the owner of what that
+/// user creates (a FUSE server running as root must create files as the
+/// caller, not as root).
+#[test]
+fn unprivileged_user_permissions_and_ownership() {
+    let layers = Layers::new()
+        .lower(|l| {
+            l.file("secret", "root only\n")
+                .mode("secret", 0o600)
+                .file("pub", "everyone reads\n")
+                .file("ro_dir/f", "f\n")
+                .dir("user_dir")
+                .owner("user_dir", 1000, 1000)
+                .file("user_dir/rootf", "root's file in the user's dir\n")
+                .file("user_file", "the user's\n")
+                .owner("user_file", 1000, 1000)
+                .dir("sticky")
+                .mode("sticky", 0o1777)
+                .file("sticky/rootf", "root's file in a sticky dir\n")
+        })
+        .lower(|l| l.file("pub2", "top lower\n"));
+    differential(
+        &layers,
+        &[
+            Op::Custom("user: cat secret", |r| as_user(r, "cat secret")),
+            Op::Custom("user: cat pub", |r| as_user(r, "cat pub")),
+            Op::Custom("user: append to pub", |r| as_user(r, "echo x >> pub")),
+            Op::Custom("user: append to user_file", |r| {
+                as_user(r, "echo x >> user_file")
+            }),
+            Op::Custom("user: create in ro_dir", |r| {
+                as_user(r, "echo x > ro_dir/new")
+            }),
+            Op::Custom("user: create in user_dir", |r| {
+                as_user(r, "echo x > user_dir/new")
+            }),
+            Op::Custom("user: mkdir in user_dir", |r| {
+                as_user(r, "mkdir user_dir/sub")
+            }),
+            Op::Custom("user: symlink in user_dir", |r| {
+                as_user(r, "ln -s target user_dir/sl")
+            }),
+            Op::Custom("user: rm root's file in user_dir", |r| {
+                as_user(r, "rm -f user_dir/rootf")
+            }),
+            Op::Custom("user: rm root's file in sticky dir", |r| {
+                as_user(r, "rm -f sticky/rootf")
+            }),
+            Op::Custom("user: create in sticky dir", |r| {
+                as_user(r, "echo x > sticky/mine")
+            }),
+            Op::Custom("user: chmod pub", |r| as_user(r, "chmod 777 pub")),
+            Op::Custom("user: rename user_file into ro_dir", |r| {
+                as_user(r, "mv user_file ro_dir/x")
+            }),
+            Op::Custom("user: rm pub2", |r| as_user(r, "rm -f pub2")),
+            Op::Custom("user: touch -m user_file", |r| {
+                as_user(r, "touch -d @1400000000 user_file")
+            }),
+        ],
+    );
+}
