@@ -15,7 +15,7 @@ use strata_tests::mount::{wait_process_gone, PROCESS_TIMEOUT};
 use strata_tests::pattern::{check_pattern_file, write_pattern_file, MIB};
 use strata_tests::{Backend, Layers};
 
-const SIZE_MIB: usize = 512;
+const SIZE_MIB: usize = 256;
 
 /// A regular file under `dir` that holds some but not all of `full` bytes
 /// (by size or by allocated blocks): a copy in progress.
@@ -48,12 +48,23 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The files copied up at once: a top-level one and one whose parents
+/// must be copied up too.
+const FILES: [&str; 2] = ["big/file", "deep/er/file2"];
+
 #[test]
 fn kill_9_during_copy_up_leaves_no_torn_file() {
     let mut m = Layers::new()
-        .lower(|l| l.dir("big").file("small", "small\n"))
+        .lower(|l| {
+            l.dir("big")
+                .dir("deep/er")
+                .file("small", "small\n")
+                .file("deep/er/small", "s\n")
+        })
         .materialize(false);
-    write_pattern_file(&m.lowers()[0].join("big/file"), SIZE_MIB);
+    for f in FILES {
+        write_pattern_file(&m.lowers()[0].join(f), SIZE_MIB);
+    }
     m.mount_again(Backend::strata(), false);
     let servers = m.servers().to_vec();
     assert!(
@@ -62,12 +73,17 @@ fn kill_9_during_copy_up_leaves_no_torn_file() {
         m.path().display()
     );
 
-    let path = m.join("big/file");
     let off = SIZE_MIB * MIB / 2 + 777;
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let f = OpenOptions::new().write(true).open(&path)?;
-        f.write_all_at(b"\0", off as u64)
-    });
+    let writers: Vec<_> = FILES
+        .iter()
+        .map(|f| {
+            let path = m.join(f);
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.write_all_at(b"\0", off as u64)
+            })
+        })
+        .collect();
     let full = (SIZE_MIB * MIB) as u64;
     let start = Instant::now();
     let caught = loop {
@@ -76,12 +92,12 @@ fn kill_9_during_copy_up_leaves_no_torn_file() {
         {
             break Some(p);
         }
-        if writer.is_finished() {
+        if writers.iter().all(|w| w.is_finished()) {
             break None;
         }
         assert!(
             start.elapsed() < PROCESS_TIMEOUT,
-            "the copy-up neither finished nor showed progress"
+            "the copy-ups neither finished nor showed progress"
         );
         std::hint::spin_loop();
     };
@@ -97,35 +113,61 @@ fn kill_9_during_copy_up_leaves_no_torn_file() {
     match &caught {
         Some(p) => eprintln!("killed the server while {p} was a partial copy"),
         None => eprintln!(
-            "the copy-up finished before a partial copy was seen; killed the server after it"
+            "the copy-ups finished before a partial copy was seen; killed the server after them"
         ),
     }
-    // The writer sees the copy-up fail (ENOTCONN/ECONNABORTED) or succeed.
-    let result = writer.join().expect("writer thread");
-    eprintln!("writer: {result:?}");
+    // A writer sees its copy-up fail (ENOTCONN/ECONNABORTED) or succeed.
+    let results: Vec<std::io::Result<()>> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer thread"))
+        .collect();
+    eprintln!("writers: {results:?}");
     m.forget_servers();
     m.unmount(); // fusermount3 -u, or a lazy umount, of the dead mount
 
     m.mount_again(Backend::strata(), false);
-    let merged = m.join("big/file");
-    let old = check_pattern_file(&merged, SIZE_MIB, &[]);
-    let new = check_pattern_file(&merged, SIZE_MIB, &[(off, 0)]);
-    assert!(
-        old.is_ok() || new.is_ok(),
-        "after a crash the file is neither the old nor the new content:\n  as old: {}\n  as new: {}",
-        old.unwrap_err(),
-        new.unwrap_err()
-    );
-    if result.is_ok() {
+    for (f, result) in FILES.iter().zip(&results) {
+        let merged = m.join(f);
+        let old = check_pattern_file(&merged, SIZE_MIB, &[]);
+        let new = check_pattern_file(&merged, SIZE_MIB, &[(off, 0)]);
         assert!(
-            new.is_ok(),
-            "the write returned success before the crash, but is lost: {}",
+            old.is_ok() || new.is_ok(),
+            "after a crash {f} is neither the old nor the new content:\n  as old: {}\n  as new: {}",
+            old.unwrap_err(),
             new.unwrap_err()
         );
+        if result.is_ok() {
+            assert!(
+                new.is_ok(),
+                "the write to {f} returned success before the crash, but is lost: {}",
+                new.unwrap_err()
+            );
+        }
+        let upper_file = m.upper().join(f);
+        if upper_file.exists() {
+            assert_eq!(
+                fs::metadata(&upper_file).expect("stat").len(),
+                full,
+                "a torn copy of {f} sits in the upper layer"
+            );
+        }
+        // The file is usable: writing now copies up cleanly.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&merged)
+            .expect("open after remount");
+        file.write_all_at(b"\x01", 5).expect("write after remount");
+        drop(file);
+        let mut changed = vec![(5, 1u8)];
+        if new.is_ok() {
+            changed.push((off, 0));
+        }
+        check_pattern_file(&merged, SIZE_MIB, &changed)
+            .expect("after a write following the remount");
     }
     assert_eq!(
         names(m.path()),
-        ["big", "small"],
+        ["big", "deep", "small"],
         "merged root after the crash"
     );
     assert_eq!(
@@ -133,24 +175,9 @@ fn kill_9_during_copy_up_leaves_no_torn_file() {
         ["file"],
         "merged big/ after the crash"
     );
-    let upper_file = m.upper().join("big/file");
-    if upper_file.exists() {
-        assert_eq!(
-            fs::metadata(&upper_file).expect("stat").len(),
-            full,
-            "a torn copy sits in the upper layer"
-        );
-    }
-    // And the merged file is usable: writing now copies up cleanly.
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&merged)
-        .expect("open after remount");
-    f.write_all_at(b"\x01", 5).expect("write after remount");
-    drop(f);
-    let mut changed = vec![(5, 1u8)];
-    if new.is_ok() {
-        changed.push((off, 0));
-    }
-    check_pattern_file(&merged, SIZE_MIB, &changed).expect("after a write following the remount");
+    assert_eq!(
+        names(&m.join("deep/er")),
+        ["file2", "small"],
+        "merged deep/er/ after the crash"
+    );
 }
