@@ -113,6 +113,9 @@ impl Overlay {
         if self.whiteout_form == whiteout::WhiteoutForm::WhFile {
             whiteout::remove_wh_file(dst, path)?;
         }
+        if kind != Kind::Dir && st.st_nlink > 1 && !self.stack.is_upper(from) {
+            self.link_up_siblings(from, path, st.st_ino)?;
+        }
         if self.do_fsync() && kind == Kind::File {
             let (parent, _) = path.split();
             if let Ok(d) = sys::open_beneath(dst, parent.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)

@@ -121,11 +121,17 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
-            let ttl = self.ov.ttl();
             reply_or_err!(
                 reply,
                 self.node(parent).and_then(|p| self.ov.lookup(&p, name)),
-                |(n, attr)| { reply.entry_node(INodeNo(n.id.0), &ttl, &attr, Generation(0)) }
+                |(n, attr)| {
+                    reply.entry_node(
+                        INodeNo(n.id.0),
+                        &self.ov.ttl_for(&attr),
+                        &attr,
+                        Generation(0),
+                    )
+                }
             )
         })
     }
@@ -136,7 +142,6 @@ impl Filesystem for StrataFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         guarded("getattr", || {
-            let ttl = self.ov.ttl();
             let res =
                 self.node(ino)
                     .and_then(|n| match fh.and_then(|fh| self.ov.file_fd(fh.0).ok()) {
@@ -145,7 +150,8 @@ impl Filesystem for StrataFs {
                         }
                         None => self.ov.getattr(&n),
                     });
-            reply_or_err!(reply, res, |attr| reply.attr(&ttl, &attr))
+            reply_or_err!(reply, res, |attr| reply
+                .attr(&self.ov.ttl_for(&attr), &attr))
         })
     }
 
@@ -168,7 +174,6 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         guarded("setattr", || {
-            let ttl = self.ov.ttl();
             let ch = AttrChange {
                 mode,
                 uid,
@@ -181,7 +186,7 @@ impl Filesystem for StrataFs {
             reply_or_err!(
                 reply,
                 self.node(ino).and_then(|n| self.ov.setattr(&n, ch)),
-                |attr| reply.attr(&ttl, &attr)
+                |attr| reply.attr(&self.ov.ttl_for(&attr), &attr)
             )
         })
     }
@@ -207,7 +212,6 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         guarded("mknod", || {
-            let ttl = self.ov.ttl();
             let entry = NewEntry::Node {
                 rdev: rdev as u64,
                 file_type: mode & libc::S_IFMT,
@@ -217,7 +221,7 @@ impl Filesystem for StrataFs {
                 .and_then(|p| self.ov.create_entry(&p, name, mode, entry, &caller(req)));
             reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
                 INodeNo(n.id.0),
-                &ttl,
+                &self.ov.ttl_for(&attr),
                 &attr,
                 Generation(0)
             ))
@@ -234,14 +238,13 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            let ttl = self.ov.ttl();
             let res = self.node(parent).and_then(|p| {
                 self.ov
                     .create_entry(&p, name, mode, NewEntry::Dir, &caller(req))
             });
             reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
                 INodeNo(n.id.0),
-                &ttl,
+                &self.ov.ttl_for(&attr),
                 &attr,
                 Generation(0)
             ))
@@ -279,7 +282,6 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         guarded("symlink", || {
-            let ttl = self.ov.ttl();
             use std::os::unix::ffi::OsStrExt;
             let entry = NewEntry::Symlink {
                 target: target.as_os_str().as_bytes(),
@@ -290,7 +292,7 @@ impl Filesystem for StrataFs {
             });
             reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
                 INodeNo(n.id.0),
-                &ttl,
+                &self.ov.ttl_for(&attr),
                 &attr,
                 Generation(0)
             ))
@@ -325,14 +327,13 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         guarded("link", || {
-            let ttl = self.ov.ttl();
             let res = self.node(ino).and_then(|n| {
                 let np = self.node(newparent)?;
                 self.ov.link(&n, &np, newname)
             });
             reply_or_err!(reply, res, |(n, attr)| reply.entry_node(
                 INodeNo(n.id.0),
-                &ttl,
+                &self.ov.ttl_for(&attr),
                 &attr,
                 Generation(0)
             ))
@@ -611,7 +612,6 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            let ttl = self.ov.ttl();
             let res = self.node(parent).and_then(|p| {
                 let (node, attr, fd) =
                     self.ov
@@ -625,11 +625,15 @@ impl Filesystem for StrataFs {
             match res {
                 Ok((node, attr, o)) => reply.created_node(
                     INodeNo(node.id.0),
-                    &ttl,
+                    &self.ov.ttl_for(&attr),
                     &attr,
                     Generation(0),
                     FileHandle(o.fh),
-                    if o.direct_io { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() },
+                    if o.direct_io {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    },
                     o.backing.as_deref(),
                 ),
                 Err(e) => reply.error(errno(e)),

@@ -206,7 +206,12 @@ impl Overlay {
         };
         self.handles.files.insert(fh, Arc::new(h));
         debug!(fh, ?mode, "open");
-        Ok(Opened { fh, keep_cache: !is_upper, direct_io: mode == IoMode::Direct, backing })
+        Ok(Opened {
+            fh,
+            keep_cache: !is_upper,
+            direct_io: mode == IoMode::Direct,
+            backing,
+        })
     }
 
     /// The fd to use for a handle, switched to the upper copy if the node

@@ -16,6 +16,7 @@
 
 pub mod copyup;
 pub mod fuse;
+pub mod hardlink;
 pub mod ids;
 pub mod io;
 pub mod layers;
@@ -143,7 +144,7 @@ impl Mounted {
                 .unwrap_or(2)
                 .max(2)
         });
-        let mut flags: u64 = libc::MS_NOSUID as u64 * u64::from(opts.nosuid);
+        let mut flags: u64 = if opts.nosuid { libc::MS_NOSUID } else { 0 };
         if opts.nodev {
             flags |= libc::MS_NODEV;
         }

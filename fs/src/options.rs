@@ -125,7 +125,7 @@ fn parse_u32(option: &str, v: &str) -> Result<u32, OptionsError> {
 
 fn parse_map(option: &str, v: &str) -> Result<IdMap, OptionsError> {
     let nums: Vec<&str> = v.split([':', ',']).filter(|s| !s.is_empty()).collect();
-    if nums.is_empty() || nums.len() % 3 != 0 {
+    if nums.is_empty() || !nums.len().is_multiple_of(3) {
         return Err(OptionsError::Invalid {
             option: option.to_string(),
             reason: "expected CONTAINER-ID:HOST-ID:LENGTH triples".into(),

@@ -46,6 +46,7 @@ pub struct Overlay {
     pub(crate) passthrough: AtomicBool,
     pub(crate) ttl: Duration,
     pub(crate) privileged: bool,
+    pub(crate) links: crate::hardlink::LinkMaps,
 }
 
 impl Overlay {
@@ -75,6 +76,7 @@ impl Overlay {
             passthrough: AtomicBool::new(passthrough),
             ttl,
             privileged,
+            links: Default::default(),
             opts,
         };
         // The root merges every layer, as the kernel's overlayfs does (a
@@ -91,6 +93,17 @@ impl Overlay {
     /// The attribute timeout and entry timeout given to the kernel.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// The timeout for one entry's attributes: none for a file with several
+    /// names, whose other names are separate nodes the kernel would not
+    /// know to refresh when one of them changes the link count.
+    pub fn ttl_for(&self, attr: &FileAttr) -> Duration {
+        if attr.nlink > 1 && attr.kind != fuser::FileType::Directory {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
     }
 
     /// Whether the mount accepts changes (an upper layer, not `ro`).

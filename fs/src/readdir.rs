@@ -19,6 +19,10 @@ use crate::path::RelPath;
 use crate::sys;
 use crate::whiteout::{self, OPAQUE_MARKER, WH_PREFIX};
 
+/// A visible entry of one layer's directory: name, layer, real inode
+/// number, kind.
+pub type LayerEntry = (Vec<u8>, LayerIdx, u64, Kind);
+
 /// One entry of a merged listing.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -69,11 +73,7 @@ impl Overlay {
 
     /// The visible entries of the directory `path` merged from `layers`:
     /// (name, layer it comes from, real inode number, kind), upper first.
-    pub fn merged_entries(
-        &self,
-        path: &RelPath,
-        layers: &[LayerIdx],
-    ) -> Res<Vec<(Vec<u8>, LayerIdx, u64, Kind)>> {
+    pub fn merged_entries(&self, path: &RelPath, layers: &[LayerIdx]) -> Res<Vec<LayerEntry>> {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut out = Vec::new();
         for &l in layers {
