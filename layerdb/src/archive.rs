@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::config::{host_arch, ImageConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, TempFile};
-use crate::ids::{ChainId, Digest, DiffId, ImageId};
+use crate::ids::{ChainId, DiffId, Digest, ImageId};
 use crate::reference::{DefaultDomain, ImageName};
 use crate::store::{HashingReader, PendingLayer, Store};
 use crate::tarfmt::{append_simple_dir, append_simple_file, TarWriter};
@@ -218,7 +218,13 @@ impl Archive {
     }
 }
 
-fn check_blob(archive: &str, member: &str, d: &Digest, size: Option<u64>, bytes: &[u8]) -> Result<()> {
+fn check_blob(
+    archive: &str,
+    member: &str,
+    d: &Digest,
+    size: Option<u64>,
+    bytes: &[u8],
+) -> Result<()> {
     let actual = Digest::of(bytes);
     if actual != *d {
         return Err(Error::DigestMismatch {
@@ -395,7 +401,10 @@ fn plan_oci_desc(
     out: &mut Vec<ImagePlan>,
 ) -> Result<()> {
     if depth > 4 {
-        return Err(Error::bad_archive(ar.name(), "image indexes nested too deep"));
+        return Err(Error::bad_archive(
+            ar.name(),
+            "image indexes nested too deep",
+        ));
     }
     let digest = desc_digest(ar, d)?;
     let bytes = ar.read_blob(&digest, Some(d.size))?;
@@ -440,7 +449,10 @@ fn plan_oci_desc(
         if !ar.exists(&member) {
             return Err(Error::bad_archive(
                 ar.name(),
-                format!("manifest {} references a missing blob {}", d.digest, l.digest),
+                format!(
+                    "manifest {} references a missing blob {}",
+                    d.digest, l.digest
+                ),
             ));
         }
         layers.push(LayerSrc {
@@ -481,7 +493,8 @@ impl Store {
         let mut f = File::open(path).ctx("open", path)?;
         let mut magic = [0u8; 4];
         let n = f.read(&mut magic).ctx("read", path)?;
-        let compressed = n >= 2 && magic[..2] == [0x1f, 0x8b] || n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd];
+        let compressed =
+            n >= 2 && magic[..2] == [0x1f, 0x8b] || n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd];
         if compressed {
             f.seek(SeekFrom::Start(0)).ctx("seek", path)?;
             return self.load_reader(&mut f, opts);
@@ -492,7 +505,11 @@ impl Store {
 
     /// Loads from a stream (stdin): it is spooled to the store's `tmp/`
     /// (decompressed if gzip or zstd) and loaded from there.
-    pub fn load_reader(&self, reader: &mut dyn Read, opts: &LoadOptions) -> Result<Vec<LoadedImage>> {
+    pub fn load_reader(
+        &self,
+        reader: &mut dyn Read,
+        opts: &LoadOptions,
+    ) -> Result<Vec<LoadedImage>> {
         let (tmp, mut f) = TempFile::new(&self.tmp_dir())?;
         let mut input = crate::extract::decompress(reader, "image archive")?;
         io::copy(&mut input, &mut f).map_err(|e| Error::stream("image archive", e))?;
@@ -558,7 +575,10 @@ impl Store {
                     if s != size {
                         return Err(Error::bad_archive(
                             ar.name(),
-                            format!("blob {} has {size} bytes, its descriptor says {s}", src.member),
+                            format!(
+                                "blob {} has {size} bytes, its descriptor says {s}",
+                                src.member
+                            ),
                         ));
                     }
                 }
@@ -663,7 +683,11 @@ impl Store {
         self.write_oci(&set, compression, &mut OciSink::<io::Sink>::Dir(dir))
     }
 
-    fn write_docker_archive(&self, set: &[(ImageId, Vec<String>)], out: &mut dyn Write) -> Result<()> {
+    fn write_docker_archive(
+        &self,
+        set: &[(ImageId, Vec<String>)],
+        out: &mut dyn Write,
+    ) -> Result<()> {
         let oerr = |e: io::Error| Error::stream("output archive", e);
         let mut w = TarWriter::new(out);
         let mut written: HashSet<DiffId> = HashSet::new();
@@ -706,13 +730,23 @@ impl Store {
             }));
         }
         let mbytes = serde_json::to_vec(&manifest).expect("serialisable");
-        append_simple_file(&mut w, "manifest.json", mbytes.len() as u64, &mut &mbytes[..])
-            .map_err(oerr)?;
+        append_simple_file(
+            &mut w,
+            "manifest.json",
+            mbytes.len() as u64,
+            &mut &mbytes[..],
+        )
+        .map_err(oerr)?;
         w.finish().map_err(oerr)?;
         Ok(())
     }
 
-    fn write_oci<W: Write>(&self, set: &[(ImageId, Vec<String>)], c: Compression, sink: &mut OciSink<'_, W>) -> Result<()> {
+    fn write_oci<W: Write>(
+        &self,
+        set: &[(ImageId, Vec<String>)],
+        c: Compression,
+        sink: &mut OciSink<'_, W>,
+    ) -> Result<()> {
         sink.dir("blobs/")?;
         sink.dir("blobs/sha256/")?;
         let mut written: HashMap<DiffId, Descriptor> = HashMap::new();

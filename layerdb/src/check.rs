@@ -77,9 +77,13 @@ impl std::fmt::Display for Problem {
             Problem::OrphanTemp { path } => {
                 write!(f, "leftover temporary data {}", path.display())
             }
-            Problem::CorruptLayer { chain, reason } => write!(f, "layer {chain} is corrupt: {reason}"),
+            Problem::CorruptLayer { chain, reason } => {
+                write!(f, "layer {chain} is corrupt: {reason}")
+            }
             Problem::UnreferencedLayer { chain } => write!(f, "layer {chain} is used by no image"),
-            Problem::CorruptImage { image, reason } => write!(f, "image {image} is corrupt: {reason}"),
+            Problem::CorruptImage { image, reason } => {
+                write!(f, "image {image} is corrupt: {reason}")
+            }
             Problem::MissingLayer { image, chain } => {
                 write!(f, "image {image} needs layer {chain}, which is missing")
             }
@@ -98,7 +102,9 @@ impl Problem {
     pub fn is_repairable(&self) -> bool {
         !matches!(
             self,
-            Problem::CorruptLayer { .. } | Problem::CorruptImage { .. } | Problem::MissingLayer { .. }
+            Problem::CorruptLayer { .. }
+                | Problem::CorruptImage { .. }
+                | Problem::MissingLayer { .. }
         )
     }
 }
@@ -136,7 +142,10 @@ impl Store {
     pub fn check(&self, repair: bool) -> Result<CheckReport> {
         let l = self.lock(true)?;
         let mut rep = CheckReport::default();
-        let found = |rep: &mut CheckReport, p: Problem, fix: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let found = |rep: &mut CheckReport,
+                     p: Problem,
+                     fix: &mut dyn FnMut() -> Result<()>|
+         -> Result<()> {
             if repair && p.is_repairable() {
                 fix()?;
                 rep.repaired.push(p.clone());
@@ -158,31 +167,43 @@ impl Store {
                 // A lock file being set up, or its debris.
                 let p = tmp.join(name);
                 if lock_is_free(&p) {
-                    found(&mut rep, Problem::OrphanTemp { path: p.clone() }, &mut || {
-                        let _ = fs::remove_file(&p);
-                        Ok(())
-                    })?;
+                    found(
+                        &mut rep,
+                        Problem::OrphanTemp { path: p.clone() },
+                        &mut || {
+                            let _ = fs::remove_file(&p);
+                            Ok(())
+                        },
+                    )?;
                 }
                 continue;
             }
             if let Some(base) = name.strip_suffix(".lock") {
                 if !entries.iter().any(|n| n == base) && lock_is_free(&tmp.join(name)) {
                     let p = tmp.join(name);
-                    found(&mut rep, Problem::OrphanTemp { path: p.clone() }, &mut || {
-                        let _ = fs::remove_file(&p);
-                        Ok(())
-                    })?;
+                    found(
+                        &mut rep,
+                        Problem::OrphanTemp { path: p.clone() },
+                        &mut || {
+                            let _ = fs::remove_file(&p);
+                            Ok(())
+                        },
+                    )?;
                 }
                 continue;
             }
             let lock = tmp.join(format!("{name}.lock"));
             if lock_is_free(&lock) {
                 let p = tmp.join(name);
-                found(&mut rep, Problem::OrphanTemp { path: p.clone() }, &mut || {
-                    fsutil::remove_tree(&p)?;
-                    let _ = fs::remove_file(&lock);
-                    Ok(())
-                })?;
+                found(
+                    &mut rep,
+                    Problem::OrphanTemp { path: p.clone() },
+                    &mut || {
+                        fsutil::remove_tree(&p)?;
+                        let _ = fs::remove_file(&lock);
+                        Ok(())
+                    },
+                )?;
             }
         }
         // Stray atomic-write temporaries.
@@ -197,10 +218,14 @@ impl Store {
                 let n = e.file_name().to_string_lossy().into_owned();
                 if n.starts_with('.') && n.contains(".tmp-") {
                     let p = e.path();
-                    found(&mut rep, Problem::OrphanTemp { path: p.clone() }, &mut || {
-                        let _ = fs::remove_file(&p);
-                        Ok(())
-                    })?;
+                    found(
+                        &mut rep,
+                        Problem::OrphanTemp { path: p.clone() },
+                        &mut || {
+                            let _ = fs::remove_file(&p);
+                            Ok(())
+                        },
+                    )?;
                 }
             }
         }
@@ -213,7 +238,11 @@ impl Store {
                 Ok(()) => continue,
                 Err(r) => r,
             };
-            found(&mut rep, Problem::CorruptLayer { chain: *c, reason }, &mut || Ok(()))?;
+            found(
+                &mut rep,
+                Problem::CorruptLayer { chain: *c, reason },
+                &mut || Ok(()),
+            )?;
         }
 
         // Images.
@@ -222,17 +251,27 @@ impl Store {
             rep.images_checked += 1;
             match self.verify_image(&id) {
                 Err(reason) => {
-                    found(&mut rep, Problem::CorruptImage { image: id, reason }, &mut || Ok(()))?;
+                    found(
+                        &mut rep,
+                        Problem::CorruptImage { image: id, reason },
+                        &mut || Ok(()),
+                    )?;
                     continue;
                 }
                 Ok(missing) => {
                     for chain in missing {
-                        found(&mut rep, Problem::MissingLayer { image: id, chain }, &mut || Ok(()))?;
+                        found(
+                            &mut rep,
+                            Problem::MissingLayer { image: id, chain },
+                            &mut || Ok(()),
+                        )?;
                     }
                 }
             }
             let dir = self.image_dir(&id);
-            let users = fs::read_dir(dir.join("users")).map(|r| r.count()).unwrap_or(0);
+            let users = fs::read_dir(dir.join("users"))
+                .map(|r| r.count())
+                .unwrap_or(0);
             if dir.join("removed").exists() && users == 0 && !tags.values().any(|i| *i == id) {
                 found(&mut rep, Problem::RemovedImage { image: id }, &mut || {
                     self.delete_image_locked(&id).map(drop)
@@ -249,10 +288,17 @@ impl Store {
             .collect();
         for (tag, image) in dangling {
             let mut fixed = false;
-            found(&mut rep, Problem::DanglingTag { tag: tag.clone(), image }, &mut || {
-                fixed = true;
-                Ok(())
-            })?;
+            found(
+                &mut rep,
+                Problem::DanglingTag {
+                    tag: tag.clone(),
+                    image,
+                },
+                &mut || {
+                    fixed = true;
+                    Ok(())
+                },
+            )?;
             if fixed {
                 tags.remove(&tag);
                 self.write_tags(&l, &tags)?;
@@ -263,9 +309,11 @@ impl Store {
         let used = self.referenced_layers()?;
         for c in self.layer_ids()?.iter().rev() {
             if !used.contains(c) {
-                found(&mut rep, Problem::UnreferencedLayer { chain: *c }, &mut || {
-                    self.delete_layer_locked(c)
-                })?;
+                found(
+                    &mut rep,
+                    Problem::UnreferencedLayer { chain: *c },
+                    &mut || self.delete_layer_locked(c),
+                )?;
             }
         }
         Ok(rep)
@@ -291,7 +339,10 @@ impl Store {
         io::copy(&mut r, &mut h).map_err(|e| format!("cannot rebuild its tar: {e}"))?;
         let (d, n) = (h.0.finish(), h.1);
         if d != rec.diff_id.0 {
-            return Err(format!("content hashes to {d}, not its diffID {}", rec.diff_id));
+            return Err(format!(
+                "content hashes to {d}, not its diffID {}",
+                rec.diff_id
+            ));
         }
         if n != rec.tar_size {
             return Err(format!("tar has {n} bytes, expected {}", rec.tar_size));
@@ -310,7 +361,11 @@ impl Store {
         if ChainId::chain(&cfg.rootfs.diff_ids) != rec.layers {
             return Err("image.json's layers do not match the config's diffIDs".into());
         }
-        Ok(rec.layers.into_iter().filter(|c| !self.has_layer(c)).collect())
+        Ok(rec
+            .layers
+            .into_iter()
+            .filter(|c| !self.has_layer(c))
+            .collect())
     }
 }
 

@@ -63,7 +63,8 @@ impl Store {
             Some(p) => config::child_config(p, diff, meta)?,
             None => {
                 let created = meta.created.clone().unwrap_or_else(config::now_rfc3339);
-                let mut v = config::import_config(diff, &created, &meta.changes, meta.comment.as_deref());
+                let mut v =
+                    config::import_config(diff, &created, &meta.changes, meta.comment.as_deref());
                 if let Some(h) = v["history"][0].as_object_mut() {
                     h.remove("created_by");
                     if let Some(c) = &meta.created_by {

@@ -59,7 +59,11 @@ pub struct RuntimeConfig {
     #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
     /// `ENTRYPOINT`.
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entrypoint: Option<Vec<String>>,
     /// `CMD`.
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
@@ -68,13 +72,21 @@ pub struct RuntimeConfig {
     #[serde(rename = "Volumes", default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<BTreeMap<String, Value>>,
     /// `WORKDIR`.
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_dir: Option<String>,
     /// `LABEL`.
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     /// `STOPSIGNAL`.
-    #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_signal: Option<String>,
 }
 
@@ -239,9 +251,7 @@ impl ConfigChange {
                 cfg.insert("Entrypoint".into(), strings(v));
             }
             ConfigChange::Env(k, val) => {
-                let env = cfg
-                    .entry("Env")
-                    .or_insert_with(|| Value::Array(Vec::new()));
+                let env = cfg.entry("Env").or_insert_with(|| Value::Array(Vec::new()));
                 if !env.is_array() {
                     *env = Value::Array(Vec::new());
                 }

@@ -297,9 +297,7 @@ fn open_beneath(dir: BorrowedFd<'_>, path: &[u8]) -> nix::Result<OwnedFd> {
 fn path_err(errno: Errno, entry: &[u8]) -> Error {
     match errno {
         Errno::ELOOP | Errno::EXDEV => Error::bad_entry(entry, "its path goes through a symlink"),
-        Errno::ENOTDIR => {
-            Error::bad_entry(entry, "a parent of it is a symlink or not a directory")
-        }
+        Errno::ENOTDIR => Error::bad_entry(entry, "a parent of it is a symlink or not a directory"),
         Errno::EEXIST => Error::bad_entry(entry, "duplicate entry (the path already exists)"),
         e => Error::bad_entry(entry, format!("cannot create it: {e}")),
     }
@@ -347,7 +345,10 @@ impl Extractor {
                 cur
             }
             Err(Errno::ENOENT) => {
-                return Err(Error::bad_entry(entry, "its directory is not in this layer"))
+                return Err(Error::bad_entry(
+                    entry,
+                    "its directory is not in this layer",
+                ))
             }
             Err(e) => return Err(path_err(e, entry)),
         };
@@ -527,7 +528,10 @@ impl Extractor {
                     Err(Errno::EEXIST) => {
                         // Created implicitly for an earlier entry: fine if a directory.
                         open_beneath(dir.as_fd(), base).map_err(|_| {
-                            Error::bad_entry(&raw, "duplicate entry (a non-directory has this path)")
+                            Error::bad_entry(
+                                &raw,
+                                "duplicate entry (a non-directory has this path)",
+                            )
                         })?;
                     }
                     Err(err) => return Err(path_err(err, &raw)),
@@ -578,7 +582,10 @@ impl Extractor {
             }
             EntryKind::HardLink(target) => {
                 let t = normalize(target).map_err(|why| {
-                    Error::bad_entry(&raw, format!("hard link target points out of the layer ({why})"))
+                    Error::bad_entry(
+                        &raw,
+                        format!("hard link target points out of the layer ({why})"),
+                    )
                 })?;
                 if t.is_empty() {
                     return Err(Error::bad_entry(&raw, "hard link to the layer root"));

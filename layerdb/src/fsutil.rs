@@ -30,9 +30,7 @@ pub(crate) fn unique_name(prefix: &str) -> String {
 
 /// fsyncs a directory so that renames inside it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .ctx("fsync", dir)
+    File::open(dir).and_then(|f| f.sync_all()).ctx("fsync", dir)
 }
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file in the same

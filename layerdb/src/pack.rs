@@ -25,7 +25,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::tarfmt::{EntryKind, EntryMeta, TarWriter};
+use crate::tarfmt::{EntryKind, EntryMeta, Pairs, TarWriter};
 
 /// How a tree is turned into a tar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl<W: Write> Packer<'_, W> {
         self.root.join(OsStr::from_bytes(rel))
     }
 
-    fn xattrs(&self, dir: &OwnedFd, name: &OsStr, rel: &[u8]) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    fn xattrs(&self, dir: &OwnedFd, name: &OsStr, rel: &[u8]) -> Result<(Pairs, bool)> {
         let mut out = Vec::new();
         let mut opaque = false;
         let names = sys::llistxattr_at(dir.as_fd(), name)
@@ -94,8 +94,9 @@ impl<W: Write> Packer<'_, W> {
             if self.mode == PackMode::Layer && name == b".wh..wh..opq" && opaque_written {
                 continue;
             }
-            let st: FileStat = nix::sys::stat::fstatat(dir.as_fd(), osname, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(|e| Error::io("stat", self.host(&path), e.into()))?;
+            let st: FileStat =
+                nix::sys::stat::fstatat(dir.as_fd(), osname, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| Error::io("stat", self.host(&path), e.into()))?;
             let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
             let mut meta = EntryMeta {
                 path: path.clone(),
@@ -132,7 +133,9 @@ impl<W: Write> Packer<'_, W> {
                         m.kind = EntryKind::File;
                         m.mode = 0;
                         m.xattrs.clear();
-                        self.w.append(&m, Some(&mut std::io::empty())).map_err(werr)?;
+                        self.w
+                            .append(&m, Some(&mut std::io::empty()))
+                            .map_err(werr)?;
                         self.walk(&child, &path, true)?;
                     } else {
                         self.walk(&child, &path, false)?;
@@ -183,7 +186,9 @@ impl<W: Write> Packer<'_, W> {
                         meta.kind = EntryKind::File;
                         meta.mode = 0;
                         meta.xattrs.clear();
-                        self.w.append(&meta, Some(&mut std::io::empty())).map_err(werr)?;
+                        self.w
+                            .append(&meta, Some(&mut std::io::empty()))
+                            .map_err(werr)?;
                     } else {
                         meta.kind = if fmt == SFlag::S_IFCHR {
                             EntryKind::Char(ma, mi)

@@ -56,7 +56,9 @@ impl ImageName {
             reason: why.to_string(),
         };
         if s.contains('@') {
-            return Err(bad("digest references (NAME@sha256:...) are not supported here"));
+            return Err(bad(
+                "digest references (NAME@sha256:...) are not supported here",
+            ));
         }
         // The tag is after the last ':' that follows the last '/'.
         let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
@@ -166,7 +168,10 @@ mod tests {
                 .iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>(),
-            ["localhost/busybox:latest", "docker.io/library/busybox:latest"]
+            [
+                "localhost/busybox:latest",
+                "docker.io/library/busybox:latest"
+            ]
         );
     }
 }

@@ -36,7 +36,7 @@ use crate::config::{self, ConfigChange, ImageConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::extract;
 use crate::fsutil::{self, TempDir};
-use crate::ids::{ChainId, Digest, DiffId, Hasher, ImageId};
+use crate::ids::{ChainId, DiffId, Digest, Hasher, ImageId};
 use crate::reference::{DefaultDomain, ImageName};
 use crate::tarsplit::{Reassembler, SplitWriter};
 
@@ -308,10 +308,7 @@ impl Store {
 
     pub(crate) fn lock(&self, exclusive: bool) -> Result<Lock> {
         let p = self.root.join("strata.lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .open(&p)
-            .ctx("open", &p)?;
+        let f = OpenOptions::new().read(true).open(&p).ctx("open", &p)?;
         let arg = if exclusive {
             FlockArg::LockExclusive
         } else {
@@ -367,7 +364,8 @@ impl Store {
         let enc = split
             .finish()
             .map_err(|e| Error::io("write", &split_path, e))?;
-        enc.finish().map_err(|e| Error::io("write", &split_path, e))?;
+        enc.finish()
+            .map_err(|e| Error::io("write", &split_path, e))?;
         if let Some(exp) = expect {
             if exp != ex.diff_id {
                 return Err(Error::DigestMismatch {
@@ -398,8 +396,7 @@ impl Store {
             chain: *chain,
             reason: format!("{}: {e}", sp.display()),
         })?;
-        let dec =
-            zstd::stream::read::Decoder::new(f).map_err(|e| Error::io("zstd", &sp, e))?;
+        let dec = zstd::stream::read::Decoder::new(f).map_err(|e| Error::io("zstd", &sp, e))?;
         let diff = dir.join("diff");
         let root = nix::fcntl::open(
             &diff,

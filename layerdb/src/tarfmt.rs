@@ -13,6 +13,9 @@ use std::io::{self, Read, Write};
 /// Size of a tar block.
 pub(crate) const BLOCK: usize = 512;
 
+/// Extended attributes or PAX records: (name, value) pairs, in order.
+pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The kind of a tar entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EntryKind {
@@ -104,7 +107,13 @@ impl RawHeader<'_> {
             .0
             .iter()
             .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u64 })
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    *b as u64
+                }
+            })
             .sum();
         let signed: i64 = self
             .0
@@ -177,7 +186,7 @@ pub(crate) fn padding(size: u64) -> usize {
 }
 
 /// Parses PAX extended header records (`"<len> <key>=<value>\n"`).
-pub(crate) fn parse_pax(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub(crate) fn parse_pax(data: &[u8]) -> Result<Pairs, String> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
@@ -369,7 +378,11 @@ impl<W: Write> TarWriter<W> {
         } else {
             &meta.path[..100]
         };
-        let short_link: &[u8] = if link.len() <= 100 { link } else { &link[..100] };
+        let short_link: &[u8] = if link.len() <= 100 {
+            link
+        } else {
+            &link[..100]
+        };
         let mut m = meta.clone();
         m.uid = m.uid.min(0o7777777);
         m.gid = m.gid.min(0o7777777);

@@ -22,9 +22,17 @@ fn check_busybox(store: &Store, reference: &str) {
     assert_eq!(info.layers.len(), 1);
     assert_eq!(info.layers[0].diff_id.to_string(), BUSYBOX_DIFF);
     let root = &info.layers[0].path;
-    assert_eq!(fs::read_link(root.join("bin/vi")).unwrap().to_str(), Some("busybox"));
-    assert!(fs::read_to_string(root.join("etc/passwd")).unwrap().starts_with("root:"));
-    assert_eq!(info.config.config.as_ref().unwrap().cmd, Some(vec!["/bin/sh".to_string()]));
+    assert_eq!(
+        fs::read_link(root.join("bin/vi")).unwrap().to_str(),
+        Some("busybox")
+    );
+    assert!(fs::read_to_string(root.join("etc/passwd"))
+        .unwrap()
+        .starts_with("root:"));
+    assert_eq!(
+        info.config.config.as_ref().unwrap().cmd,
+        Some(vec!["/bin/sh".to_string()])
+    );
 }
 
 fn check_c1(store: &Store) {
@@ -38,12 +46,18 @@ fn check_c1(store: &Store) {
     assert!(top.join("opt/d").is_dir());
     // bin/.wh.vi became an overlay whiteout.
     let md = fs::symlink_metadata(top.join("bin/vi")).unwrap();
-    assert!(md.file_type().is_char_device(), "expected a 0/0 whiteout device");
+    assert!(
+        md.file_type().is_char_device(),
+        "expected a 0/0 whiteout device"
+    );
     assert_eq!(md.rdev(), 0);
     assert!(!top.join("bin/.wh.vi").exists());
     // Lower dirs are top first.
     let lowers = store.lower_dirs("busybox-c1").unwrap();
-    assert_eq!(lowers, vec![info.layers[1].path.clone(), info.layers[0].path.clone()]);
+    assert_eq!(
+        lowers,
+        vec![info.layers[1].path.clone(), info.layers[0].path.clone()]
+    );
     // History pairs steps with layers, newest first.
     let h = store.history("busybox-c1").unwrap();
     assert_eq!(h.len(), 2);
@@ -57,7 +71,10 @@ fn podman_docker_archive_loads() {
     let (_d, store) = store();
     let loaded = load(&store, "busybox-docker-archive.tar");
     assert_eq!(loaded.len(), 1);
-    assert_eq!(loaded[0].names, vec!["localhost/busybox:latest".to_string()]);
+    assert_eq!(
+        loaded[0].names,
+        vec!["localhost/busybox:latest".to_string()]
+    );
     check_busybox(&store, "busybox");
     check_busybox(&store, "localhost/busybox:latest");
     check_busybox(&store, "b1ef65e5");
@@ -74,7 +91,10 @@ fn podman_oci_archive_loads() {
 
 #[test]
 fn podman_two_layer_archives_load_and_share_the_base() {
-    for name in ["busybox-c1-docker-archive.tar", "busybox-c1-oci-archive.tar"] {
+    for name in [
+        "busybox-c1-docker-archive.tar",
+        "busybox-c1-oci-archive.tar",
+    ] {
         let (_d, store) = store();
         load(&store, "busybox-docker-archive.tar");
         load(&store, name);
@@ -95,7 +115,9 @@ fn round_trip(format: SaveFormat) {
     load(&store, "busybox-oci-archive.tar");
     let out = d.path().join("out.tar");
     let mut f = fs::File::create(&out).unwrap();
-    store.save(&["busybox-c1", "busybox"], format, &mut f).unwrap();
+    store
+        .save(&["busybox-c1", "busybox"], format, &mut f)
+        .unwrap();
     drop(f);
     let (_d2, again) = common::store();
     let loaded = again.load(&out, &LoadOptions::default()).unwrap();
@@ -126,7 +148,9 @@ fn oci_dir_round_trip() {
     let (d, store) = store();
     load(&store, "busybox-c1-oci-archive.tar");
     let dir = d.path().join("layout");
-    store.save_oci_dir(&["busybox-c1"], &dir, Compression::Gzip).unwrap();
+    store
+        .save_oci_dir(&["busybox-c1"], &dir, Compression::Gzip)
+        .unwrap();
     assert!(dir.join("oci-layout").is_file());
     let (_d2, again) = common::store();
     again.load(&dir, &LoadOptions::default()).unwrap();
@@ -139,7 +163,9 @@ fn saved_docker_archive_matches_podman_layout() {
     load(&store, "busybox-c1-oci-archive.tar");
     let out = d.path().join("out.tar");
     let mut f = fs::File::create(&out).unwrap();
-    store.save(&["busybox-c1"], SaveFormat::DockerArchive, &mut f).unwrap();
+    store
+        .save(&["busybox-c1"], SaveFormat::DockerArchive, &mut f)
+        .unwrap();
     drop(f);
     // The layer files are byte-identical to what podman wrote.
     for diff in [BUSYBOX_DIFF, C1_DIFF] {
@@ -151,7 +177,14 @@ fn saved_docker_archive_matches_podman_layout() {
         );
     }
     let cfg = tar_member(&out, &format!("{}.json", &C1_ID[7..]));
-    assert_eq!(cfg, tar_member(&fixture("busybox-c1-docker-archive.tar"), &format!("{}.json", &C1_ID[7..])));
-    let manifest: serde_json::Value = serde_json::from_slice(&tar_member(&out, "manifest.json")).unwrap();
+    assert_eq!(
+        cfg,
+        tar_member(
+            &fixture("busybox-c1-docker-archive.tar"),
+            &format!("{}.json", &C1_ID[7..])
+        )
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&tar_member(&out, "manifest.json")).unwrap();
     assert_eq!(manifest[0]["RepoTags"][0], "localhost/busybox-c1:latest");
 }

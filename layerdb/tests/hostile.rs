@@ -19,7 +19,12 @@ fn snapshot(store: &Store) -> BTreeMap<String, u64> {
         for e in fs::read_dir(d).unwrap() {
             let e = e.unwrap();
             let md = fs::symlink_metadata(e.path()).unwrap();
-            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             out.insert(rel, if md.is_dir() { 0 } else { md.len() });
             if md.is_dir() {
                 walk(root, &e.path(), out);
@@ -47,27 +52,84 @@ fn layer_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let mut gz = gzip(&TarBuilder::new().file("a", &vec![1u8; 100_000]).build());
     let l = gz.len();
     gz.truncate(l / 2);
-    let mut zs = zstd::encode_all(&TarBuilder::new().file("a", &vec![1u8; 100_000]).build()[..], 3).unwrap();
+    let mut zs = zstd::encode_all(
+        &TarBuilder::new().file("a", &vec![1u8; 100_000]).build()[..],
+        3,
+    )
+    .unwrap();
     let l = zs.len();
     for b in &mut zs[l / 2..] {
         *b ^= 0xa5;
     }
     vec![
-        ("dotdot", TarBuilder::new().raw(b"../evil", EntryType::Regular, b"", b"x").build(), "../evil"),
-        ("dotdot-inner", TarBuilder::new().raw(b"a/../../evil", EntryType::Regular, b"", b"x").build(), "a/../../evil"),
-        ("absolute", TarBuilder::new().raw(b"/etc/evil", EntryType::Regular, b"", b"x").build(), "/etc/evil"),
-        ("symlink-out", TarBuilder::new().symlink("x", "../../etc").build(), "points out of the layer"),
-        ("hardlink-abs", TarBuilder::new().raw(b"h", EntryType::Link, b"/etc/passwd", b"").build(), "hard link"),
-        ("hardlink-dotdot", TarBuilder::new().raw(b"h", EntryType::Link, b"../x", b"").build(), "hard link"),
-        ("hardlink-missing", TarBuilder::new().hardlink("h", "nothere").build(), "not in this layer"),
+        (
+            "dotdot",
+            TarBuilder::new()
+                .raw(b"../evil", EntryType::Regular, b"", b"x")
+                .build(),
+            "../evil",
+        ),
+        (
+            "dotdot-inner",
+            TarBuilder::new()
+                .raw(b"a/../../evil", EntryType::Regular, b"", b"x")
+                .build(),
+            "a/../../evil",
+        ),
+        (
+            "absolute",
+            TarBuilder::new()
+                .raw(b"/etc/evil", EntryType::Regular, b"", b"x")
+                .build(),
+            "/etc/evil",
+        ),
+        (
+            "symlink-out",
+            TarBuilder::new().symlink("x", "../../etc").build(),
+            "points out of the layer",
+        ),
+        (
+            "hardlink-abs",
+            TarBuilder::new()
+                .raw(b"h", EntryType::Link, b"/etc/passwd", b"")
+                .build(),
+            "hard link",
+        ),
+        (
+            "hardlink-dotdot",
+            TarBuilder::new()
+                .raw(b"h", EntryType::Link, b"../x", b"")
+                .build(),
+            "hard link",
+        ),
+        (
+            "hardlink-missing",
+            TarBuilder::new().hardlink("h", "nothere").build(),
+            "not in this layer",
+        ),
         (
             "through-symlink",
-            TarBuilder::new().symlink("d", "/etc").raw(b"d/passwd", EntryType::Regular, b"", b"x").build(),
+            TarBuilder::new()
+                .symlink("d", "/etc")
+                .raw(b"d/passwd", EntryType::Regular, b"", b"x")
+                .build(),
             "symlink",
         ),
-        ("duplicate", TarBuilder::new().file("a", b"1").file("a", b"2").build(), "duplicate"),
-        ("duplicate-dir", TarBuilder::new().dir("d/").dir("d/").build(), "duplicate"),
-        ("file-over-dir", TarBuilder::new().file("d/x", b"1").file("d", b"2").build(), "\"d\""),
+        (
+            "duplicate",
+            TarBuilder::new().file("a", b"1").file("a", b"2").build(),
+            "duplicate",
+        ),
+        (
+            "duplicate-dir",
+            TarBuilder::new().dir("d/").dir("d/").build(),
+            "duplicate",
+        ),
+        (
+            "file-over-dir",
+            TarBuilder::new().file("d/x", b"1").file("d", b"2").build(),
+            "\"d\"",
+        ),
         ("truncated", truncated, "truncated"),
         ("no-end-marker", no_end, "end-of-archive"),
         ("bad-checksum", bad_sum, "checksum"),
@@ -82,14 +144,31 @@ fn layer_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 fn hostile_layer_tars_are_refused_and_leave_nothing() {
     let (_d, store) = store();
     // A good image first, so "as before" is not just "empty".
-    store.import(&mut &busybox_layer()[..], &ImportOptions { name: Some("base".into()), ..Default::default() }).unwrap();
+    store
+        .import(
+            &mut &busybox_layer()[..],
+            &ImportOptions {
+                name: Some("base".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let before = snapshot(&store);
     for (name, tar, needle) in layer_cases() {
         let err = store
-            .import(&mut &tar[..], &ImportOptions { name: Some("evil".into()), ..Default::default() })
+            .import(
+                &mut &tar[..],
+                &ImportOptions {
+                    name: Some("evil".into()),
+                    ..Default::default()
+                },
+            )
             .expect_err(name);
         let msg = err.to_string();
-        assert!(msg.contains(needle), "{name}: {msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{name}: {msg:?} should mention {needle:?}"
+        );
         assert_eq!(snapshot(&store), before, "{name}: store changed");
     }
     assert!(!Path::new("/etc/evil").exists());
@@ -102,21 +181,30 @@ fn device_nodes_are_refused_in_an_unprivileged_store() {
     let store = Store::open_with(d.path().join("r"), &StoreOptions { unprivileged: true }).unwrap();
     let before = snapshot(&store);
     let tar = TarBuilder::new().chardev("dev/null", 1, 3).build();
-    let err = store.import(&mut &tar[..], &ImportOptions::default()).unwrap_err();
+    let err = store
+        .import(&mut &tar[..], &ImportOptions::default())
+        .unwrap_err();
     assert!(matches!(err, Error::BadEntry { .. }), "{err}");
     assert!(err.to_string().contains("dev/null"));
     assert_eq!(snapshot(&store), before);
 }
 
+/// One tar member: name, data, type, link target.
+type Member = (String, Vec<u8>, EntryType, String);
+
 /// The members of a tar file, in order.
-fn members(path: &Path) -> Vec<(String, Vec<u8>, EntryType, String)> {
+fn members(path: &Path) -> Vec<Member> {
     let mut ar = tar::Archive::new(fs::File::open(path).unwrap());
     let mut out = Vec::new();
     for e in ar.entries().unwrap() {
         let mut e = e.unwrap();
         let name = e.path().unwrap().to_string_lossy().into_owned();
         let kind = e.header().entry_type();
-        let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+        let link = e
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut v = Vec::new();
         e.read_to_end(&mut v).unwrap();
         out.push((name, v, kind, link));
@@ -124,7 +212,7 @@ fn members(path: &Path) -> Vec<(String, Vec<u8>, EntryType, String)> {
     out
 }
 
-fn repack(m: &[(String, Vec<u8>, EntryType, String)]) -> Vec<u8> {
+fn repack(m: &[Member]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data, kind, link) in m {
         let mut h = tar::Header::new_gnu();
@@ -144,7 +232,7 @@ fn repack(m: &[(String, Vec<u8>, EntryType, String)]) -> Vec<u8> {
 fn archive_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let docker = members(&fixture("busybox-docker-archive.tar"));
     let oci = members(&fixture("busybox-oci-archive.tar"));
-    let edit = |base: &[(String, Vec<u8>, EntryType, String)], f: &dyn Fn(&mut Vec<(String, Vec<u8>, EntryType, String)>)| {
+    let edit = |base: &[Member], f: &dyn Fn(&mut Vec<Member>)| {
         let mut m = base.to_vec();
         f(&mut m);
         repack(&m)
@@ -164,7 +252,11 @@ fn archive_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             }),
             "df840736",
         ),
-        ("oci-missing-blob", edit(&oci, &|m| m.retain(|e| e.0 != layer_oci)), "missing blob"),
+        (
+            "oci-missing-blob",
+            edit(&oci, &|m| m.retain(|e| e.0 != layer_oci)),
+            "missing blob",
+        ),
         (
             "oci-config-unparsable",
             edit(&oci, &|m| {
@@ -199,10 +291,16 @@ fn archive_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             edit(&docker, &|m| m.retain(|e| e.0 != layer_docker)),
             "is missing",
         ),
-        ("not-an-image", TarBuilder::new().file("hello", b"x").build(), "neither manifest.json"),
+        (
+            "not-an-image",
+            TarBuilder::new().file("hello", b"x").build(),
+            "neither manifest.json",
+        ),
         (
             "manifest-unparsable",
-            edit(&docker, &|m| m.iter_mut().find(|e| e.0 == "manifest.json").unwrap().1 = b"[{".to_vec()),
+            edit(&docker, &|m| {
+                m.iter_mut().find(|e| e.0 == "manifest.json").unwrap().1 = b"[{".to_vec()
+            }),
             "manifest.json",
         ),
     ]
@@ -211,7 +309,12 @@ fn archive_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 #[test]
 fn hostile_image_archives_are_refused_and_leave_nothing() {
     let (d, store) = store();
-    store.load(&fixture("busybox-c1-docker-archive.tar"), &LoadOptions::default()).unwrap();
+    store
+        .load(
+            &fixture("busybox-c1-docker-archive.tar"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
     // Remove the image so that its layers would have to be extracted again.
     store.remove("busybox-c1", false).unwrap();
     let before = snapshot(&store);
@@ -220,10 +323,15 @@ fn hostile_image_archives_are_refused_and_leave_nothing() {
         fs::write(&p, &bytes).unwrap();
         let err = store.load(&p, &LoadOptions::default()).expect_err(name);
         let msg = err.to_string();
-        assert!(msg.contains(needle), "{name}: {msg:?} should mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{name}: {msg:?} should mention {needle:?}"
+        );
         assert_eq!(snapshot(&store), before, "{name}: store changed");
         // Same through a stream.
-        let err = store.load_reader(&mut &bytes[..], &LoadOptions::default()).expect_err(name);
+        let err = store
+            .load_reader(&mut &bytes[..], &LoadOptions::default())
+            .expect_err(name);
         assert!(err.to_string().contains(needle), "{name} (stream): {err}");
         assert_eq!(snapshot(&store), before, "{name} (stream): store changed");
     }

@@ -18,7 +18,10 @@ use strata_layerdb::{CommitMeta, ImportOptions, LoadOptions, Store};
 fn big_tar(seed: usize) -> Vec<u8> {
     let mut b = TarBuilder::new();
     for i in 0..400 {
-        b = b.file(&format!("d{}/f{i}", i % 20), format!("{seed}-{i}").repeat(200).as_bytes());
+        b = b.file(
+            &format!("d{}/f{i}", i % 20),
+            format!("{seed}-{i}").repeat(200).as_bytes(),
+        );
     }
     b.build()
 }
@@ -46,13 +49,31 @@ fn child_worker() {
             for i in 0.. {
                 let tar = big_tar(k * 100_000 + i);
                 store
-                    .import(&mut &tar[..], &ImportOptions { name: Some(format!("busy:{i}")), ..Default::default() })
+                    .import(
+                        &mut &tar[..],
+                        &ImportOptions {
+                            name: Some(format!("busy:{i}")),
+                            ..Default::default()
+                        },
+                    )
                     .unwrap();
-                store.load(&fixture("busybox-c1-oci-archive.tar"), &LoadOptions::default()).unwrap();
+                store
+                    .load(
+                        &fixture("busybox-c1-oci-archive.tar"),
+                        &LoadOptions::default(),
+                    )
+                    .unwrap();
                 let upper = store.root().join(format!("../upper-{k}"));
                 std::fs::create_dir_all(&upper).unwrap();
                 std::fs::write(upper.join("x"), format!("{i}")).unwrap();
-                store.commit(Some("busybox-c1"), &upper, &CommitMeta::default(), Some("committed")).unwrap();
+                store
+                    .commit(
+                        Some("busybox-c1"),
+                        &upper,
+                        &CommitMeta::default(),
+                        Some("committed"),
+                    )
+                    .unwrap();
                 store.remove(&format!("busy:{i}"), true).unwrap();
             }
         }
@@ -61,16 +82,32 @@ fn child_worker() {
                 let tar = big_tar(k * 1000 + i);
                 let name = format!("w{k}:{i}");
                 let id = store
-                    .import(&mut &tar[..], &ImportOptions { name: Some(name.clone()), ..Default::default() })
+                    .import(
+                        &mut &tar[..],
+                        &ImportOptions {
+                            name: Some(name.clone()),
+                            ..Default::default()
+                        },
+                    )
                     .unwrap();
                 store.tag(&id.to_string(), "shared").unwrap();
-                store.load(&fixture("busybox-docker-archive.tar"), &LoadOptions::default()).unwrap();
+                store
+                    .load(
+                        &fixture("busybox-docker-archive.tar"),
+                        &LoadOptions::default(),
+                    )
+                    .unwrap();
                 if i % 2 == 0 {
                     store.remove(&name, false).unwrap();
                 }
                 // Others remove busybox while we load it.
                 let _ = store.remove("busybox", true);
-                store.load(&fixture("busybox-c1-docker-archive.tar"), &LoadOptions::default()).unwrap();
+                store
+                    .load(
+                        &fixture("busybox-c1-docker-archive.tar"),
+                        &LoadOptions::default(),
+                    )
+                    .unwrap();
             }
             println!("done");
         }
@@ -89,7 +126,10 @@ fn assert_consistent(store: &Store) {
             assert!(l.path.is_dir());
         }
     }
-    assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -103,7 +143,10 @@ fn kill_9_during_import_load_commit_leaves_a_store_that_checks() {
         let mut line = String::new();
         while !line.contains("ready") {
             line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "child exited before starting");
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "child exited before starting"
+            );
         }
         // The kill lands at some point of the work; every point must be safe.
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -119,10 +162,16 @@ fn concurrent_processes_leave_a_consistent_store() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("root");
     Store::open(&root).unwrap();
-    let children: Vec<_> = (0..4).map(|k| child("mixed", &root, k).spawn().unwrap()).collect();
+    let children: Vec<_> = (0..4)
+        .map(|k| child("mixed", &root, k).spawn().unwrap())
+        .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let store = Store::open(&root).unwrap();
     let rep = store.check(false).unwrap();

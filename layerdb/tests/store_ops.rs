@@ -7,7 +7,11 @@ use std::fs;
 use common::*;
 use strata_layerdb::{Error, ImportOptions, LoadOptions, Problem, Removed};
 
-fn import_named(store: &strata_layerdb::Store, content: &str, name: Option<&str>) -> strata_layerdb::ImageId {
+fn import_named(
+    store: &strata_layerdb::Store,
+    content: &str,
+    name: Option<&str>,
+) -> strata_layerdb::ImageId {
     let tar = TarBuilder::new().file("f", content.as_bytes()).build();
     store
         .import(
@@ -15,7 +19,10 @@ fn import_named(store: &strata_layerdb::Store, content: &str, name: Option<&str>
             &ImportOptions {
                 name: name.map(String::from),
                 created: Some("2024-01-01T00:00:00Z".into()),
-                changes: vec!["CMD [\"/bin/sh\"]".parse().unwrap(), "LABEL a=b".parse().unwrap()],
+                changes: vec![
+                    "CMD [\"/bin/sh\"]".parse().unwrap(),
+                    "LABEL a=b".parse().unwrap(),
+                ],
                 ..Default::default()
             },
         )
@@ -34,9 +41,17 @@ fn references_resolve_by_name_id_and_prefix() {
     assert_eq!(store.resolve(&id.to_string()).unwrap(), id);
     assert_eq!(store.resolve(&id.hex()).unwrap(), id);
     assert_eq!(store.resolve(&id.hex()[..12]).unwrap(), id);
-    assert_eq!(store.resolve(&format!("sha256:{}", &id.hex()[..8])).unwrap(), id);
+    assert_eq!(
+        store
+            .resolve(&format!("sha256:{}", &id.hex()[..8]))
+            .unwrap(),
+        id
+    );
     // A 3-digit prefix is never accepted.
-    assert!(matches!(store.resolve(&id.hex()[..3]), Err(Error::ImageNotFound { .. })));
+    assert!(matches!(
+        store.resolve(&id.hex()[..3]),
+        Err(Error::ImageNotFound { .. })
+    ));
     // Find two IDs sharing a 1-digit prefix... ambiguity needs 4 digits: craft via first 4 of a pair if any.
     let mut ambiguous = None;
     for a in &ids {
@@ -56,7 +71,10 @@ fn references_resolve_by_name_id_and_prefix() {
     assert_eq!(store.resolve("myimg:latest").unwrap(), id);
     assert_eq!(store.resolve("localhost/myimg").unwrap(), id);
     assert_eq!(store.resolve("quay.io/x/y:v1").unwrap(), id);
-    assert!(matches!(store.resolve("myimg:v2"), Err(Error::ImageNotFound { .. })));
+    assert!(matches!(
+        store.resolve("myimg:v2"),
+        Err(Error::ImageNotFound { .. })
+    ));
     let cfg = store.inspect("myimg").unwrap().config.config.unwrap();
     assert_eq!(cfg.cmd, Some(vec!["/bin/sh".to_string()]));
     assert_eq!(cfg.labels.unwrap()["a"], "b");
@@ -72,7 +90,10 @@ fn ambiguous_prefix_lists_candidates() {
         if let Some(other) = seen.insert(id.hex()[..4].to_string(), id) {
             let err = store.resolve(&id.hex()[..4]).unwrap_err();
             let msg = err.to_string();
-            assert!(msg.contains(&id.short()) && msg.contains(&other.short()), "{msg}");
+            assert!(
+                msg.contains(&id.short()) && msg.contains(&other.short()),
+                "{msg}"
+            );
             // One more digit may disambiguate.
             break;
         }
@@ -83,13 +104,26 @@ fn ambiguous_prefix_lists_candidates() {
 #[test]
 fn removal_keeps_shared_layers_and_respects_users() {
     let (_d, store) = store();
-    store.load(&fixture("busybox-docker-archive.tar"), &LoadOptions::default()).unwrap();
-    store.load(&fixture("busybox-c1-docker-archive.tar"), &LoadOptions::default()).unwrap();
+    store
+        .load(
+            &fixture("busybox-docker-archive.tar"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+    store
+        .load(
+            &fixture("busybox-c1-docker-archive.tar"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
     let layers = || fs::read_dir(store.root().join("layers")).unwrap().count();
     assert_eq!(layers(), 2);
     // A second tag: rmi by name only untags.
     store.tag("busybox", "other").unwrap();
-    assert_eq!(store.remove("other", false).unwrap(), vec![Removed::Untagged("localhost/other:latest".into())]);
+    assert_eq!(
+        store.remove("other", false).unwrap(),
+        vec![Removed::Untagged("localhost/other:latest".into())]
+    );
     // Removing the base image keeps the layer the child uses.
     let out = store.remove("busybox", false).unwrap();
     assert!(out.contains(&Removed::Deleted(BUSYBOX_ID.parse().unwrap())));
@@ -103,9 +137,15 @@ fn removal_keeps_shared_layers_and_respects_users() {
     assert!(err.to_string().contains("ctr1"));
     // Forced: untagged, but data stays while the container lives.
     let out = store.remove("busybox-c1", true).unwrap();
-    assert_eq!(out, vec![Removed::Untagged("localhost/busybox-c1:latest".into())]);
+    assert_eq!(
+        out,
+        vec![Removed::Untagged("localhost/busybox-c1:latest".into())]
+    );
     assert_eq!(layers(), 2);
-    assert!(store.inspect(C1_ID).unwrap().layers[1].path.join("root/file").exists());
+    assert!(store.inspect(C1_ID).unwrap().layers[1]
+        .path
+        .join("root/file")
+        .exists());
     // The last user goes: image and both layers go.
     let out = store.remove_image_user(&c1, "ctr1").unwrap();
     assert!(out.contains(&Removed::Deleted(c1)));
@@ -122,14 +162,24 @@ fn rmi_by_id_with_several_tags_needs_force() {
     let err = store.remove(&id.short(), false).unwrap_err();
     assert!(matches!(err, Error::ImageHasTags { .. }), "{err}");
     let out = store.remove(&id.short(), true).unwrap();
-    assert_eq!(out.iter().filter(|r| matches!(r, Removed::Untagged(_))).count(), 2);
+    assert_eq!(
+        out.iter()
+            .filter(|r| matches!(r, Removed::Untagged(_)))
+            .count(),
+        2
+    );
     assert!(out.contains(&Removed::Deleted(id)));
 }
 
 #[test]
 fn check_detects_corruption_and_repairs_debris() {
     let (_d, store) = store();
-    store.load(&fixture("busybox-c1-docker-archive.tar"), &LoadOptions::default()).unwrap();
+    store
+        .load(
+            &fixture("busybox-c1-docker-archive.tar"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
     let info = store.inspect("busybox-c1").unwrap();
     assert!(store.check(false).unwrap().problems.is_empty());
     // Debris: an orphan temp dir, a dangling tag, an unreferenced layer.
@@ -140,19 +190,47 @@ fn check_detects_corruption_and_repairs_debris() {
     fs::write(&tags, serde_json::to_vec(&t).unwrap()).unwrap();
     let rep = store.check(true).unwrap();
     assert!(rep.is_clean(), "{:?}", rep.problems);
-    assert!(rep.problems.iter().any(|p| matches!(p, Problem::OrphanTemp { .. })));
-    assert!(rep.problems.iter().any(|p| matches!(p, Problem::DanglingTag { .. })));
+    assert!(rep
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::OrphanTemp { .. })));
+    assert!(rep
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::DanglingTag { .. })));
     assert!(store.check(false).unwrap().problems.is_empty());
     // Corrupt a file in the top layer: check names the layer.
     fs::write(info.layers[1].path.join("root/file"), "DATA\n").unwrap();
     let rep = store.check(true).unwrap();
     assert!(!rep.is_clean());
-    assert!(matches!(&rep.problems[..], [Problem::CorruptLayer { chain, .. }] if *chain == info.layers[1].chain_id), "{:?}", rep.problems);
+    assert!(
+        matches!(&rep.problems[..], [Problem::CorruptLayer { chain, .. }] if *chain == info.layers[1].chain_id),
+        "{:?}",
+        rep.problems
+    );
     // Saving refuses to write a layer that no longer matches its diffID.
-    let err = store.save(&["busybox-c1"], strata_layerdb::SaveFormat::DockerArchive, &mut std::io::sink()).unwrap_err();
+    let err = store
+        .save(
+            &["busybox-c1"],
+            strata_layerdb::SaveFormat::DockerArchive,
+            &mut std::io::sink(),
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("no longer hashes"), "{err}");
     // A missing layer is reported against its image.
-    fs::remove_dir_all(store.root().join("layers").join(info.layers[1].chain_id.hex())).unwrap();
+    fs::remove_dir_all(
+        store
+            .root()
+            .join("layers")
+            .join(info.layers[1].chain_id.hex()),
+    )
+    .unwrap();
     let rep = store.check(false).unwrap();
-    assert!(rep.problems.iter().any(|p| matches!(p, Problem::MissingLayer { .. })), "{:?}", rep.problems);
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| matches!(p, Problem::MissingLayer { .. })),
+        "{:?}",
+        rep.problems
+    );
 }

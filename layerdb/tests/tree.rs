@@ -42,7 +42,8 @@ fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
         let ck = CString::new(k).unwrap();
         let mut v = vec![0u8; 4096];
         // SAFETY: valid C strings and buffer.
-        let m = unsafe { libc::lgetxattr(cp.as_ptr(), ck.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        let m =
+            unsafe { libc::lgetxattr(cp.as_ptr(), ck.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
         assert!(m >= 0);
         v.truncate(m as usize);
         out.insert(String::from_utf8_lossy(k).into_owned(), v);
@@ -53,11 +54,24 @@ fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
 fn set_mtime(p: &Path, secs: i64) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     let ts = [
-        libc::timespec { tv_sec: secs, tv_nsec: 0 },
-        libc::timespec { tv_sec: secs, tv_nsec: 0 },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
     ];
     // SAFETY: valid C string and two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(rc, 0);
 }
 
@@ -81,10 +95,20 @@ fn build_tree(root: &Path, with_overlay_forms: bool) -> bool {
     let long = "d".repeat(120);
     fs::create_dir_all(root.join(&long)).unwrap();
     fs::write(root.join(&long).join("f".repeat(150)), "long").unwrap();
-    mknod(&root.join("etc/null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
+    mknod(
+        &root.join("etc/null"),
+        libc::S_IFCHR | 0o666,
+        libc::makedev(1, 3),
+    );
     mknod(&root.join("etc/fifo"), libc::S_IFIFO | 0o644, 0);
     let user_xattrs = xattr_set(&root.join("etc/passwd"), "user.note", b"hello\0bin").is_ok();
-    setxattr(&root.join("etc/big"), "security.capability", &[1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    setxattr(
+        &root.join("etc/big"),
+        "security.capability",
+        &[
+            1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
     setxattr(&root.join("etc/sub"), "trusted.note", b"t");
     if with_overlay_forms {
         // A whiteout, an opaque dir, and a private xattr that must not leak.
@@ -94,7 +118,16 @@ fn build_tree(root: &Path, with_overlay_forms: bool) -> bool {
         setxattr(&root.join("opq"), "trusted.overlay.opaque", b"y");
         setxattr(&root.join("etc/passwd"), "trusted.overlay.origin", b"x");
     }
-    for p in ["etc/passwd", "etc/big", "etc/sub/rel", "etc/mtab", "etc/null", "etc/fifo", "etc/sub", "etc"] {
+    for p in [
+        "etc/passwd",
+        "etc/big",
+        "etc/sub/rel",
+        "etc/mtab",
+        "etc/null",
+        "etc/fifo",
+        "etc/sub",
+        "etc",
+    ] {
         set_mtime(&root.join(p), 1_650_000_000);
     }
     user_xattrs
@@ -103,7 +136,10 @@ fn build_tree(root: &Path, with_overlay_forms: bool) -> bool {
 fn describe(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         names.sort();
         for p in names {
             let md = fs::symlink_metadata(&p).unwrap();
@@ -142,7 +178,9 @@ fn describe(root: &Path) -> BTreeMap<String, String> {
 }
 
 fn md5ish(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 #[test]
@@ -165,7 +203,12 @@ fn commit_turns_overlay_forms_into_a_layer_and_back() {
     // Whiteout and opaque come back in overlay form; private xattrs do not leak.
     let md = fs::symlink_metadata(layer.join("etc/gone")).unwrap();
     assert!(md.file_type().is_char_device() && md.rdev() == 0);
-    assert_eq!(xattrs(&layer.join("opq")).get("trusted.overlay.opaque").map(|v| &v[..]), Some(&b"y"[..]));
+    assert_eq!(
+        xattrs(&layer.join("opq"))
+            .get("trusted.overlay.opaque")
+            .map(|v| &v[..]),
+        Some(&b"y"[..])
+    );
     assert!(!xattrs(&layer.join("etc/passwd")).contains_key("trusted.overlay.origin"));
     // Everything else is identical.
     let want = describe(&upper);
@@ -184,11 +227,16 @@ fn commit_turns_overlay_forms_into_a_layer_and_back() {
         changes: vec!["ENV A=1".parse().unwrap()],
         ..Default::default()
     };
-    store.commit(Some("tree"), &upper2, &meta2, Some("tree:2")).unwrap();
+    store
+        .commit(Some("tree"), &upper2, &meta2, Some("tree:2"))
+        .unwrap();
     let child = store.inspect("tree:2").unwrap();
     assert_eq!(child.layers.len(), 2);
     assert_eq!(child.config.author.as_deref(), Some("tester"));
-    assert_eq!(child.config.config.unwrap().env, Some(vec!["A=1".to_string()]));
+    assert_eq!(
+        child.config.config.unwrap().env,
+        Some(vec!["A=1".to_string()])
+    );
     let h = store.history("tree:2").unwrap();
     assert_eq!(h[0].comment.as_deref(), Some("second"));
     assert_eq!(h[1].comment.as_deref(), Some("first"));
@@ -211,7 +259,13 @@ fn export_then_import_gives_the_same_tree() {
     let n = tar::Archive::new(&tar[..]).entries().unwrap().count();
     assert!(n >= 10);
     store
-        .import(&mut &tar[..], &ImportOptions { name: Some("exp".into()), ..Default::default() })
+        .import(
+            &mut &tar[..],
+            &ImportOptions {
+                name: Some("exp".into()),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let info = store.inspect("exp").unwrap();
     assert_eq!(describe(&src), describe(&info.layers[0].path));
@@ -231,7 +285,9 @@ fn unprivileged_store_writes_wh_files_and_user_opaque() {
         .file(".wh.gone", b"")
         .file("a/x", b"x")
         .build();
-    let id = store.import(&mut &tar[..], &ImportOptions::default()).unwrap();
+    let id = store
+        .import(&mut &tar[..], &ImportOptions::default())
+        .unwrap();
     let info = store.inspect(&id.to_string()).unwrap();
     let root = &info.layers[0].path;
     assert!(root.join(".wh.gone").is_file());
@@ -239,6 +295,9 @@ fn unprivileged_store_writes_wh_files_and_user_opaque() {
     let x = xattrs(&root.join("a"));
     // tmpfs may not support user xattrs; if it does, the opaque form is there.
     if !x.is_empty() {
-        assert_eq!(x.get("user.overlay.opaque").map(|v| &v[..]), Some(&b"y"[..]));
+        assert_eq!(
+            x.get("user.overlay.opaque").map(|v| &v[..]),
+            Some(&b"y"[..])
+        );
     }
 }

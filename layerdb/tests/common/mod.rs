@@ -29,8 +29,7 @@ pub fn store() -> (tempfile::TempDir, Store) {
 
 pub const BUSYBOX_DIFF: &str =
     "sha256:04a8b625e955f08102a1e56cb355a4855d9fad18fd485ce2f88bcbbd22e72f25";
-pub const C1_DIFF: &str =
-    "sha256:054674bdec3cf1cc79c1b77d73620d729a1302e4982324ec3d0c2da27b641d92";
+pub const C1_DIFF: &str = "sha256:054674bdec3cf1cc79c1b77d73620d729a1302e4982324ec3d0c2da27b641d92";
 pub const BUSYBOX_ID: &str =
     "sha256:b1ef65e51b22207fe0cd9968c26a84e8b25df40809806acd200f5e9036bfcdc4";
 pub const C1_ID: &str = "sha256:60e59dec378b72d67298fbf1d1b60cfa556be3d42f9a90239c46798fc3191d1c";
