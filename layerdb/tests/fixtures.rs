@@ -188,3 +188,43 @@ fn saved_docker_archive_matches_podman_layout() {
         serde_json::from_slice(&tar_member(&out, "manifest.json")).unwrap();
     assert_eq!(manifest[0]["RepoTags"][0], "localhost/busybox-c1:latest");
 }
+
+/// Feeds Strata's output to skopeo when it is installed (Debian package
+/// `skopeo`); skipped with a message otherwise.
+#[test]
+fn skopeo_reads_saved_archives() {
+    if std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: skopeo is not installed (Debian package `skopeo`)");
+        return;
+    }
+    let (d, store) = store();
+    load(&store, "busybox-c1-docker-archive.tar");
+    for (format, transport) in [
+        (SaveFormat::DockerArchive, "docker-archive"),
+        (SaveFormat::OciArchive(Compression::Gzip), "oci-archive"),
+    ] {
+        let out = d.path().join(format!("{transport}.tar"));
+        let mut f = fs::File::create(&out).unwrap();
+        store.save(&["busybox-c1"], format, &mut f).unwrap();
+        drop(f);
+        let o = std::process::Command::new("skopeo")
+            .args([
+                "inspect",
+                "--config",
+                &format!("{transport}:{}", out.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let cfg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(cfg["rootfs"]["diff_ids"][1], C1_DIFF, "{transport}");
+    }
+}
