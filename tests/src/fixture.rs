@@ -47,6 +47,7 @@ enum Step {
     Opaque(PathBuf, OpaqueForm),
     Hardlink(PathBuf, PathBuf),
     Fifo(PathBuf),
+    Socket(PathBuf),
     CharDev(PathBuf, u32, u32),
     Xattr(PathBuf, String, Vec<u8>),
     Mode(PathBuf, u32),
@@ -124,6 +125,11 @@ impl Layer {
     /// A fifo (mode 0644).
     pub fn fifo(mut self, path: impl AsRef<Path>) -> Self {
         self.steps.push(Step::Fifo(p(path)));
+        self
+    }
+    /// A socket inode (mode 0755), as `bind(2)` of a unix socket leaves.
+    pub fn socket(mut self, path: impl AsRef<Path>) -> Self {
+        self.steps.push(Step::Socket(p(path)));
         self
     }
     /// A character device (mode 0644).
@@ -274,6 +280,12 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
             let full = parent_dirs(root, rel);
             mkfifo(&full, Mode::from_bits_truncate(0o644)).expect("mkfifo");
             fs::set_permissions(&full, fs::Permissions::from_mode(0o644)).expect("chmod fifo");
+        }
+        Step::Socket(rel) => {
+            let full = parent_dirs(root, rel);
+            mknod(&full, SFlag::S_IFSOCK, Mode::from_bits_truncate(0o755), 0)
+                .expect("mknod socket");
+            fs::set_permissions(&full, fs::Permissions::from_mode(0o755)).expect("chmod socket");
         }
         Step::CharDev(rel, major, minor) => {
             let full = parent_dirs(root, rel);

@@ -8,6 +8,7 @@
 //! better_than_kernel.rs, not here.
 
 use nix::fcntl::RenameFlags;
+use std::os::unix::fs::OpenOptionsExt;
 use strata_tests::ops::s;
 use strata_tests::{differential, Layers, Op, OpaqueForm, Out};
 
@@ -878,6 +879,208 @@ fn unprivileged_user_permissions_and_ownership() {
             Op::Custom("user: touch -m user_file", |r| {
                 as_user(r, "touch -d @1400000000 user_file")
             }),
+        ],
+    );
+}
+
+/// A version 2 `security.capability` value granting CAP_NET_BIND_SERVICE.
+const CAP_NET_BIND_SERVICE: &[u8] = &[0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// What the kernel does to setuid/setgid bits and file capabilities on
+/// write, truncate and chown, through copy-up.
+#[test]
+fn privilege_bits_on_write_and_chown() {
+    let layers = Layers::new().lower(|l| {
+        l.file("suid_w", "setuid\n")
+            .mode("suid_w", 0o6755)
+            .file("suid_c", "setuid\n")
+            .mode("suid_c", 0o6755)
+            .file("suid_t", "setuid\n")
+            .mode("suid_t", 0o4755)
+            .file("cap_w", "capable\n")
+            .mode("cap_w", 0o755)
+            .xattr("cap_w", "security.capability", CAP_NET_BIND_SERVICE)
+            .file("cap_c", "capable\n")
+            .mode("cap_c", 0o755)
+            .xattr("cap_c", "security.capability", CAP_NET_BIND_SERVICE)
+            .file("cap_keep", "capable\n")
+            .mode("cap_keep", 0o755)
+            .xattr("cap_keep", "security.capability", CAP_NET_BIND_SERVICE)
+    });
+    differential(
+        &layers,
+        &[
+            Op::Append("suid_w", b"+"),
+            Op::Stat("suid_w"),
+            Op::Chown("suid_c", 1000, 1000),
+            Op::Stat("suid_c"),
+            Op::Truncate("suid_t", 2),
+            Op::Stat("suid_t"),
+            Op::Append("cap_w", b"+"),
+            Op::ListXattr("cap_w"),
+            Op::Chown("cap_c", 1000, 1000),
+            Op::ListXattr("cap_c"),
+            Op::Chmod("cap_keep", 0o750),
+            Op::GetXattr("cap_keep", "security.capability"),
+        ],
+    );
+}
+
+/// Sockets in a lower layer (copy-up keeps them sockets) and new ones
+/// bound through the mount.
+#[test]
+fn sockets() {
+    let layers = Layers::new().lower(|l| l.socket("sock_lo").file("d/f", "f\n"));
+    differential(
+        &layers,
+        &[
+            Op::Stat("sock_lo"),
+            Op::Chmod("sock_lo", 0o700),
+            Op::Chown("sock_lo", 3, 4),
+            Op::Stat("sock_lo"),
+            Op::Custom("bind a unix socket at d/new.sock", |r| {
+                std::os::unix::net::UnixListener::bind(r.join("d/new.sock"))
+                    .map_err(|e| errno_of(&e))?;
+                Ok(Out::Unit)
+            }),
+            Op::Stat("d/new.sock"),
+            Op::Rename("sock_lo", "d/sock2", NONE),
+            Op::Link("d/new.sock", "sock_link"),
+        ],
+    );
+}
+
+/// Large and many xattrs, a too-small buffer (ERANGE), a missing name
+/// (ENODATA), XATTR_CREATE on an existing name (EEXIST).
+#[test]
+fn xattr_sizes_and_errors() {
+    let layers = Layers::new().lower(|l| {
+        (0..40).fold(l.file("many", "m\n"), |l, i| {
+            l.xattr("many", &format!("user.n{i:02}"), format!("value {i}"))
+        })
+    });
+    differential(
+        &layers,
+        &[
+            Op::ListXattr("many"),
+            Op::SetXattr("many", "user.big", &[b'x'; 60_000]),
+            Op::GetXattr("many", "user.big"),
+            Op::Custom("getxattr user.n01 with a 2-byte buffer", |r| {
+                let p =
+                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
+                        .expect("path");
+                let mut buf = [0u8; 2];
+                // SAFETY: valid NUL-terminated strings and a writable 2-byte buffer.
+                let n = unsafe {
+                    libc::lgetxattr(
+                        p.as_ptr(),
+                        c"user.n01".as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                };
+                nix::errno::Errno::result(n).map(|n| Out::Meta(format!("{n} bytes")))
+            }),
+            Op::Custom("listxattr with a 4-byte buffer", |r| {
+                let p =
+                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
+                        .expect("path");
+                let mut buf = [0u8; 4];
+                // SAFETY: a valid NUL-terminated path and a writable 4-byte buffer.
+                let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                nix::errno::Errno::result(n).map(|n| Out::Meta(format!("{n} bytes")))
+            }),
+            Op::Custom("setxattr XATTR_CREATE on an existing name", |r| {
+                let p =
+                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
+                        .expect("path");
+                // SAFETY: valid NUL-terminated strings and a 1-byte value.
+                let n = unsafe {
+                    libc::lsetxattr(
+                        p.as_ptr(),
+                        c"user.n02".as_ptr(),
+                        b"x".as_ptr().cast(),
+                        1,
+                        libc::XATTR_CREATE,
+                    )
+                };
+                nix::errno::Errno::result(n).map(|_| Out::Unit)
+            }),
+            Op::Custom("setxattr XATTR_REPLACE on a missing name", |r| {
+                let p =
+                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
+                        .expect("path");
+                // SAFETY: valid NUL-terminated strings and a 1-byte value.
+                let n = unsafe {
+                    libc::lsetxattr(
+                        p.as_ptr(),
+                        c"user.none".as_ptr(),
+                        b"x".as_ptr().cast(),
+                        1,
+                        libc::XATTR_REPLACE,
+                    )
+                };
+                nix::errno::Errno::result(n).map(|_| Out::Unit)
+            }),
+            Op::GetXattr("many", "user.none"),
+        ],
+    );
+}
+
+/// O_TMPFILE in a lower directory, then linked into the tree.
+#[test]
+fn o_tmpfile() {
+    differential(
+        &base(),
+        &[
+            Op::Custom("O_TMPFILE in dlo, write, linkat to dlo/linked", |r| {
+                use std::os::fd::AsRawFd;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_TMPFILE)
+                    .mode(0o640)
+                    .open(r.join("dlo"))
+                    .map_err(|e| errno_of(&e))?;
+                std::io::Write::write_all(&mut &f, b"from a tmpfile").map_err(|e| errno_of(&e))?;
+                let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                nix::unistd::linkat(
+                    nix::fcntl::AT_FDCWD,
+                    proc_path.as_str(),
+                    nix::fcntl::AT_FDCWD,
+                    &r.join("dlo/linked"),
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )?;
+                Ok(Out::Unit)
+            }),
+            Op::Read("dlo/linked"),
+            Op::List("dlo"),
+        ],
+    );
+}
+
+/// A directory of a few thousand entries across layers, with whiteouts.
+#[test]
+fn big_directory() {
+    let layers = Layers::new()
+        .lower(|l| (0..3000).fold(l.dir("big"), |l, i| l.file(format!("big/f{i:04}"), "")))
+        .lower(|l| {
+            (0..3000)
+                .step_by(3)
+                .fold(l.dir("big"), |l, i| l.whiteout(format!("big/f{i:04}")))
+                .file("big/top", "t")
+        })
+        .upper(|u| (0..500).fold(u.dir("big"), |u, i| u.file(format!("big/u{i:03}"), "")));
+    differential(
+        &layers,
+        &[
+            Op::List("big"),
+            Op::Stat("big/f0000"),
+            Op::Stat("big/f0001"),
+            Op::Unlink("big/f0001"),
+            Op::Unlink("big/u000"),
+            Op::Create("big/f0000", 0o644, b"back"),
+            Op::List("big"),
         ],
     );
 }
