@@ -183,3 +183,157 @@ fn better_than_kernel_write_through_hard_link() {
         panic!("a kernel overlay (redirect_dir=nofollow) of strata's upper differs:\n{d}");
     }
 }
+
+/// chmod through one name of a hard-linked lower file, renaming another
+/// name, writing through the renamed one, adding and removing links: all
+/// names stay one file.
+#[test]
+fn better_than_kernel_hard_link_chmod_rename_link_unlink() {
+    let layers = Layers::new().lower(|l| {
+        l.file("d/hl_a", "v1\n")
+            .hardlink("d/hl_a", "hl_b")
+            .hardlink("d/hl_a", "hl_c")
+    });
+    let m = layers.mount_strata();
+    fs::set_permissions(
+        m.join("d/hl_a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    rename(&m, "hl_b", "moved", RenameFlags::empty());
+    fs::write(m.join("moved"), "v2\n").expect("write through the renamed name");
+    fs::hard_link(m.join("hl_c"), m.join("d/hl_new")).expect("link");
+    fs::remove_file(m.join("hl_c")).expect("unlink");
+    let mut problems = Vec::new();
+    for n in ["d/hl_a", "moved", "d/hl_new"] {
+        let md = fs::symlink_metadata(m.join(n)).expect("lstat");
+        let data = fs::read(m.join(n)).expect("read");
+        if data != b"v2\n" || md.mode() & 0o7777 != 0o600 || md.nlink() != 3 {
+            problems.push(format!(
+                "{n}: {:?} mode {:o} nlink {}",
+                String::from_utf8_lossy(&data),
+                md.mode() & 0o7777,
+                md.nlink()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "expected v2, mode 600, nlink 3 on every name:\n{}",
+        problems.join("\n")
+    );
+    let expected = Layer::default()
+        .file("d/hl_a", "v2\n")
+        .mode("d/hl_a", 0o600)
+        .hardlink("d/hl_a", "moved")
+        .hardlink("d/hl_a", "d/hl_new");
+    let opts = SnapOpts {
+        mtime: false,
+        ..SnapOpts::MERGED
+    };
+    let want_dir = materialize_single(&expected);
+    let want = snapshot(want_dir.path(), opts);
+    let mut m = m;
+    m.unmount();
+    m.mount_again(Backend::Kernel, true);
+    if let Some(d) = diff("expected", &want, "kernel", &snapshot(m.path(), opts)) {
+        panic!("a kernel overlay (redirect_dir=nofollow) of strata's upper differs:\n{d}");
+    }
+}
+
+/// Renaming a lower directory whose subtree holds whiteouts and an opaque
+/// directory from higher lowers, then renaming it back, then removing it.
+#[test]
+fn better_than_kernel_rename_lower_dir_with_whiteouts_inside() {
+    let layers = Layers::new()
+        .lower(|l| {
+            l.file("t/keep", "k\n")
+                .file("t/gone", "g\n")
+                .file("t/o/hidden", "h\n")
+                .file("t/s/f", "f\n")
+        })
+        .lower(|l| {
+            l.whiteout("t/gone")
+                .opaque("t/o")
+                .file("t/o/seen", "s\n")
+                .file("t/s/top", "top\n")
+        });
+    let m = layers.mount_strata();
+    rename(&m, "t", "t2", RenameFlags::empty());
+    let expected = Layer::default()
+        .file("t2/keep", "k\n")
+        .file("t2/o/seen", "s\n")
+        .file("t2/s/f", "f\n")
+        .file("t2/s/top", "top\n");
+    assert_tree(&m, expected, "after t -> t2");
+    rename(&m, "t2/s", "s_out", RenameFlags::empty());
+    rename(&m, "t2", "t", RenameFlags::empty());
+    let expected = Layer::default()
+        .file("t/keep", "k\n")
+        .file("t/o/seen", "s\n")
+        .file("s_out/f", "f\n")
+        .file("s_out/top", "top\n");
+    assert_tree_and_portable(m, expected);
+}
+
+/// An fd opened read-only on a lower file before its directory is renamed
+/// sees data written through the new path.
+#[test]
+fn better_than_kernel_rename_lower_dir_with_open_fds() {
+    let layers = Layers::new().lower(|l| l.file("a/f", "lower\n").file("a/g", "g\n"));
+    let m = layers.mount_strata();
+    let held = fs::File::open(m.join("a/f")).expect("open read-only");
+    let mut rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("a/g"))
+        .expect("open read-write");
+    rename(&m, "a", "b", RenameFlags::empty());
+    fs::write(m.join("b/f"), "new\n").expect("write through the new path");
+    let mut buf = vec![0u8; 64];
+    let n = std::os::unix::fs::FileExt::read_at(&held, &mut buf, 0).expect("pread the held fd");
+    assert_eq!(
+        &buf[..n],
+        b"new\n",
+        "the fd held from before the rename and copy-up"
+    );
+    rw.write_all(b"G")
+        .expect("write through an fd opened before the rename");
+    drop(rw);
+    assert_eq!(fs::read(m.join("b/g")).expect("read"), b"G\n");
+    let expected = Layer::default().file("b/f", "new\n").file("b/g", "G\n");
+    let opts = SnapOpts {
+        mtime: false,
+        ..SnapOpts::MERGED
+    };
+    let want_dir = materialize_single(&expected);
+    let want = snapshot(want_dir.path(), opts);
+    if let Some(d) = diff("expected", &want, "strata", &snapshot(m.path(), opts)) {
+        panic!("strata's merged view differs:\n{d}");
+    }
+    drop(held);
+    let mut m = m;
+    m.unmount();
+    m.mount_again(Backend::Kernel, true);
+    if let Some(d) = diff("expected", &want, "kernel", &snapshot(m.path(), opts)) {
+        panic!("a kernel overlay (redirect_dir=nofollow) of strata's upper differs:\n{d}");
+    }
+}
+
+/// A renamed lower directory can be removed with rm -rf; neither name
+/// shows afterwards, and the old name can be made again, empty.
+#[test]
+fn better_than_kernel_rename_lower_dir_then_rm_rf() {
+    let layers = Layers::new().lower(|l| {
+        l.file("a/x/y", "y\n")
+            .file("a/z", "z\n")
+            .file("other", "o\n")
+    });
+    let m = layers.mount_strata();
+    rename(&m, "a", "b", RenameFlags::empty());
+    fs::remove_dir_all(m.join("b")).expect("rm -rf the renamed dir");
+    fs::create_dir(m.join("a")).expect("mkdir a");
+    fs::create_dir(m.join("b")).expect("mkdir b");
+    let expected = Layer::default().dir("a").dir("b").file("other", "o\n");
+    assert_tree_and_portable(m, expected);
+}

@@ -97,22 +97,24 @@ fn issue_475_rewrite_while_reading(backend: &Backend) {
             let mut reads = 0u64;
             while !done.load(Ordering::SeqCst) {
                 let s1 = seq.load(Ordering::SeqCst);
-                let data = if r == 0 {
-                    pread_all(&held)
+                let (data, size) = if r == 0 {
+                    (pread_all(&held), held.metadata().expect("fstat").len())
                 } else {
                     let mut v = Vec::new();
-                    File::open(&path).and_then(|mut f| f.read_to_end(&mut v)).expect("read");
-                    v
+                    let mut f = File::open(&path).expect("open");
+                    f.read_to_end(&mut v).expect("read");
+                    let size = f.metadata().expect("fstat").len();
+                    (v, size)
                 };
                 let s2 = seq.load(Ordering::SeqCst);
                 reads += 1;
                 let verdict = if s1 == s2 && s1 % 2 == 0 {
                     let g = (s1 / 2) as usize;
-                    if data == gens[g] {
+                    if data == gens[g] && size == data.len() as u64 {
                         Ok(())
                     } else {
                         Err(format!(
-                            "no rewrite overlapped, generation {g} ({} bytes) was current, got {} bytes; {}",
+                            "no rewrite overlapped, generation {g} ({} bytes) was current, got {} bytes, fstat size {size}; {}",
                             gens[g].len(),
                             data.len(),
                             plausible(&data, g, g, &gens).err().unwrap_or_default()
