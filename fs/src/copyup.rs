@@ -167,12 +167,14 @@ impl Overlay {
                 sys::mknod_at(work, tmp, st.st_mode, st.st_rdev)?;
             }
         }
-        let tmp_path = RelPath::from_bytes(tmp.to_bytes());
-        copy_xattrs(src, path, work, &tmp_path)?;
+        // Owner first: a chown drops set-id bits and security.capability,
+        // which the mode and the xattrs then restore.
         sys::chown_at(work, tmp, st.st_uid, st.st_gid)?;
         if kind != Kind::Symlink {
             sys::chmod_at(work, tmp, perm)?;
         }
+        let tmp_path = RelPath::from_bytes(tmp.to_bytes());
+        copy_xattrs(src, path, work, &tmp_path)?;
         if kind != Kind::Dir && self.privileged {
             let _ = sys::setxattr_at(work, tmp, ORIGIN_XATTR, &ino.to_le_bytes(), 0);
         }

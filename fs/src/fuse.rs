@@ -74,6 +74,13 @@ fn time(t: Option<TimeOrNow>) -> Option<Time> {
     })
 }
 
+/// The attributes of a negative entry (all zero but the type).
+fn zero_stat() -> libc::stat {
+    let mut st = sys::fstat_placeholder();
+    st.st_mode = libc::S_IFREG;
+    st
+}
+
 /// Runs a handler, turning a panic into a logged error (the dropped reply
 /// answers `EIO`).
 fn guarded(op: &'static str, f: impl FnOnce()) {
@@ -121,18 +128,24 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
-            reply_or_err!(
-                reply,
-                self.node(parent).and_then(|p| self.ov.lookup(&p, name)),
-                |(n, attr)| {
-                    reply.entry_node(
-                        INodeNo(n.id.0),
-                        &self.ov.ttl_for(&attr),
-                        &attr,
-                        Generation(0),
-                    )
-                }
-            )
+            match self.node(parent).and_then(|p| self.ov.lookup(&p, name)) {
+                Ok((n, attr)) => reply.entry_node(
+                    INodeNo(n.id.0),
+                    &self.ov.ttl_for(&attr),
+                    &attr,
+                    Generation(0),
+                ),
+                // A negative entry the kernel may cache: names appear only
+                // through this mount, and the kernel drops its negative
+                // dentry itself when one is created.
+                Err(Errno::ENOENT) => reply.entry_node(
+                    INodeNo(0),
+                    &self.ov.ttl(),
+                    &crate::overlay::attr_of(&zero_stat(), 0),
+                    Generation(0),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
         })
     }
 

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod copyup;
+pub mod dircache;
 pub mod fuse;
 pub mod hardlink;
 pub mod ids;
@@ -175,6 +176,13 @@ impl Mounted {
         config.clone_fd = true;
         let fs = fuse::StrataFs::new(overlay.clone());
         let session = match Session::from_fd(fs, dev, SessionACL::All, config) {
+            Ok(s) => {
+                let _ = overlay.notifier.set(s.notifier());
+                Ok(s)
+            }
+            Err(e) => Err(e),
+        };
+        let session = match session {
             Ok(s) => s,
             Err(e) => {
                 let _ = sys::umount_detach(&mnt);

@@ -33,7 +33,81 @@ pub struct Resolved {
     pub stat: libc::stat,
 }
 
+/// What one layer says about a name.
+enum Probe {
+    /// Not there: look further down.
+    Absent,
+    /// A whiteout: hidden here and below.
+    Hidden,
+    /// There, of this kind; `opaque` for an opaque directory.
+    Found {
+        kind: Kind,
+        opaque: bool,
+        stat: Option<libc::stat>,
+    },
+}
+
 impl Overlay {
+    /// Looks `name` up in the upper layer, with syscalls (it changes).
+    fn probe_upper(
+        &self,
+        l: LayerIdx,
+        dir_path: &RelPath,
+        path: &RelPath,
+        name: &[u8],
+    ) -> Res<Probe> {
+        let fd = self.stack.fd(l);
+        match sys::stat_at(fd, path.c()) {
+            Ok(st) => {
+                if whiteout::is_whiteout(fd, path, &st) {
+                    return Ok(Probe::Hidden);
+                }
+                let kind = Kind::from_mode(st.st_mode);
+                let opaque = kind == Kind::Dir && whiteout::is_opaque(fd, path);
+                Ok(Probe::Found {
+                    kind,
+                    opaque,
+                    stat: Some(st),
+                })
+            }
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {
+                if whiteout::has_wh_file(fd, dir_path, name) {
+                    Ok(Probe::Hidden)
+                } else {
+                    Ok(Probe::Absent)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks `name` up in a lower layer, through the directory cache.
+    fn probe_lower(
+        &self,
+        l: LayerIdx,
+        dir_path: &RelPath,
+        path: &RelPath,
+        name: &[u8],
+    ) -> Res<Probe> {
+        let dir = self.dircache.get(&self.stack, l, dir_path)?;
+        if !dir.exists {
+            return Ok(Probe::Absent);
+        }
+        match dir.entries.get(name) {
+            Some(e) if e.whiteout => Ok(Probe::Hidden),
+            Some(e) => {
+                let opaque = e.kind == Kind::Dir && self.dircache.get(&self.stack, l, path)?.opaque;
+                Ok(Probe::Found {
+                    kind: e.kind,
+                    opaque,
+                    stat: None,
+                })
+            }
+            None if dir.wh.contains(name) => Ok(Probe::Hidden),
+            None => Ok(Probe::Absent),
+        }
+    }
+
     /// Resolves `name` inside the directory at `dir_path` merged from
     /// `dir_layers`. `Ok(None)` when the name does not exist (or is hidden).
     pub fn resolve(
@@ -51,42 +125,39 @@ impl Overlay {
         let path = dir_path.join(name);
         let mut found: Option<Resolved> = None;
         for &l in dir_layers {
-            let fd = self.stack.fd(l);
-            match sys::stat_at(fd, path.c()) {
-                Ok(st) => {
-                    if whiteout::is_whiteout(fd, &path, &st) {
-                        break;
-                    }
-                    let kind = Kind::from_mode(st.st_mode);
-                    match &mut found {
-                        None => {
-                            found = Some(Resolved {
-                                kind,
-                                layers: vec![l],
-                                stat: st,
-                            });
-                            if kind != Kind::Dir || whiteout::is_opaque(fd, &path) {
-                                break;
-                            }
-                        }
-                        Some(r) => {
-                            if kind != Kind::Dir {
-                                break;
-                            }
-                            r.layers.push(l);
-                            if whiteout::is_opaque(fd, &path) {
-                                break;
-                            }
+            let step = if self.stack.is_upper(l) {
+                self.probe_upper(l, dir_path, &path, name)?
+            } else {
+                self.probe_lower(l, dir_path, &path, name)?
+            };
+            match step {
+                Probe::Absent => continue,
+                Probe::Hidden => break,
+                Probe::Found { kind, opaque, stat } => match &mut found {
+                    None => {
+                        let stat = match stat {
+                            Some(st) => st,
+                            None => sys::stat_at(self.stack.fd(l), path.c())?,
+                        };
+                        found = Some(Resolved {
+                            kind,
+                            layers: vec![l],
+                            stat,
+                        });
+                        if kind != Kind::Dir || opaque {
+                            break;
                         }
                     }
-                }
-                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {
-                    if whiteout::has_wh_file(fd, dir_path, name) {
-                        break;
+                    Some(r) => {
+                        if kind != Kind::Dir {
+                            break;
+                        }
+                        r.layers.push(l);
+                        if opaque {
+                            break;
+                        }
                     }
-                }
-                Err(Errno::ENAMETOOLONG) => return Err(Errno::ENAMETOOLONG),
-                Err(e) => return Err(e),
+                },
             }
         }
         Ok(found)

@@ -228,6 +228,9 @@ impl Overlay {
             unlinked: false,
         };
         let n = self.nodes.lookup_child(newparent, newname, state, node.ino);
+        // The old name's node is another FUSE inode: its link count and
+        // ctime just changed.
+        self.invalidate_attrs(node);
         let attr = self.attr_from_stat(&n, &st);
         Ok((n, attr))
     }

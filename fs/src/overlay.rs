@@ -47,6 +47,9 @@ pub struct Overlay {
     pub(crate) ttl: Duration,
     pub(crate) privileged: bool,
     pub(crate) links: crate::hardlink::LinkMaps,
+    pub(crate) dircache: crate::dircache::DirCache,
+    /// The channel for telling the kernel to drop cached attributes.
+    pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 impl Overlay {
@@ -77,6 +80,8 @@ impl Overlay {
             ttl,
             privileged,
             links: Default::default(),
+            dircache: Default::default(),
+            notifier: std::sync::OnceLock::new(),
             opts,
         };
         // The root merges every layer, as the kernel's overlayfs does (a
@@ -103,6 +108,15 @@ impl Overlay {
             Duration::ZERO
         } else {
             self.ttl
+        }
+    }
+
+    /// Tells the kernel that the attributes it caches for `node` are stale
+    /// (another name of the same file changed them). Attributes only: no
+    /// page is touched, so this is safe from within any request.
+    pub fn invalidate_attrs(&self, node: &Node) {
+        if let Some(n) = self.notifier.get() {
+            let _ = n.inval_inode(fuser::INodeNo(node.id.0), -1, 0);
         }
     }
 
@@ -136,7 +150,10 @@ impl Overlay {
 
     /// The attributes users see for a real stat of a node.
     pub fn attr_from_stat(&self, node: &Node, st: &libc::stat) -> FileAttr {
-        let unlinked = node.state.read().unlinked;
+        let (unlinked, merged) = {
+            let s = node.state.read();
+            (s.unlinked, s.layers.len() > 1)
+        };
         let mut a = attr_of(st, node.ino);
         a.uid = self
             .opts
@@ -146,6 +163,11 @@ impl Overlay {
             .opts
             .squash_gid
             .unwrap_or_else(|| self.opts.gid_map.to_user(st.st_gid));
+        // As the kernel's overlayfs: counting subdirectories across layers
+        // is not worth it, and nlink 1 tells `find` not to rely on it.
+        if merged && a.kind == fuser::FileType::Directory {
+            a.nlink = 1;
+        }
         if unlinked && a.kind != fuser::FileType::Directory {
             a.nlink = 0;
         }

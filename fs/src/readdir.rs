@@ -77,6 +77,20 @@ impl Overlay {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut out = Vec::new();
         for &l in layers {
+            if !self.stack.is_upper(l) {
+                let dir = self.dircache.get(&self.stack, l, path)?;
+                for (name, e) in dir.entries.iter() {
+                    if seen.contains(&name[..]) {
+                        continue;
+                    }
+                    seen.insert(name.to_vec());
+                    if !e.whiteout {
+                        out.push((name.to_vec(), l, e.ino, e.kind));
+                    }
+                }
+                seen.extend(dir.wh.iter().map(|n| n.to_vec()));
+                continue;
+            }
             let fd = self.stack.fd(l);
             let dir = match sys::open_beneath(fd, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
                 Ok(d) => d,

@@ -120,7 +120,18 @@ impl Overlay {
         } else {
             let needs_whiteout = self.exists_below(&p1, &l1, name.as_bytes())?;
             let mut done = false;
-            if needs_whiteout && self.whiteout_form == WhiteoutForm::Device {
+            let onto_device_whiteout = dst.is_none()
+                && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_device_whiteout(&st));
+            if src.kind == Kind::Dir && onto_device_whiteout {
+                // A directory cannot replace a device: swap them, which also
+                // leaves the whiteout the old name may need.
+                sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_EXCHANGE)?;
+                if !needs_whiteout {
+                    sys::unlink_at(ufd, path1.c(), false)?;
+                }
+                done = true;
+            }
+            if !done && needs_whiteout && self.whiteout_form == WhiteoutForm::Device {
                 match sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT) {
                     Ok(()) => done = true,
                     Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}

@@ -105,6 +105,13 @@ pub fn stat_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<libc::stat, Errno> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// An all-zero `stat` (the attributes of a negative lookup entry).
+pub fn fstat_placeholder() -> libc::stat {
+    // SAFETY: `stat` is a C struct of integers, for which all-zero bytes
+    // are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
 /// `fstat(fd)`.
 pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -75,15 +75,15 @@ pub fn has_wh_file(dir: BorrowedFd<'_>, parent: &RelPath, name: &[u8]) -> bool {
 
 /// Whether the directory at `path` in a layer is opaque.
 pub fn is_opaque(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
+    has_opaque_xattr(dir, path) || sys::stat_at(dir, path.join(OPAQUE_MARKER).c()).is_ok()
+}
+
+/// Whether the directory at `path` in a layer carries an opaque xattr.
+pub fn has_opaque_xattr(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
     let mut v = [0u8; 1];
-    for name in OPAQUE_XATTRS {
-        if let Ok(1) = sys::getxattr_at(dir, path.c(), name, &mut v) {
-            if v[0] == b'y' {
-                return true;
-            }
-        }
-    }
-    sys::stat_at(dir, path.join(OPAQUE_MARKER).c()).is_ok()
+    OPAQUE_XATTRS
+        .iter()
+        .any(|name| matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1)) && v[0] == b'y')
 }
 
 /// Marks the directory `path` of the upper layer opaque.

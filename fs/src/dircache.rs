@@ -1,0 +1,164 @@
+//! The lookup cache of lower directories.
+//!
+//! Lower layers never change while mounted, so a lower directory is read
+//! once (one `getdents` pass, plus a stat only for character devices and
+//! possible xattr whiteouts) into a [`LowerDir`]: its names with their kinds
+//! and inode numbers, the names its `.wh.` entries hide, and whether it is
+//! opaque. Resolving a name in that layer is then a hash probe, with no
+//! syscall: at any depth of the stack, a lookup costs one probe per layer
+//! and one `fstatat` of the entry that wins. Listing a merged directory
+//! reuses the same records.
+//!
+//! The cache is an LRU bounded by the total number of names it holds, so
+//! walking millions of files does not grow the server without limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use lru::LruCache;
+use nix::errno::Errno;
+use parking_lot::Mutex;
+
+use crate::layers::{LayerIdx, Stack};
+use crate::nodes::Kind;
+use crate::path::RelPath;
+use crate::sys;
+use crate::whiteout::{self, OPAQUE_MARKER, WH_PREFIX};
+
+/// Names held by the cache at most (all directories together).
+pub const MAX_CACHED_NAMES: usize = 512 * 1024;
+
+/// One name of a lower directory.
+#[derive(Debug, Clone, Copy)]
+pub struct LowerEntry {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its real inode number.
+    pub ino: u64,
+    /// It is a whiteout (device 0/0, or the kernel's xattr form).
+    pub whiteout: bool,
+}
+
+/// One directory of one lower layer, as read once.
+#[derive(Debug, Default)]
+pub struct LowerDir {
+    /// The directory exists in that layer.
+    pub exists: bool,
+    /// It is opaque (hides the layers below).
+    pub opaque: bool,
+    /// Its entries, whiteouts included, `.wh.*` names excluded.
+    pub entries: HashMap<Box<[u8]>, LowerEntry>,
+    /// Names that `.wh.NAME` entries hide in the layers below.
+    pub wh: HashSet<Box<[u8]>>,
+}
+
+impl LowerDir {
+    fn size(&self) -> usize {
+        1 + self.entries.len() + self.wh.len()
+    }
+}
+
+/// The bounded cache of [`LowerDir`]s.
+#[derive(Debug)]
+pub struct DirCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    lru: LruCache<(LayerIdx, RelPath), Arc<LowerDir>>,
+    names: usize,
+}
+
+impl Default for DirCache {
+    fn default() -> Self {
+        DirCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                names: 0,
+            }),
+        }
+    }
+}
+
+impl DirCache {
+    /// The directory `path` of lower layer `l`, read on first use.
+    pub fn get(&self, stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<Arc<LowerDir>, Errno> {
+        let key = (l, path.clone());
+        if let Some(d) = self.inner.lock().lru.get(&key) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(read_lower_dir(stack, l, path)?);
+        let mut inner = self.inner.lock();
+        inner.names += d.size();
+        if let Some(old) = inner.lru.put(key, d.clone()) {
+            inner.names -= old.size();
+        }
+        while inner.names > MAX_CACHED_NAMES && inner.lru.len() > 1 {
+            if let Some((_, old)) = inner.lru.pop_lru() {
+                inner.names -= old.size();
+            }
+        }
+        Ok(d)
+    }
+
+    /// Number of names cached now.
+    pub fn names(&self) -> usize {
+        self.inner.lock().names
+    }
+}
+
+fn read_lower_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<LowerDir, Errno> {
+    let fd = stack.fd(l);
+    let dir = match sys::open_beneath(fd, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => {
+            return Ok(LowerDir::default())
+        }
+        Err(e) => return Err(e),
+    };
+    let mut d = LowerDir {
+        exists: true,
+        opaque: whiteout::has_opaque_xattr(fd, path),
+        ..Default::default()
+    };
+    let xattr_whiteouts =
+        sys::getxattr_at(fd, path.c(), c"trusted.overlay.whiteouts", &mut []).is_ok();
+    for (name, ino, dtype) in sys::read_dir_fd(dir)? {
+        if name == OPAQUE_MARKER {
+            d.opaque = true;
+            continue;
+        }
+        if let Some(target) = name.strip_prefix(WH_PREFIX) {
+            d.wh.insert(target.into());
+            continue;
+        }
+        let mut kind = Kind::from_dtype(dtype);
+        let mut is_wh = false;
+        let needs_stat = match kind {
+            None | Some(Kind::CharDev) => true,
+            Some(Kind::File) => xattr_whiteouts,
+            _ => false,
+        };
+        if needs_stat {
+            let p = path.join(&name);
+            match sys::stat_at(fd, p.c()) {
+                Ok(st) => {
+                    is_wh = whiteout::is_whiteout(fd, &p, &st);
+                    kind = Some(Kind::from_mode(st.st_mode));
+                }
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        d.entries.insert(
+            name.into(),
+            LowerEntry {
+                kind: kind.unwrap_or(Kind::File),
+                ino,
+                whiteout: is_wh,
+            },
+        );
+    }
+    Ok(d)
+}
