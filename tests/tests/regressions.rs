@@ -636,3 +636,58 @@ fn big_file_copy_up(backend: &Backend) {
     check_pattern_file(&m.lowers()[0].join("big/file"), SIZE_MIB, &[]).expect("lower unchanged");
 }
 on_both!(big_file_copy_up, big_file_copy_up);
+
+/// A hard link made through the mount is the same file under both names at
+/// once: right after link(2), lstat of the old name shows nlink 2, and a
+/// write through one name shows through a mapping of the other.
+fn hard_link_made_through_the_mount_is_one_inode(backend: &Backend) {
+    let m = Layers::new()
+        .lower(|l| l.file("lower", "lower data\n"))
+        .mount(backend);
+    fs::write(m.join("new"), "first version\n").expect("create");
+    for name in ["new", "lower"] {
+        let old = m.join(name);
+        let link = m.join(format!("{name}_link"));
+        let before = fs::symlink_metadata(&old).expect("lstat"); // caches the attributes
+        fs::hard_link(&old, &link).expect("link");
+        let (a, b) = (
+            fs::symlink_metadata(&old).expect("lstat"),
+            fs::symlink_metadata(&link).expect("lstat"),
+        );
+        assert_eq!(
+            (a.nlink(), b.nlink()),
+            (2, 2),
+            "{name}: nlink of the old and new name right after link"
+        );
+        assert_eq!(a.ino(), b.ino(), "{name}: one inode number");
+        assert_eq!(
+            a.ino(),
+            before.ino(),
+            "{name}: inode number kept across link (and its copy-up)"
+        );
+        let f = File::open(&old).expect("open old name");
+        // SAFETY: the file is not truncated while mapped.
+        let map = unsafe { memmap2::Mmap::map(&f) }.expect("mmap the old name");
+        let w = OpenOptions::new()
+            .write(true)
+            .open(&link)
+            .expect("open new name");
+        w.write_all_at(b"XY", 0)
+            .expect("pwrite through the new name");
+        drop(w);
+        assert_eq!(
+            &map[..2],
+            b"XY",
+            "{name}: a mapping of the old name sees a write through the new name"
+        );
+        assert_eq!(
+            &read_all(&old)[..2],
+            b"XY",
+            "{name}: read through the old name"
+        );
+    }
+}
+on_both!(
+    hard_link_made_through_the_mount_is_one_inode,
+    hard_link_made_through_the_mount_is_one_inode
+);
