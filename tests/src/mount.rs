@@ -12,6 +12,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::mount::{umount2, MntFlags};
@@ -22,6 +24,53 @@ use crate::fixture::Layers;
 
 /// How long a mount program may take to mount or a server to exit.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a FUSE mount may stay up before the watchdog decides the server
+/// hung and kills it, so that the test's blocked syscalls fail with ENOTCONN
+/// instead of hanging the suite (and CI) forever.
+pub const HANG_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Kills `servers` if not stopped within [`HANG_TIMEOUT`].
+struct Watchdog {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(mnt: PathBuf, servers: Vec<i32>, timeout: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !flag.load(Ordering::SeqCst) {
+                if start.elapsed() > timeout {
+                    eprintln!(
+                        "watchdog: {} has been mounted for {timeout:?}; the server looks hung, killing {servers:?}",
+                        mnt.display()
+                    );
+                    for &pid in &servers {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// A fresh temporary directory under /tmp, short-named (kernel mount options
 /// are limited to a page).
@@ -243,6 +292,7 @@ pub struct Mounted {
     backend: Backend,
     live: bool,
     servers: Vec<i32>,
+    watchdog: Option<Watchdog>,
 }
 
 impl Layers {
@@ -295,6 +345,7 @@ impl Layers {
             backend: Backend::Kernel,
             live: false,
             servers: Vec::new(),
+            watchdog: None,
         }
     }
 }
@@ -439,6 +490,11 @@ impl Mounted {
                 out.stderr.trim()
             );
         }
+        self.watchdog = Some(Watchdog::start(
+            self.mnt.clone(),
+            servers.clone(),
+            HANG_TIMEOUT,
+        ));
         self.servers = servers;
     }
 
@@ -462,6 +518,7 @@ impl Mounted {
             return Ok(());
         }
         self.live = false;
+        self.watchdog = None;
         let mut problems = Vec::new();
         if is_mountpoint(&self.mnt) {
             let clean = match &self.backend {
@@ -504,14 +561,32 @@ impl Mounted {
         }
     }
 
+    /// Restarts the hang watchdog with another timeout (see [`HANG_TIMEOUT`]).
+    pub fn set_hang_timeout(&mut self, timeout: Duration) {
+        self.watchdog = None;
+        if self.live && !self.servers.is_empty() {
+            self.watchdog = Some(Watchdog::start(
+                self.mnt.clone(),
+                self.servers.clone(),
+                timeout,
+            ));
+        }
+    }
+
     /// Forgets the server processes (for tests that kill them themselves).
     pub fn forget_servers(&mut self) {
         self.servers.clear();
+        self.watchdog = None;
     }
 
     /// Marks the mount live with these servers (for tests that ran the mount
     /// program themselves), so the guard unmounts it.
     pub fn adopt(&mut self, backend: Backend, servers: Vec<i32>) {
+        self.watchdog = Some(Watchdog::start(
+            self.mnt.clone(),
+            servers.clone(),
+            HANG_TIMEOUT,
+        ));
         self.backend = backend;
         self.servers = servers;
         self.live = true;

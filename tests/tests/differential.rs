@@ -1092,3 +1092,80 @@ fn big_directory() {
         ],
     );
 }
+
+/// A POSIX ACL granting uid 1000 read access, as `system.posix_acl_access`
+/// stores it: version 2, then (tag, perm, id) entries.
+fn acl_bytes() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// POSIX ACLs survive copy-up and are honored for other users.
+#[test]
+fn posix_acls() {
+    let acl = acl_bytes();
+    let layers = Layers::new().lower(|l| {
+        l.file("acl_file", "acl\n")
+            .mode("acl_file", 0o640)
+            .xattr("acl_file", "system.posix_acl_access", &acl)
+            .file("acl_keep", "acl\n")
+            .mode("acl_keep", 0o640)
+            .xattr("acl_keep", "system.posix_acl_access", &acl)
+            .dir("acl_dir")
+            .xattr("acl_dir", "system.posix_acl_default", &acl)
+    });
+    differential(
+        &layers,
+        &[
+            Op::Custom("user 1000: cat acl_keep (allowed by the ACL)", |r| {
+                as_user(r, "cat acl_keep")
+            }),
+            Op::Append("acl_file", b"+"),
+            Op::ListXattr("acl_file"),
+            Op::Custom("user 1000: cat acl_file after copy-up", |r| {
+                as_user(r, "cat acl_file")
+            }),
+            Op::Create("acl_dir/new", 0o666, b"inherits the default ACL"),
+            Op::ListXattr("acl_dir/new"),
+            Op::Stat("acl_dir/new"),
+        ],
+    );
+}
+
+/// No upper: a read-only stack of two lowers; every change is EROFS.
+#[test]
+fn read_only_stack() {
+    differential(
+        &base().read_only(),
+        &[
+            Op::List(""),
+            Op::Read("sh"),
+            Op::Create("new", 0o644, b"x"),
+            Op::Write("lo", 0, b"x"),
+            Op::Truncate("lo", 0),
+            Op::Mkdir("newdir", 0o755),
+            Op::Unlink("lo"),
+            Op::Rmdir("op_t"),
+            Op::Rename("lo", "lo2", NONE),
+            Op::Link("lo", "lo2"),
+            Op::Symlink("t", "sl"),
+            Op::Chmod("lo", 0o600),
+            Op::Chown("lo", 1, 1),
+            Op::Utimes("lo", 1, 1),
+            Op::SetXattr("lo", "user.x", b"x"),
+            Op::RemoveXattr("xa", "user.one"),
+            Op::ListXattr("xa"),
+        ],
+    );
+}

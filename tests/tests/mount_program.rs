@@ -493,3 +493,23 @@ fn remount_same_upper_after_unmount() {
         b"persisted\n"
     );
 }
+
+/// The harness's hang guard: a server that stops answering is killed by
+/// the mount's watchdog, so the blocked call fails instead of hanging the
+/// suite.
+#[test]
+fn harness_watchdog_unblocks_a_hung_server() {
+    let mut m = two_lowers().mount_strata();
+    let servers = m.servers().to_vec();
+    assert!(!servers.is_empty(), "no server process");
+    m.set_hang_timeout(Duration::from_secs(2));
+    for &pid in &servers {
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the server");
+    }
+    let r = fs::read(m.join("never_looked_up"));
+    let errno = r.as_ref().err().and_then(|e| e.raw_os_error());
+    assert!(
+        matches!(errno, Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)),
+        "a call into a hung server after the watchdog fired: {r:?}"
+    );
+}
