@@ -654,6 +654,42 @@ impl Filesystem for StrataFs {
         })
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guarded("tmpfile", || {
+            let res = self.node(parent).and_then(|p| {
+                let (node, attr, fd) = self.ov.create_tmpfile(&p, mode, flags, &caller(req))?;
+                let o = self
+                    .ov
+                    .add_open(&node, fd, true, &|fd| reply.open_backing(fd))?;
+                Ok((node, attr, o))
+            });
+            match res {
+                Ok((node, attr, o)) => reply.created_node(
+                    INodeNo(node.id.0),
+                    &self.ov.ttl_for(&attr),
+                    &attr,
+                    Generation(0),
+                    FileHandle(o.fh),
+                    if o.direct_io {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    },
+                    o.backing.as_deref(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

@@ -170,6 +170,55 @@ impl Overlay {
         Ok((node, attr, fd))
     }
 
+    /// Creates an unnamed regular file in `parent` (`O_TMPFILE`) and returns
+    /// its node (which has no name until linked), attributes and open fd.
+    pub fn create_tmpfile(
+        &self,
+        parent: &Node,
+        mode: u32,
+        flags: i32,
+        caller: &Caller,
+    ) -> Res<(Arc<Node>, FileAttr, OwnedFd)> {
+        let upper = self.upper()?;
+        if parent.kind() != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        self.ensure_upper(parent)?;
+        let ppath = self.nodes.path(parent)?;
+        let (uid, gid, _) = self.new_owner(&ppath, caller)?;
+        let perm = mode & 0o7777;
+        let keep = flags
+            & (libc::O_ACCMODE
+                | libc::O_APPEND
+                | libc::O_SYNC
+                | libc::O_DSYNC
+                | libc::O_NOATIME
+                | libc::O_EXCL);
+        let fd = sys::open_beneath(
+            self.stack.fd(upper),
+            ppath.c(),
+            libc::O_TMPFILE | keep,
+            perm,
+        )?;
+        sys::fchown(std::os::fd::AsFd::as_fd(&fd), uid, gid)?;
+        if perm & 0o7000 != 0 {
+            sys::fchmod(std::os::fd::AsFd::as_fd(&fd), perm)?;
+        }
+        let st = sys::fstat(std::os::fd::AsFd::as_fd(&fd))?;
+        let state = NodeState {
+            parent: crate::nodes::NodeId::NONE,
+            name: Default::default(),
+            kind: Kind::File,
+            layers: vec![upper],
+            unlinked: true,
+        };
+        let node = self
+            .nodes
+            .insert_detached(state, self.stack.ino(upper, st.st_ino));
+        let attr = self.attr_from_stat(&node, &st);
+        Ok((node, attr, fd))
+    }
+
     /// Makes a hard link `newname` in `newparent` to `node`.
     pub fn link(
         &self,
@@ -195,18 +244,31 @@ impl Overlay {
         {
             return Err(Errno::EEXIST);
         }
-        self.ensure_upper(node)?;
+        // An unnamed file (O_TMPFILE, or open and unlinked) is linked
+        // through its open fd, and the node gets the new name.
+        let unnamed = node.state.read().unlinked;
+        if !unnamed {
+            self.ensure_upper(node)?;
+        }
         self.ensure_upper(newparent)?;
         let _guard = newparent.change.lock();
         let ufd = self.stack.fd(upper);
-        let old = self.nodes.path(node)?;
         let new = ppath.join(newname.as_bytes());
+        let link_to = |dir: std::os::fd::BorrowedFd<'_>, at: &std::ffi::CStr| -> Res<()> {
+            if unnamed {
+                let fd = node.io.lock().any_fd.clone().ok_or(Errno::ENOENT)?;
+                sys::link_fd(std::os::fd::AsFd::as_fd(&*fd), dir, at)
+            } else {
+                let old = self.nodes.path(node)?;
+                sys::link_at(ufd, old.c(), dir, at)
+            }
+        };
         match self.upper_slot(&ppath, newname.as_bytes())? {
-            UpperSlot::Empty => sys::link_at(ufd, old.c(), ufd, new.c())?,
+            UpperSlot::Empty => link_to(ufd, new.c())?,
             slot => {
                 let work = self.stack.work().ok_or(Errno::EROFS)?;
                 let tmp = temp_name();
-                sys::link_at(ufd, old.c(), work, &tmp)?;
+                link_to(work, &tmp)?;
                 let flags = if slot == UpperSlot::DeviceWhiteout {
                     0
                 } else {
@@ -220,6 +282,11 @@ impl Overlay {
             }
         }
         let st = sys::stat_at(ufd, new.c())?;
+        if unnamed {
+            let n = self.nodes.attach(node, newparent, newname);
+            let attr = self.attr_from_stat(&n, &st);
+            return Ok((n, attr));
+        }
         let state = NodeState {
             parent: newparent.id,
             name: newname.to_os_string(),

@@ -278,6 +278,39 @@ impl NodeTable {
         node
     }
 
+    /// A new node with no name (an `O_TMPFILE` file), one lookup count.
+    pub fn insert_detached(&self, state: NodeState, ino: u64) -> Arc<Node> {
+        let id = NodeId(self.next.fetch_add(1, Ordering::Relaxed));
+        let node = Arc::new(Node {
+            id,
+            ino,
+            lookups: AtomicU64::new(1),
+            state: RwLock::new(state),
+            io: Mutex::new(IoState::default()),
+            change: Mutex::new(()),
+            children: Mutex::new(HashMap::new()),
+        });
+        self.nodes.insert(id, node.clone());
+        node
+    }
+
+    /// Gives a nameless node the name `name` in `parent` (linking an
+    /// `O_TMPFILE` file); adds one lookup count.
+    pub fn attach(&self, node: &Node, parent: &Node, name: &OsStr) -> Arc<Node> {
+        {
+            let mut s = node.state.write();
+            s.parent = parent.id;
+            s.name = name.to_os_string();
+            s.unlinked = false;
+        }
+        parent.children.lock().insert(name.to_os_string(), node.id);
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        self.nodes
+            .get(&node.id)
+            .map(|n| n.clone())
+            .expect("a live node")
+    }
+
     /// Adds one lookup count to a node (readdirplus, link).
     pub fn add_lookup(&self, node: &Node) {
         node.lookups.fetch_add(1, Ordering::Relaxed);

@@ -181,6 +181,20 @@ pub fn link_at(
     })
 }
 
+/// `linkat(fd, "", dir, path, AT_EMPTY_PATH)`: gives an open file a name.
+pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &CStr) -> Result<(), Errno> {
+    // SAFETY: plain syscall; the empty path is a valid NUL-terminated string.
+    check(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+}
+
 /// `unlinkat(2)`; `dir_flag` removes a directory.
 pub fn unlink_at(dir: BorrowedFd<'_>, path: &CStr, remove_dir: bool) -> Result<(), Errno> {
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
@@ -652,6 +666,14 @@ pub fn open_fuse_device() -> Result<OwnedFd, Errno> {
     }
     // SAFETY: a new fd from open(2).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fork(2)`, for a program that has not started any thread yet (the
+/// mount program daemonizing before it mounts).
+pub fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: callers fork before any thread exists, so the child cannot
+    // inherit a lock held by another thread.
+    unsafe { nix::unistd::fork() }
 }
 
 /// Sets the process umask (the server creates files with exact modes).

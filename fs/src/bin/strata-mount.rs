@@ -7,14 +7,14 @@
 //! non-zero with a one-line reason on stderr, leaving nothing mounted), and
 //! the server goes on in the background until the mount is unmounted
 //! (`fusermount3 -u MNT`) or it gets SIGTERM/SIGINT, which unmount it.
+#![deny(unsafe_code)]
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nix::sys::signal::{SigSet, Signal};
-use nix::unistd::{fork, pipe, setsid, ForkResult};
+use nix::unistd::{pipe, setsid, ForkResult};
 use strata_fs::{MountOptions, Mounted};
 
 struct Args {
@@ -39,12 +39,16 @@ fn parse_args() -> Result<Option<Args>, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--version" | "-V" => {
-                println!("strata-mount version {}", env!("CARGO_PKG_VERSION"));
-                println!("strata-fs: FUSE union filesystem, fuse-overlayfs compatible");
+                // A closed stdout (`| head -1`) is not an error worth a panic.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "strata-mount version {}\nstrata-fs: FUSE union filesystem, fuse-overlayfs compatible",
+                    env!("CARGO_PKG_VERSION")
+                );
                 return Ok(None);
             }
             "-h" | "--help" => {
-                println!("{}", usage());
+                let _ = writeln!(std::io::stdout(), "{}", usage());
                 return Ok(None);
             }
             "-f" => a.foreground = true,
@@ -164,18 +168,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // SAFETY of fork: the process is single-threaded here.
-    #[allow(unsafe_code)]
-    match unsafe { fork() } {
+    // The process is single-threaded here, which makes fork sound.
+    match strata_fs::sys::fork_single_threaded() {
         Err(e) => {
             eprintln!("strata-mount: fork: {e}");
             ExitCode::from(1)
         }
         Ok(ForkResult::Parent { .. }) => {
             drop(w);
-            // SAFETY: `r` is an owned fd we hand to File.
-            #[allow(unsafe_code)]
-            let mut f = unsafe { std::fs::File::from_raw_fd(r.into_raw_fd()) };
+            let mut f = std::fs::File::from(r);
             let mut msg = String::new();
             let _ = f.read_to_string(&mut msg);
             if msg == "OK" {
@@ -194,9 +195,7 @@ fn main() -> ExitCode {
             drop(r);
             let _ = setsid();
             init_logging(false);
-            // SAFETY: `w` is an owned fd we hand to File.
-            #[allow(unsafe_code)]
-            let w = unsafe { std::fs::File::from_raw_fd(w.into_raw_fd()) };
+            let w = std::fs::File::from(w);
             redirect_stdio();
             serve(opts, mnt, Some(w))
         }
