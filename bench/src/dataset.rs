@@ -519,7 +519,7 @@ impl Gen {
         let mut main = String::from("#include \"units.h\"\nint main(void) {\n    long s = 0;\n");
         let mut header = String::new();
         for u in 0..sizes.make_units {
-            let mut c = format!("#include \"units.h\"\n");
+            let mut c = String::from("#include \"units.h\"\n");
             for f in 0..30 {
                 c.push_str(&format!(
                     "long unit{u}_f{f}(long x) {{\n    long acc = x;\n    for (int i = 0; i < {n}; i++) {{\n        acc = acc * 31 + i - (acc >> 3);\n        if (acc % 7 == {r}) acc ^= 0x5bd1e995;\n    }}\n    return acc;\n}}\n",

@@ -40,6 +40,9 @@ struct Args {
     /// fails unless each workload ran and nothing was left mounted.
     #[arg(long)]
     quick: bool,
+    /// Generate the data sets the workloads need, then exit.
+    #[arg(long)]
+    generate: bool,
     /// List the workloads and exit.
     #[arg(long)]
     list: bool,
@@ -98,6 +101,14 @@ fn real_main() -> anyhow::Result<()> {
         strata,
         progress: !args.no_progress,
     };
+    if args.generate {
+        runner::generate(&cfg)?;
+        eprintln!(
+            "strata-bench: data sets ready in {}",
+            cfg.data_dir.display()
+        );
+        return Ok(());
+    }
     let results = runner::run(&cfg)?;
 
     let md = report::markdown(&results);

@@ -31,7 +31,7 @@ fn mountpoints() -> Vec<String> {
 /// Whether something is mounted at `path`.
 pub fn is_mountpoint(path: &Path) -> bool {
     let want = mountinfo_escape(path);
-    mountpoints().iter().any(|m| *m == want)
+    mountpoints().contains(&want)
 }
 
 /// Mountpoints at or below `dir` (as written in mountinfo).

@@ -97,28 +97,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
     if drivers.is_empty() {
         return Err(BenchError::NoDrivers);
     }
-    dataset::check_tools()?;
-
     let data = DataSet::new(&cfg.data_dir, cfg.sizes.clone());
-    let mut stacks: BTreeMap<StackId, Stack> = BTreeMap::new();
-    let mut inputs = Inputs::default();
-    for w in &cfg.workloads {
-        if !stacks.contains_key(&w.stack()) {
-            let s = data.stack(w.stack(), &mut |m| progress.note(m))?;
-            stacks.insert(w.stack(), s);
-        }
-        match w {
-            Workload::Tarx => inputs.tarball = Some(data.tarball(&mut |m| progress.note(m))?),
-            Workload::UnlinkStorm => {
-                let manifest = stacks[&StackId::L16].manifest()?;
-                inputs.unlink = Workload::unlink_list(&manifest, cfg.sizes.storm_files);
-            }
-            _ => {}
-        }
-        if sys::interrupted() {
-            return Err(BenchError::Interrupted);
-        }
-    }
+    let (stacks, inputs) = prepare_data(&data, &cfg.workloads, &mut progress)?;
 
     let scratch_root = data.root.join(format!("run-{}", std::process::id()));
     dataset::remove_all(&scratch_root)?;
@@ -193,6 +173,44 @@ pub fn run(cfg: &Config) -> Result<Results> {
         dataset::remove_all(&scratch_root)?;
     }
     Ok(results)
+}
+
+/// Generates (or finds) the data sets `cfg.workloads` need, without
+/// running anything: `strata-bench --generate`.
+pub fn generate(cfg: &Config) -> Result<()> {
+    if !sys::is_root() {
+        return Err(BenchError::NotRoot);
+    }
+    sys::catch_interrupts();
+    let data = DataSet::new(&cfg.data_dir, cfg.sizes.clone());
+    prepare_data(&data, &cfg.workloads, &mut Progress::new(0, false)).map(drop)
+}
+
+fn prepare_data(
+    data: &DataSet,
+    workloads: &[Workload],
+    progress: &mut Progress,
+) -> Result<(BTreeMap<StackId, Stack>, Inputs)> {
+    dataset::check_tools()?;
+    let mut stacks: BTreeMap<StackId, Stack> = BTreeMap::new();
+    let mut inputs = Inputs::default();
+    for w in workloads {
+        if let std::collections::btree_map::Entry::Vacant(e) = stacks.entry(w.stack()) {
+            e.insert(data.stack(w.stack(), &mut |m| progress.note(m))?);
+        }
+        match w {
+            Workload::Tarx => inputs.tarball = Some(data.tarball(&mut |m| progress.note(m))?),
+            Workload::UnlinkStorm => {
+                let manifest = stacks[&StackId::L16].manifest()?;
+                inputs.unlink = Workload::unlink_list(&manifest, data.sizes.storm_files);
+            }
+            _ => {}
+        }
+        if sys::interrupted() {
+            return Err(BenchError::Interrupted);
+        }
+    }
+    Ok((stacks, inputs))
 }
 
 /// Indexes `0..n` rotated left by `by`.
