@@ -100,9 +100,18 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let data = DataSet::new(&cfg.data_dir, cfg.sizes.clone());
     let (stacks, inputs) = prepare_data(&data, &cfg.workloads, &mut progress)?;
 
+    progress.note("reading the data sets once, so that no driver pays for the host's disk");
+    for stack in stacks.values() {
+        dataset::read_tree(&stack.dir)?;
+    }
+    if let Some(t) = &inputs.tarball {
+        dataset::read_tree(t.parent().unwrap_or(t))?;
+    }
+
     let scratch_root = data.root.join(format!("run-{}", std::process::id()));
     dataset::remove_all(&scratch_root)?;
     fs::create_dir_all(&scratch_root).map_err(io_err("mkdir", &scratch_root))?;
+    let _cleanup = ScratchRoot(scratch_root.clone());
 
     let mut results = Results {
         drivers: drivers.iter().map(|d| d.name().to_string()).collect(),
@@ -169,10 +178,28 @@ pub fn run(cfg: &Config) -> Result<Results> {
         }
     }
     progress.finish();
-    if process::mounts_under(&scratch_root).is_empty() {
-        dataset::remove_all(&scratch_root)?;
-    }
+    progress.note("removing the runs' upper layers");
     Ok(results)
+}
+
+/// Removes the directory every run's scratch directory was made in when
+/// the run loop ends in any way (unless something is still mounted there:
+/// never delete through a mount).
+struct ScratchRoot(PathBuf);
+
+impl Drop for ScratchRoot {
+    fn drop(&mut self) {
+        if process::mounts_under(&self.0).is_empty() {
+            if let Err(e) = dataset::remove_all(&self.0) {
+                eprintln!("strata-bench: cleanup: {e}");
+            }
+        } else {
+            eprintln!(
+                "strata-bench: cleanup: something is still mounted under {}; left it there",
+                self.0.display()
+            );
+        }
+    }
 }
 
 /// Generates (or finds) the data sets `cfg.workloads` need, without
