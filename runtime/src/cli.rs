@@ -1,0 +1,463 @@
+//! The `strata` command line: clap definitions and the dispatch to
+//! [`crate::commands`]. `main.rs` only parses and exits.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run containers on Strata's FUSE union filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The store directory (default /var/lib/strata).
+    #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List images.
+    Images(ImagesArgs),
+    /// Make an image from a root filesystem tarball.
+    Import(ImportArgs),
+    /// Load images from a docker-archive or OCI archive.
+    Load(LoadArgs),
+    /// Save images to an archive.
+    Save(SaveArgs),
+    /// Give an image another name.
+    Tag {
+        /// The image.
+        source: String,
+        /// The new NAME[:TAG].
+        target: String,
+    },
+    /// Remove images.
+    Rmi {
+        /// Remove even when tagged several times or used by containers.
+        #[arg(short, long)]
+        force: bool,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show the history of an image.
+    History {
+        /// Do not truncate the output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Print the IDs only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// The image.
+        image: String,
+    },
+    /// Show details of containers or images, as JSON.
+    Inspect {
+        /// Format with a template (`{{.State.Status}}`) or `json`.
+        #[arg(short, long)]
+        format: Option<String>,
+        /// Only look at `container`s or `image`s.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Containers or images.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Create a container without starting it.
+    Create(RunArgs),
+    /// Start containers.
+    Start {
+        /// Attach stdout/stderr and pass the exit code through.
+        #[arg(short, long)]
+        attach: bool,
+        /// Attach stdin.
+        #[arg(short, long)]
+        interactive: bool,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Create and start a container.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        /// Show all containers (default: running only).
+        #[arg(short, long)]
+        all: bool,
+        /// Print the IDs only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate the output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// `json` or a template (`{{.ID}} {{.Status}}`).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Stop containers: the stop signal, then SIGKILL after a grace time.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers (default SIGKILL).
+    Kill {
+        /// The signal (name or number).
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop and start containers.
+    Restart {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
+        /// The containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show the output of a detached container.
+    Logs {
+        /// Keep following the output.
+        #[arg(short, long)]
+        follow: bool,
+        /// The container.
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// Show the files a container changed (A added, C changed, D deleted).
+    Diff {
+        /// The container.
+        container: String,
+    },
+    /// Make an image from a container's changes.
+    Commit {
+        /// The commit message.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// The author.
+        #[arg(short, long)]
+        author: Option<String>,
+        /// A Dockerfile instruction to apply (CMD, ENV, ...).
+        #[arg(short, long)]
+        change: Vec<String>,
+        /// Pause a running container while committing.
+        #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+        pause: bool,
+        /// The container.
+        container: String,
+        /// The new image's NAME[:TAG].
+        name: Option<String>,
+    },
+    /// Write a container's filesystem as a tar archive.
+    Export {
+        /// The output file (default stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The container.
+        container: String,
+    },
+    /// Copy files between a container and the host (CONTAINER:PATH).
+    Cp {
+        /// Source: host path or CONTAINER:PATH.
+        src: String,
+        /// Destination: host path or CONTAINER:PATH.
+        dst: String,
+    },
+    /// Mount a container's filesystem and print where.
+    Mount {
+        /// The container.
+        container: String,
+    },
+    /// Unmount a container mounted with `strata mount`.
+    #[command(alias = "unmount")]
+    Umount {
+        /// The container.
+        container: String,
+    },
+    /// Image commands.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// System commands.
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// (internal) supervise a container.
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// Report readiness on stdout and log to ctr.log.
+        #[arg(long)]
+        detach: bool,
+        /// The container ID.
+        id: String,
+    },
+    /// (internal) serve a mount until it is unmounted.
+    #[command(name = "__serve-mount", hide = true)]
+    ServeMount {
+        /// Lower layers, top first.
+        #[arg(long = "lower")]
+        lowers: Vec<PathBuf>,
+        /// Upper layer.
+        #[arg(long, requires = "work")]
+        upper: Option<PathBuf>,
+        /// Work directory.
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Mountpoint.
+        dir: PathBuf,
+    },
+}
+
+/// `strata image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Mount an image's layers read-only and print where.
+    Mount {
+        /// The image.
+        image: String,
+        /// The mountpoint (default under the store).
+        dir: Option<PathBuf>,
+    },
+    /// Unmount an image mounted with `strata image mount`.
+    #[command(alias = "umount")]
+    Unmount {
+        /// The image or the mountpoint.
+        target: String,
+    },
+    /// List images (as `strata images`).
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove images (as `strata rmi`).
+    Rm {
+        /// Force.
+        #[arg(short, long)]
+        force: bool,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+/// `strata system ...`.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Show disk usage.
+    Df,
+    /// Remove stopped containers and unused images.
+    Prune {
+        /// Do not ask.
+        #[arg(short, long)]
+        force: bool,
+        /// Remove every image no container uses, not only untagged ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Check the store (re-hash layers), containers and mounts.
+    Check {
+        /// Repair what can be repaired.
+        #[arg(short, long)]
+        repair: bool,
+    },
+}
+
+/// `strata images`.
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print the IDs only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Show all images (intermediate ones too).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Do not truncate IDs.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// `json` or a template (`{{.Repository}}:{{.Tag}}`).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// `strata import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A Dockerfile instruction to apply (CMD, ENV, ...).
+    #[arg(short, long)]
+    pub change: Vec<String>,
+    /// The history comment.
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// The tarball, or `-` for stdin.
+    pub file: String,
+    /// NAME[:TAG] for the image.
+    pub name: Option<String>,
+}
+
+/// `strata load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The archive (default stdin).
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+    /// Print nothing.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `strata save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The output file (or directory for oci-dir); default stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// docker-archive, oci-archive or oci-dir.
+    #[arg(long, default_value = "docker-archive")]
+    pub format: String,
+    /// The images.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+/// `strata create` and `strata run`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// The container's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy the host's).
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// The working directory.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// USER[:GROUP] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// The hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Bind-mount HOST:CONTAINER[:ro].
+    #[arg(short, long)]
+    pub volume: Vec<String>,
+    /// host (default) or none.
+    #[arg(long, alias = "net")]
+    pub network: Option<String>,
+    /// IMAGE [COMMAND [ARG...]]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND [ARG...]]"
+    )]
+    pub args: Vec<String>,
+}
+
+/// `strata exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Run in the background.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Set an environment variable.
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// The working directory.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// USER[:GROUP] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// CONTAINER COMMAND [ARG...]
+    #[arg(required = true, num_args = 2.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "CONTAINER COMMAND [ARG...]")]
+    pub args: Vec<String>,
+}
+
+/// Parses the command line and runs it; returns the process exit code.
+/// Errors are printed as `Error: ...` on stderr.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 125 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match crate::commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            crate::commands::exit_code_of(&e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_after_the_image_verbatim() {
+        let cli = Cli::try_parse_from([
+            "strata", "run", "--rm", "-e", "A=1", "busybox", "sh", "-c", "exit 3",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!()
+        };
+        assert!(a.rm);
+        assert_eq!(a.args, ["busybox", "sh", "-c", "exit 3"]);
+        let cli = Cli::try_parse_from(["strata", "exec", "-i", "c1", "ls", "-l"]).unwrap();
+        let Command::Exec(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.args, ["c1", "ls", "-l"]);
+    }
+}

@@ -1,0 +1,412 @@
+//! Every privileged or unsafe system call of the runtime.
+//!
+//! The calls that change the machine (mount, umount, pivot_root, unshare,
+//! mknod, sethostname, bringing up loopback) go through the [`Syscall`]
+//! trait: [`RealSyscall`] makes them, [`RecordingSyscall`] only records
+//! them, so unit tests can check what a container's root would look like
+//! without mounting anything (as youki's `syscall` module does).
+//!
+//! The few calls that need `unsafe` (fork, ioctls on terminals and sockets)
+//! live here too, each with a `SAFETY:` line.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::Pid;
+
+/// The privileged calls a container's setup makes.
+pub trait Syscall {
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
+    /// umount2(2).
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
+    /// pivot_root(2).
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno>;
+    /// unshare(2).
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
+    /// mknod(2).
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<(), Errno>;
+    /// sethostname(2).
+    fn sethostname(&self, name: &str) -> Result<(), Errno>;
+    /// chdir(2) (pivot_root works on the current directory).
+    fn chdir(&self, path: &Path) -> Result<(), Errno>;
+    /// Sets the `lo` interface up in the current network namespace.
+    fn loopback_up(&self) -> Result<(), Errno>;
+}
+
+/// Makes the calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealSyscall;
+
+impl Syscall for RealSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        nix::sched::unshare(flags)
+    }
+
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<(), Errno> {
+        nix::sys::stat::mknod(path, kind, perm, dev)
+    }
+
+    fn sethostname(&self, name: &str) -> Result<(), Errno> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn chdir(&self, path: &Path) -> Result<(), Errno> {
+        nix::unistd::chdir(path)
+    }
+
+    fn loopback_up(&self) -> Result<(), Errno> {
+        let sock = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS reads into the ifreq we own.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            return Err(Errno::last());
+        }
+        // SAFETY: the flags member of the union was just filled in.
+        unsafe {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        }
+        // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+}
+
+/// One call seen by [`RecordingSyscall`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A mount.
+    Mount {
+        /// Source.
+        source: Option<PathBuf>,
+        /// Target.
+        target: PathBuf,
+        /// Filesystem type.
+        fstype: Option<String>,
+        /// Flags.
+        flags: MsFlags,
+        /// Data string.
+        data: Option<String>,
+    },
+    /// An unmount.
+    Umount2(PathBuf, MntFlags),
+    /// pivot_root(new, old).
+    PivotRoot(PathBuf, PathBuf),
+    /// unshare.
+    Unshare(CloneFlags),
+    /// mknod(path, kind, perm, dev).
+    Mknod(PathBuf, SFlag, Mode, u64),
+    /// sethostname.
+    Sethostname(String),
+    /// chdir.
+    Chdir(PathBuf),
+    /// loopback up.
+    LoopbackUp,
+}
+
+/// Records calls and makes none of them: for unit tests.
+#[derive(Debug, Default)]
+pub struct RecordingSyscall {
+    calls: RefCell<Vec<Call>>,
+}
+
+impl RecordingSyscall {
+    /// Every call made so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    /// The mounts made, as (target, fstype or "bind", flags).
+    pub fn mounts(&self) -> Vec<(PathBuf, String, MsFlags)> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount {
+                    target,
+                    fstype,
+                    flags,
+                    ..
+                } => Some((
+                    target.clone(),
+                    fstype.clone().unwrap_or_else(|| "bind".into()),
+                    *flags,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn push(&self, c: Call) -> Result<(), Errno> {
+        self.calls.borrow_mut().push(c);
+        Ok(())
+    }
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        self.push(Call::Mount {
+            source: source.map(Path::to_path_buf),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        })
+    }
+    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
+        self.push(Call::Umount2(target.to_path_buf(), flags))
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
+        self.push(Call::PivotRoot(
+            new_root.to_path_buf(),
+            put_old.to_path_buf(),
+        ))
+    }
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        self.push(Call::Unshare(flags))
+    }
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<(), Errno> {
+        self.push(Call::Mknod(path.to_path_buf(), kind, perm, dev))
+    }
+    fn sethostname(&self, name: &str) -> Result<(), Errno> {
+        self.push(Call::Sethostname(name.to_string()))
+    }
+    fn chdir(&self, path: &Path) -> Result<(), Errno> {
+        self.push(Call::Chdir(path.to_path_buf()))
+    }
+    fn loopback_up(&self) -> Result<(), Errno> {
+        self.push(Call::LoopbackUp)
+    }
+}
+
+/// What [`fork`] returns in each process.
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// fork(2). Call it only while the process has one thread (or in a child
+/// that will only exec or exit), so the child never meets a lock held by a
+/// thread that did not survive the fork.
+pub fn fork() -> Result<Forked, Errno> {
+    // SAFETY: callers fork single-threaded processes, or children that
+    // only make syscalls before exec/_exit (documented above).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// _exit(2): leaves a forked child without running the parent's atexit
+/// handlers or flushing its buffers.
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// Makes the terminal on `fd` the controlling terminal of the calling
+/// session leader (TIOCSCTTY).
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an int argument, no memory.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Reads a terminal's window size (TIOCGWINSZ).
+pub fn get_winsize(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
+    // SAFETY: winsize is plain data.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes into the winsize we own.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } < 0 {
+        return None;
+    }
+    Some(ws)
+}
+
+/// Sets a terminal's window size (TIOCSWINSZ).
+pub fn set_winsize(fd: BorrowedFd<'_>, ws: &libc::winsize) {
+    // SAFETY: TIOCSWINSZ reads the winsize we own.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws) };
+}
+
+/// Sets the process umask.
+pub fn set_umask(mask: u32) {
+    nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+}
+
+/// Duplicates `fd` onto descriptor number `target` (0, 1 or 2).
+pub fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<(), Errno> {
+    match target {
+        0 => nix::unistd::dup2_stdin(fd),
+        1 => nix::unistd::dup2_stdout(fd),
+        2 => nix::unistd::dup2_stderr(fd),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// Closes every descriptor from 3 up except those in `keep`.
+pub fn close_fds_except(keep: &[i32]) {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing a descriptor nothing else in this
+            // single-threaded process uses any more (the directory
+            // iterator's own fd is closed already, or EBADF is harmless).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Opens `/dev/null` read-write.
+pub fn dev_null() -> std::io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
+/// Wraps a raw descriptor number inherited from the parent (0, 1, 2).
+pub fn borrow_std(fd: i32) -> BorrowedFd<'static> {
+    // SAFETY: 0, 1 and 2 stay open for the life of the process.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of an inherited descriptor.
+pub fn own_fd(fd: i32) -> OwnedFd {
+    // SAFETY: the caller passes a descriptor it owns and nothing else uses.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Is `fd` a terminal?
+pub fn is_tty(fd: impl AsFd) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}
+
+/// Ignores these signals (the supervisor: terminal hang-ups and Ctrl-C are
+/// not for it).
+pub fn ignore_signals(sigs: &[nix::sys::signal::Signal]) {
+    for s in sigs {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(*s, nix::sys::signal::SigHandler::SigIgn) };
+    }
+}
+
+/// Restores the default action of every catchable signal (a container's
+/// process must not inherit the supervisor's ignored signals).
+pub fn default_signals() {
+    for s in nix::sys::signal::Signal::iterator() {
+        if matches!(
+            s,
+            nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+        ) {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+/// lgetxattr(2): `None` when the attribute is absent.
+pub fn lgetxattr(p: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+/// Starts `child` as a new process (clone(2) with `flags`, SIGCHLD to the
+/// parent on exit), on a stack of its own. Like [`fork`], call it while the
+/// process has one thread. Used with `CLONE_NEWPID` so that the parent's
+/// own PID namespace for children is unchanged (threads created after an
+/// `unshare(CLONE_NEWPID)` would fail).
+pub fn clone_child(flags: CloneFlags, child: &mut dyn FnMut() -> isize) -> Result<Pid, Errno> {
+    let mut stack = vec![0u8; 1 << 20];
+    // SAFETY: the child gets a copy of the address space (no CLONE_VM), its
+    // own stack, and only makes syscalls before exec or _exit; the caller
+    // is single-threaded (documented above).
+    unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
+}
