@@ -200,11 +200,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Rm { force, containers } => {
             let mut failed = None;
             for r in &containers {
-                match ctx
-                    .container(r)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|c| remove(&ctx, &c, force))
-                {
+                match ctx.container(r).and_then(|c| remove(&ctx, &c, force)) {
                     Ok(()) => println!("{r}"),
                     Err(e) => {
                         eprintln!("Error: {e:#}");
@@ -1021,10 +1017,9 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         }
         Forked::Parent(pid) => pid,
     };
-    let (master, _slave) = match pty {
-        Some(p) => (Some(p.master), None::<()>),
-        None => (None, None),
-    };
+    // Our copy of the slave closes here, so the master sees EOF when the
+    // command's last process exits.
+    let master = pty.map(|p| p.master);
     if a.detach {
         return Ok(0);
     }
@@ -1036,6 +1031,27 @@ fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32> {
         },
         &|| None,
     ))
+}
+
+/// The command's own process, inside the container's namespaces.
+fn exec_grandchild(
+    spec: &process::ProcessSpec,
+    slave: Option<&std::os::fd::OwnedFd>,
+    keep_stdin: bool,
+) -> std::result::Result<std::convert::Infallible, process::StartFailure> {
+    sys::default_signals();
+    if let Some(s) = slave {
+        let _ = nix::unistd::setsid();
+        for fd in 0..3 {
+            let _ = sys::dup_onto(s.as_fd(), fd);
+        }
+        let _ = sys::set_controlling_tty(sys::borrow_std(0));
+    } else if !keep_stdin {
+        if let Ok(null) = sys::dev_null() {
+            let _ = sys::dup_onto(null.as_fd(), 0);
+        }
+    }
+    process::exec(spec)
 }
 
 /// In the forked child of `exec`: enter the namespaces, fork once more (to
@@ -1054,21 +1070,7 @@ fn exec_child(
     }
     match sys::fork() {
         Ok(Forked::Child) => {
-            let r = (|| -> std::result::Result<std::convert::Infallible, process::StartFailure> {
-                sys::default_signals();
-                if let Some(s) = slave {
-                    let _ = nix::unistd::setsid();
-                    for fd in 0..3 {
-                        let _ = sys::dup_onto(s.as_fd(), fd);
-                    }
-                    let _ = sys::set_controlling_tty(sys::borrow_std(0));
-                } else if !keep_stdin {
-                    if let Ok(null) = sys::dev_null() {
-                        let _ = sys::dup_onto(null.as_fd(), 0);
-                    }
-                }
-                process::exec(spec)
-            })();
+            let r = exec_grandchild(spec, slave, keep_stdin);
             let f = match r {
                 Ok(never) => match never {},
                 Err(f) => f,
@@ -1137,7 +1139,7 @@ pub fn commit(
             pause_all(init, Signal::SIGCONT);
         }
     }
-    Ok(r?)
+    r
 }
 
 /// A view of a container's merged filesystem: the live mount when it

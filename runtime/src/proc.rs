@@ -95,7 +95,7 @@ pub fn mountpoints() -> Vec<PathBuf> {
 /// Is something mounted exactly at `path`?
 pub fn is_mounted(path: &Path) -> bool {
     let p = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    mountpoints().iter().any(|m| *m == p)
+    mountpoints().contains(&p)
 }
 
 /// Mountpoints at or under `dir`, deepest first.

@@ -454,4 +454,64 @@ mod tests {
         assert!(init.join("mnt/v").is_dir());
         assert_eq!(fs::read_to_string(paths.hostname()).unwrap(), "h\n");
     }
+
+    /// Runs `f` in a forked child (namespace changes stay there) and
+    /// returns its exit code.
+    fn in_child(f: impl FnOnce() -> i32) -> i32 {
+        match crate::sys::fork().unwrap() {
+            crate::sys::Forked::Child => {
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
+                crate::sys::exit_child(code)
+            }
+            crate::sys::Forked::Parent(pid) => crate::attach::wait_exit(pid),
+        }
+    }
+
+    #[test]
+    fn real_mounts_and_pivot_in_a_forked_child() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        for d in ["proc", "sys", "dev", "etc", "bin"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("etc/hostname"), "").unwrap();
+        let hn = t.path().join("hostname");
+        fs::write(&hn, "box\n").unwrap();
+        let plan = RootfsPlan {
+            root: root.clone(),
+            etc_files: vec![(hn, "etc/hostname")],
+            volumes: vec![],
+            console: None,
+        };
+        let code = in_child(|| {
+            let sys = crate::sys::RealSyscall;
+            if sys.unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err() {
+                return 2;
+            }
+            if setup_mounts(&sys, &plan).is_err() {
+                return 3;
+            }
+            if pivot(&sys, &plan.root).is_err() {
+                return 4;
+            }
+            let null_ok = fs::metadata("/dev/null").is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_char_device()
+            });
+            let checks = [
+                Path::new("/proc/self/status").exists(),
+                null_ok,
+                fs::read_to_string("/etc/hostname").ok().as_deref() == Some("box\n"),
+                Path::new("/bin").is_dir(),
+                fs::write("/sys/x", "").is_err(),
+            ];
+            match checks.iter().position(|ok| !ok) {
+                None => 0,
+                Some(i) => 10 + i as i32,
+            }
+        });
+        assert_eq!(code, 0, "check {} failed in the child", code - 10);
+        // The parent's mount namespace is untouched.
+        assert!(!crate::proc::is_mounted(&root.join("proc")));
+    }
 }

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use strata_layerdb::Store;
 
 use crate::attach;
@@ -308,10 +307,4 @@ pub fn serve_mount(opts: strata_fs::MountOptions, at: &Path) -> i32 {
     }
     served.wait();
     0
-}
-
-/// Sends `sig` to a container's init (its host PID).
-pub fn signal_init(init: &ProcId, sig: Signal) -> Result<(), nix::errno::Errno> {
-    let _ = Pid::from_raw(init.pid);
-    init.signal(sig)
 }

@@ -1,0 +1,504 @@
+//! End-to-end tests of containers, driving the `strata` binary as a user
+//! does, as root, each with its own store (see `common.rs`).
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+
+use common::Env;
+
+#[test]
+fn run_passes_output_and_exit_codes_through() {
+    let env = Env::new();
+    let r = env.run(&["run", "--rm", "busybox", "echo", "hello"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hello\n"), "{r:?}");
+    assert_eq!(
+        env.run(&["run", "--rm", "busybox", "sh", "-c", "exit 3"])
+            .code,
+        3
+    );
+    assert_eq!(env.run(&["run", "--rm", "busybox", "false"]).code, 1);
+    assert_eq!(
+        env.run(&["run", "--rm", "busybox", "sh", "-c", "exit 42"])
+            .code,
+        42
+    );
+    let r = env.run(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(r.code, 127, "{r:?}");
+    assert!(
+        r.stderr.starts_with("Error: ") && r.stderr.contains("no-such-command"),
+        "{r:?}"
+    );
+    let r = env.run(&["run", "--rm", "busybox", "/etc/passwd"]);
+    assert_eq!(r.code, 126, "{r:?}");
+    let r = env.run(&["run", "--rm", "no-such-image"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("no-such-image"), "{r:?}");
+    // --rm left nothing behind.
+    assert!(env.ps().is_empty());
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+    let r = env.run_input(
+        &["run", "--rm", "-i", "busybox", "sh"],
+        b"echo from-stdin\nexit 4\n",
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (4, "from-stdin\n"), "{r:?}");
+}
+
+#[test]
+fn detached_container_runs_logs_and_stops() {
+    let env = Env::new();
+    let id = env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "busybox",
+        "sh",
+        "-c",
+        "echo started; while true; do sleep 1; done",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(env.status("web").starts_with("Up "), "{:?}", env.ps());
+    let running = env.ok(&["ps", "-q"]);
+    assert_eq!(running.trim(), &id[..12]);
+    env.wait_until("the log line", || env.ok(&["logs", "web"]) == "started\n");
+    // A unique prefix names the container too.
+    assert_eq!(env.inspect(&id[..6], "{{.Name}}"), "web");
+    env.ok(&["stop", "-t", "1", "web"]);
+    let st = env.status("web");
+    assert!(
+        st.starts_with("Exited (143)") || st.starts_with("Exited (137)"),
+        "{st}"
+    );
+    assert!(st.ends_with(" ago"), "{st}");
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+    // Restart runs it again.
+    env.ok(&["restart", "-t", "1", "web"]);
+    assert!(env.status("web").starts_with("Up "));
+    env.wait_until("the second log line", || {
+        env.ok(&["logs", "web"]) == "started\nstarted\n"
+    });
+    env.ok(&["rm", "-f", "web"]);
+}
+
+#[test]
+fn kill_records_137() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "k", "busybox", "sleep", "1000"]);
+    env.ok(&["kill", "k"]);
+    let st = env.status("k");
+    assert!(st.starts_with("Exited (137)"), "{st}");
+    assert_eq!(
+        env.inspect("k", "{{.State.ExitCode}} {{.State.Status}}"),
+        "137 exited"
+    );
+    assert!(env.mounts().is_empty());
+}
+
+#[test]
+fn exec_runs_in_the_container() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "--hostname",
+        "inbox",
+        "busybox",
+        "sh",
+        "-c",
+        "echo made > /tmp/mark; exec sleep 1000",
+    ]);
+    env.wait_until("the mark file", || {
+        env.run(&["exec", "box", "cat", "/tmp/mark"]).stdout == "made\n"
+    });
+    let r = env.run(&["exec", "box", "sh", "-c", "hostname; echo $$; exit 7"]);
+    assert_eq!(r.code, 7, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "inbox");
+    assert_ne!(lines[1], "1", "exec'd process is not the init");
+    assert_eq!(env.run(&["exec", "box", "nope"]).code, 127);
+    let r = env.run(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-w",
+        "/etc",
+        "box",
+        "sh",
+        "-c",
+        "echo $X $(pwd)",
+    ]);
+    assert_eq!(r.stdout, "1 /etc\n", "{r:?}");
+    env.ok(&["rm", "-f", "box"]);
+    assert!(env.mounts().is_empty());
+    assert!(env.run(&["exec", "box", "true"]).code != 0);
+}
+
+#[test]
+fn commit_makes_an_image_with_the_change() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "busybox",
+        "sh",
+        "-c",
+        "echo data > /root/file; rm /bin/vi; echo mod >> /etc/passwd",
+    ]);
+    let id = env.ok(&[
+        "commit",
+        "-m",
+        "add a file",
+        "-a",
+        "tester",
+        "--change",
+        "ENV FOO=bar",
+        "c1",
+        "img2",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let images = env.ok(&["images"]);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("localhost/img2 ") && l.contains("latest")),
+        "{images}"
+    );
+    let r = env.run(&[
+        "run",
+        "--rm",
+        "img2",
+        "sh",
+        "-c",
+        "cat /root/file; tail -1 /etc/passwd; echo $FOO; test -e /bin/vi || echo no-vi",
+    ]);
+    assert_eq!(r.stdout, "data\nmod\nbar\nno-vi\n", "{r:?}");
+    let h = env.ok(&["history", "img2"]);
+    assert!(h.contains("add a file"), "{h}");
+    // The image is in use: rmi refuses until the container is gone.
+    env.ok(&["run", "--name", "user", "img2", "true"]);
+    let r = env.run(&["rmi", "img2"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    env.ok(&["rm", "user"]);
+    env.ok(&["rmi", "img2"]);
+}
+
+#[test]
+fn export_holds_the_merged_view_without_whiteouts() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "--name",
+        "x",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi > /root/new; rm /bin/vi; rm -r /tmp",
+    ]);
+    let out = env.dir.path().join("x.tar");
+    env.ok(&["export", "-o", out.to_str().unwrap(), "x"]);
+    let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let mut names = Vec::new();
+    let mut new_content = String::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        if p.trim_end_matches('/') == "root/new" {
+            e.read_to_string(&mut new_content).unwrap();
+        }
+        names.push(p);
+    }
+    assert_eq!(new_content, "hi\n");
+    assert!(names.iter().any(|n| n == "bin/sh"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "bin/vi"),
+        "deleted file exported"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("tmp")),
+        "deleted dir exported"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains(".wh.")),
+        "whiteout exported"
+    );
+    // A stopped container was mounted for the export and unmounted after.
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+}
+
+#[test]
+fn diff_lists_added_changed_deleted() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "--name",
+        "d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo x > /added; echo y >> /etc/group; rm /bin/vi; mkdir -p /opt/dir",
+    ]);
+    let d = env.ok(&["diff", "d"]);
+    let lines: Vec<&str> = d.lines().collect();
+    for want in [
+        "A /added",
+        "C /etc",
+        "C /etc/group",
+        "C /bin",
+        "D /bin/vi",
+        "A /opt",
+        "A /opt/dir",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in\n{d}");
+    }
+    // Mountpoints made by the runtime are not changes.
+    assert!(!d.contains("/etc/hostname") && !d.contains("/proc"), "{d}");
+}
+
+#[test]
+fn rm_removes_upper_and_mounts() {
+    let env = Env::new();
+    let id = env
+        .ok(&["run", "-d", "--name", "r", "busybox", "sleep", "1000"])
+        .trim()
+        .to_string();
+    let dir = env.root.join("containers").join(&id);
+    assert!(dir.join("upper").is_dir());
+    assert!(!env.mounts().is_empty());
+    let sup: i32 = env
+        .inspect("r", "{{.State.SupervisorPid}}")
+        .parse()
+        .unwrap();
+    let r = env.run(&["rm", "r"]);
+    assert_eq!(r.code, 125, "rm of a running container without -f: {r:?}");
+    assert!(r.stderr.contains("running"), "{r:?}");
+    env.ok(&["rm", "-f", "r"]);
+    assert!(!dir.exists());
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{sup}")).exists() || {
+            let s = std::fs::read_to_string(format!("/proc/{sup}/stat")).unwrap_or_default();
+            s.contains(") Z ")
+        }
+    );
+    assert!(env.ps().is_empty());
+}
+
+#[test]
+fn killed_supervisor_shows_exited_and_rm_cleans_up() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "s", "busybox", "sleep", "1000"]);
+    let sup = env.inspect("s", "{{.State.SupervisorPid}}");
+    let init = env.inspect("s", "{{.State.Pid}}");
+    std::process::Command::new("kill")
+        .args(["-9", &sup])
+        .status()
+        .unwrap();
+    env.wait_until("the init to die with its supervisor", || {
+        std::fs::read_to_string(format!("/proc/{init}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    let st = env.status("s");
+    assert!(st.starts_with("Exited (137)"), "{st}");
+    env.ok(&["rm", "s"]);
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+    assert!(env.ps().is_empty());
+}
+
+#[test]
+fn image_mount_is_read_only() {
+    let env = Env::new();
+    let dir = env.ok(&["image", "mount", "busybox"]).trim().to_string();
+    let p = std::path::Path::new(&dir);
+    assert!(p.join("bin/busybox").is_file());
+    let err = std::fs::write(p.join("new"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    env.ok(&["image", "unmount", "busybox"]);
+    env.wait_until("the image mount to go", || env.mounts().is_empty());
+}
+
+#[test]
+fn flags_set_env_workdir_user_hostname_and_network() {
+    let env = Env::new();
+    let envfile = env.dir.path().join("env");
+    std::fs::write(&envfile, "# comment\nFROMFILE=1\n").unwrap();
+    let r = env.run(&[
+        "run", "--rm", "-e", "FOO=bar", "--env-file", envfile.to_str().unwrap(), "-w", "/newdir", "-u", "nobody",
+        "--hostname", "myhost", "busybox", "sh", "-c", "echo $FOO $FROMFILE; pwd; id -u; hostname; cat /etc/hostname; grep myhost /etc/hosts | wc -l",
+    ]);
+    assert_eq!(
+        r.stdout, "bar 1\n/newdir\n65534\nmyhost\nmyhost\n1\n",
+        "{r:?}"
+    );
+    let r = env.run(&["run", "--rm", "--entrypoint", "echo", "busybox", "a", "b"]);
+    assert_eq!(r.stdout, "a b\n", "{r:?}");
+    let r = env.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "cat",
+        "/sys/class/net/lo/operstate",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = env.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(r.stdout, "lo\n", "{r:?}");
+    let vol = env.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("f"), "host\n").unwrap();
+    let spec = format!("{}:/data:ro", vol.display());
+    let r = env.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &spec,
+        "busybox",
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/g",
+    ]);
+    assert_eq!(r.stdout, "host\n", "{r:?}");
+    assert_ne!(r.code, 0, "read-only volume was writable");
+    assert!(!vol.join("g").exists());
+}
+
+#[test]
+fn proc_dev_and_sys_inside() {
+    let env = Env::new();
+    let r = env.run(&[
+        "run", "--rm", "busybox", "sh", "-c",
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo; for d in null zero full random urandom tty; do test -c /dev/$d || echo missing $d; done; \
+         test -d /dev/pts && test -d /dev/shm && test -L /dev/fd && echo devok; echo x > /dev/null && head -c 4 /dev/zero | wc -c; \
+         touch /sys/x 2>/dev/null || echo sys-ro; ps | wc -l",
+    ]);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "1", "{r:?}");
+    assert!(lines[1].starts_with("sh -c"), "{r:?}");
+    assert_eq!(&lines[2..], ["devok", "4", "sys-ro", "4"], "{r:?}");
+    // header, sh, ps and wc: the container sees only its own processes.
+    // Nothing the runtime mounted went into the image or the upper layer.
+    let img = env.ok(&["image", "mount", "busybox"]);
+    let etc = std::path::Path::new(img.trim()).join("etc");
+    assert!(!etc.join("hostname").exists());
+    env.ok(&["image", "unmount", "busybox"]);
+}
+
+#[test]
+fn containers_see_only_their_own_changes() {
+    let env = Env::new();
+    for i in 0..4 {
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("p{i}"),
+            "busybox",
+            "sh",
+            "-c",
+            &format!("echo {i} > /mine; exec sleep 1000"),
+        ]);
+    }
+    for i in 0..4 {
+        let name = format!("p{i}");
+        env.wait_until("the file", || {
+            env.run(&["exec", &name, "cat", "/mine"]).stdout == format!("{i}\n")
+        });
+        let ls = env.run(&["exec", &name, "ls", "/"]).stdout;
+        assert_eq!(ls.lines().filter(|l| *l == "mine").count(), 1);
+    }
+    let q = env.ok(&["ps", "-q"]);
+    assert_eq!(q.lines().count(), 4);
+    let ids: Vec<&str> = q.lines().collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(ids);
+    env.ok(&args);
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
+}
+
+#[test]
+fn bad_input_gives_one_line_errors_and_leaves_nothing() {
+    let env = Env::new();
+    env.ok(&["create", "--name", "taken", "busybox"]);
+    let r = env.run(&["create", "--name", "taken", "busybox"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("taken") && r.stderr.lines().count() == 1,
+        "{r:?}"
+    );
+    assert_eq!(env.ps().len(), 1);
+    // An image with no command.
+    let tarball = env.dir.path().join("rootfs.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tarball).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "hello.txt", &b"hi"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    env.ok(&["import", tarball.to_str().unwrap(), "nocmd"]);
+    let r = env.run(&["run", "nocmd"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("no command"), "{r:?}");
+    assert_eq!(env.ps().len(), 1, "no half-made container");
+    let r = env.run(&["commit", "no-such-container"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("no-such-container"), "{r:?}");
+    let r = env.run(&["start", "-a", "taken"]);
+    assert_eq!(r.code, 0, "created container starts: {r:?}");
+    let r = env.run(&["rm", "nope"]);
+    assert_ne!(r.code, 0);
+    env.ok(&["rm", "taken"]);
+}
+
+#[test]
+fn images_lists_and_save_round_trips() {
+    let env = Env::new();
+    let out = env.ok(&["images"]);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("   ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(&row[..3], ["localhost/busybox", "latest", "b1ef65e51b22"]);
+    assert!(row[4].ends_with("MB"), "{row:?}");
+    env.ok(&["tag", "busybox", "other:v1"]);
+    assert_eq!(env.ok(&["images", "-q"]).lines().count(), 1);
+    let saved = env.dir.path().join("saved.tar");
+    env.ok(&["save", "-o", saved.to_str().unwrap(), "other:v1"]);
+    env.ok(&["rmi", "other:v1"]);
+    env.ok(&["rmi", "busybox"]);
+    assert_eq!(env.ok(&["images", "-q"]), "");
+    let r = env.run_input(&["load"], &std::fs::read(&saved).unwrap());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("localhost/other:v1"), "{r:?}");
+    let js: serde_json::Value =
+        serde_json::from_str(&env.ok(&["images", "--format", "json"])).unwrap();
+    assert_eq!(
+        js[0]["Id"],
+        "b1ef65e51b22207fe0cd9968c26a84e8b25df40809806acd200f5e9036bfcdc4"
+    );
+    let ft = std::fs::metadata(&saved).unwrap().file_type();
+    assert!(!ft.is_char_device());
+}
