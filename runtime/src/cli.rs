@@ -144,6 +144,17 @@ pub enum Command {
     },
     /// Run a command in a running container.
     Exec(ExecArgs),
+    /// Follow a detached container's output until it exits, and exit with
+    /// its code.
+    Attach {
+        /// The container.
+        container: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show the files a container changed (A added, C changed, D deleted).
     Diff {
         /// The container.
@@ -416,6 +427,7 @@ pub struct ExecArgs {
 /// Parses the command line and runs it; returns the process exit code.
 /// Errors are printed as `Error: ...` on stderr.
 pub fn main() -> i32 {
+    crate::sys::default_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

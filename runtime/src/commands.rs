@@ -212,6 +212,13 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Logs { follow, container } => logs(&ctx, &container, follow),
         Command::Exec(a) => exec(&ctx, &a),
+        Command::Attach { container } => attach_logs(&ctx, &container),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "strata", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Diff { container } => {
             let c = ctx.container(&container)?;
             let lowers = ctx.store.lower_dirs(&c.config.image_id.to_string())?;
@@ -956,6 +963,29 @@ fn logs(ctx: &Ctx, r: &str, follow: bool) -> Result<i32> {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `attach`: the output a detached container writes from now on, until it
+/// exits; then its exit code.
+fn attach_logs(ctx: &Ctx, r: &str) -> Result<i32> {
+    use std::io::Seek;
+    let c = ctx.container(r)?;
+    if c.running_init()?.is_none() {
+        bail!("container {r} is not running; start it with 'strata start -a'");
+    }
+    let mut f = fs::File::open(c.paths.log()).context("open the log")?;
+    f.seek(std::io::SeekFrom::End(0))?;
+    let mut out = std::io::stdout();
+    loop {
+        std::io::copy(&mut f, &mut out)?;
+        out.flush()?;
+        let s = c.state()?;
+        if !s.supervisor.is_some_and(|p| p.is_alive()) {
+            std::io::copy(&mut f, &mut out)?;
+            return Ok(c.state()?.exit_code.unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -410,3 +410,15 @@ pub fn clone_child(flags: CloneFlags, child: &mut dyn FnMut() -> isize) -> Resul
     // is single-threaded (documented above).
     unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
 }
+
+/// Restores the default SIGPIPE action (Rust ignores it): `strata logs |
+/// head` then ends quietly, as command-line tools do.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler code.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
+}

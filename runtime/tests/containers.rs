@@ -502,3 +502,146 @@ fn images_lists_and_save_round_trips() {
     let ft = std::fs::metadata(&saved).unwrap().file_type();
     assert!(!ft.is_char_device());
 }
+
+#[test]
+fn commit_of_a_running_container_pauses_and_resumes_it() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        "busybox",
+        "sh",
+        "-c",
+        "echo v1 > /state; exec sleep 1000",
+    ]);
+    env.wait_until("the state file", || {
+        env.run(&["exec", "live", "cat", "/state"]).stdout == "v1\n"
+    });
+    env.ok(&["exec", "live", "sh", "-c", "echo v2 > /state"]);
+    env.ok(&["commit", "live", "snap"]);
+    // Still running after the commit, and not left stopped.
+    assert!(env.status("live").starts_with("Up "));
+    assert_eq!(
+        env.run(&["exec", "live", "echo", "alive"]).stdout,
+        "alive\n"
+    );
+    let r = env.run(&["run", "--rm", "snap", "cat", "/state"]);
+    assert_eq!(r.stdout, "v2\n", "{r:?}");
+}
+
+#[test]
+fn stop_with_a_term_handler_exits_143_and_rm_d_removes_itself() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "t",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 143' TERM; echo ready; while true; do sleep 0.1; done",
+    ]);
+    env.wait_until("the trap", || env.ok(&["logs", "t"]) == "ready\n");
+    env.ok(&["stop", "-t", "20", "t"]);
+    assert!(
+        env.status("t").starts_with("Exited (143)"),
+        "{}",
+        env.status("t")
+    );
+    let id = env.ok(&["run", "-d", "--rm", "busybox", "true"]);
+    env.wait_until("the --rm container to go", || {
+        !env.ok(&["ps", "-aq"]).contains(&id[..12])
+    });
+    assert!(!env.root.join("containers").join(id.trim()).exists());
+}
+
+#[test]
+fn cp_mount_attach_and_logs_follow() {
+    let env = Env::new();
+    env.ok(&[
+        "create",
+        "--name",
+        "c",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /in.txt; echo out > /out.txt",
+    ]);
+    let src = env.dir.path().join("in.txt");
+    std::fs::write(&src, "copied in\n").unwrap();
+    env.ok(&["cp", src.to_str().unwrap(), "c:/in.txt"]);
+    let r = env.run(&["start", "-a", "c"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "copied in\n"), "{r:?}");
+    let dst = env.dir.path().join("out.txt");
+    env.ok(&["cp", "c:/out.txt", dst.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&dst).unwrap(), "out\n");
+    // mount shows the stopped container's files, umount lets go.
+    let m = env.ok(&["mount", "c"]);
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(m.trim()).join("in.txt")).unwrap(),
+        "copied in\n"
+    );
+    env.ok(&["umount", "c"]);
+    env.wait_until("the mount to go", || env.mounts().is_empty());
+    // attach and logs -f end when the container does, with its code.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "busybox",
+        "sh",
+        "-c",
+        "while [ ! -e /go ]; do sleep 0.05; done; echo bye; exit 9",
+    ]);
+    let attach = env
+        .cmd(&["attach", "a"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once attach has the log open it is following; then let the container go.
+    let fd_dir = format!("/proc/{}/fd", attach.id());
+    env.wait_until("attach to open the log", || {
+        std::fs::read_dir(&fd_dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.ends_with("ctr.log")))
+        })
+    });
+    env.ok(&["exec", "a", "touch", "/go"]);
+    let r: common::Run = attach.wait_with_output().unwrap().into();
+    assert_eq!((r.code, r.stdout.as_str()), (9, "bye\n"), "{r:?}");
+    let r = env.run(&["logs", "-f", "a"]);
+    assert!(r.stdout.ends_with("bye\n"), "{r:?}");
+}
+
+#[test]
+fn system_df_check_and_prune() {
+    let env = Env::new();
+    env.ok(&["run", "--name", "old", "busybox", "sh", "-c", "echo x > /f"]);
+    let df = env.ok(&["system", "df"]);
+    assert!(
+        df.lines().any(|l| l.starts_with("Images "))
+            && df.lines().any(|l| l.starts_with("Containers ")),
+        "{df}"
+    );
+    let r = env.run(&["system", "check"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // A leftover half-made container directory is found and repaired.
+    std::fs::create_dir_all(env.root.join("containers/.new-debris")).unwrap();
+    assert_eq!(env.run(&["system", "check"]).code, 1);
+    env.ok(&["system", "check", "--repair"]);
+    assert_eq!(env.run(&["system", "check"]).code, 0);
+    let out = env.ok(&["system", "prune", "-f"]);
+    assert!(out.contains("Deleted Containers:"), "{out}");
+    assert!(env.ps().is_empty());
+    assert_eq!(
+        env.ok(&["images", "-q"]).lines().count(),
+        1,
+        "tagged image kept"
+    );
+    env.ok(&["system", "prune", "-f", "-a"]);
+    assert_eq!(env.ok(&["images", "-q"]), "");
+}
