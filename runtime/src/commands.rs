@@ -1223,14 +1223,17 @@ fn view(ctx: &Ctx, c: &Container, writable: bool) -> Result<View> {
 }
 
 fn export(ctx: &Ctx, c: &Container, output: Option<&Path>) -> Result<()> {
-    let v = view(ctx, c, false)?;
+    // The output is made before any mount: serving a mount sets this
+    // process's umask to 0 (the filesystem creates exact modes).
     match output {
         Some(p) => {
             let f = fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
             let mut w = std::io::BufWriter::new(f);
-            let r = strata_layerdb::export_dir(&v.path, &mut w)
-                .map_err(anyhow::Error::from)
-                .and_then(|_| w.flush().map_err(Into::into));
+            let r = view(ctx, c, false).and_then(|v| {
+                strata_layerdb::export_dir(&v.path, &mut w)?;
+                w.flush()?;
+                Ok(())
+            });
             if r.is_err() {
                 let _ = fs::remove_file(p);
             }
@@ -1240,6 +1243,7 @@ fn export(ctx: &Ctx, c: &Container, output: Option<&Path>) -> Result<()> {
             if sys::is_tty(std::io::stdout()) {
                 bail!("refusing to write an archive to a terminal; use -o FILE or redirect stdout");
             }
+            let v = view(ctx, c, false)?;
             let mut out = std::io::stdout().lock();
             strata_layerdb::export_dir(&v.path, &mut out)?;
             out.flush()?;

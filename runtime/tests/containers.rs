@@ -202,6 +202,10 @@ fn export_holds_the_merged_view_without_whiteouts() {
     ]);
     let out = env.dir.path().join("x.tar");
     env.ok(&["export", "-o", out.to_str().unwrap(), "x"]);
+    // Regression: the output was made after a mount had set the umask to 0.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o002, 0, "export output is world-writable: {mode:o}");
     let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
     let mut names = Vec::new();
     let mut new_content = String::new();
