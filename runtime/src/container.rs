@@ -562,3 +562,82 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, name: &str) -> ContainerConfig {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "image": "busybox",
+            "image_id": format!("sha256:{}", "b".repeat(64)),
+            "created": "1970-01-01T00:00:00Z", "args": ["sh"], "env": [],
+            "workdir": "/", "user": "", "hostname": "h"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn find_by_name_id_and_prefix_and_names_are_unique() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = Registry::open(t.path()).unwrap();
+        let a = format!("abc1{}", "0".repeat(60));
+        let b = format!("abc2{}", "0".repeat(60));
+        reg.create(config(&a, "one"), |_, _| Ok(())).unwrap();
+        reg.create(config(&b, "two"), |_, _| Ok(())).unwrap();
+        assert_eq!(reg.find("one").unwrap().config.id.as_str(), a);
+        assert_eq!(reg.find("abc2").unwrap().config.name, "two");
+        assert_eq!(reg.find(&a).unwrap().config.name, "one");
+        match reg.find("abc") {
+            Err(Error::Ambiguous { candidates, .. }) => assert_eq!(candidates.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(reg.find("zzz"), Err(Error::NotFound(_))));
+        let c = format!("abc3{}", "0".repeat(60));
+        assert!(matches!(
+            reg.create(config(&c, "one"), |_, _| Ok(())),
+            Err(Error::NameInUse { .. })
+        ));
+        // A failed fill leaves nothing behind.
+        let e = reg.create(config(&c, "three"), |p, _| {
+            Err(Error::BadName(p.dir.display().to_string()))
+        });
+        assert!(e.is_err());
+        assert!(reg.debris().is_empty());
+        assert_eq!(reg.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn state_updates_are_atomic_files() {
+        let t = tempfile::tempdir().unwrap();
+        let reg = Registry::open(t.path()).unwrap();
+        let c = reg
+            .create(config(&"d".repeat(64), "s"), |_, _| Ok(()))
+            .unwrap();
+        c.update_state(|s| {
+            s.status = Status::Exited;
+            s.exit_code = Some(3);
+        })
+        .unwrap();
+        let s = c.state().unwrap();
+        assert_eq!((s.status, s.exit_code), (Status::Exited, Some(3)));
+        // A running state whose supervisor is gone reads as exited (137).
+        c.update_state(|s| {
+            s.status = Status::Running;
+            s.exit_code = None;
+            s.supervisor = Some(ProcId {
+                pid: i32::MAX - 1,
+                start_time: 1,
+            });
+        })
+        .unwrap();
+        let s = c.state().unwrap();
+        assert_eq!((s.status, s.exit_code), (Status::Exited, Some(137)));
+        let leftovers: Vec<_> = std::fs::read_dir(&c.paths.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}

@@ -137,18 +137,25 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     })?;
     let merged = c.paths.merged();
     proc::unmount_all_under(&c.paths.dir);
-    let log = match mode {
-        Mode::Detached => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(c.paths.log())
-                .map(OwnedFd::from)
-                .map_err(|e| {
-                    StartFailure::runtime(format!("open {}: {e}", c.paths.log().display()))
-                })?,
-        ),
-        Mode::Attached => None,
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(c.paths.log())
+            .map_err(|e| StartFailure::runtime(format!("open {}: {e}", c.paths.log().display())))
+    };
+    // A detached container with -t gets a terminal whose output is copied
+    // to the log (its programs see a tty, as with `docker run -dt`).
+    let mut pty_master = None;
+    let stdio = match mode {
+        Mode::Attached => InitStdio::Inherit,
+        Mode::Detached if c.config.tty => {
+            let pty = nix::pty::openpty(None, None)
+                .map_err(|e| StartFailure::runtime(format!("cannot allocate a terminal: {e}")))?;
+            pty_master = Some((pty.master, open_log()?));
+            InitStdio::Tty(pty.slave)
+        }
+        Mode::Detached => InitStdio::Log(OwnedFd::from(open_log()?)),
     };
     let opts = mounts::options(lowers, Some((c.paths.upper(), c.paths.work())));
     let mounted = strata_fs::Mounted::mount(opts, &merged).map_err(|e| {
@@ -159,7 +166,7 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     let err_w = std::cell::Cell::new(Some(err_w));
     let mut init_fn = || -> isize {
         match err_w.take() {
-            Some(w) => container_init(c, log.as_ref(), w),
+            Some(w) => container_init(c, &stdio, w),
             None => sys::exit_child(process::EXIT_RUNTIME),
         }
     };
@@ -173,6 +180,17 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         }
     };
     drop(err_w.take());
+    drop(stdio);
+    let pump = pty_master.map(|(master, mut log)| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = nix::unistd::read(&master, &mut buf) {
+                if n == 0 || log.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        })
+    });
     let served = match ServedMount::serve(mounted) {
         Ok(s) => s,
         Err(e) => {
@@ -213,6 +231,9 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         }
     }
     let code = attach::wait_exit(child);
+    if let Some(p) = pump {
+        let _ = p.join();
+    }
     served.unmount();
     proc::unmount_all_under(&c.paths.dir);
     let _ = c.update_state(|s| {
@@ -227,8 +248,18 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
 
 /// The container's init, in the forked child: new namespaces, the root
 /// filesystem, then exec. Never returns; a failure is written to `err`.
-fn container_init(c: &Container, log: Option<&OwnedFd>, err: OwnedFd) -> ! {
-    let failure = match init_steps(c, log) {
+/// The standard descriptors a container's init gets.
+enum InitStdio {
+    /// The supervisor's own (attached: the user's terminal or pipes).
+    Inherit,
+    /// stdin from /dev/null, stdout and stderr to the log.
+    Log(OwnedFd),
+    /// All three on this terminal (the slave of a pty).
+    Tty(OwnedFd),
+}
+
+fn container_init(c: &Container, stdio: &InitStdio, err: OwnedFd) -> ! {
+    let failure = match init_steps(c, stdio) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -236,20 +267,25 @@ fn container_init(c: &Container, log: Option<&OwnedFd>, err: OwnedFd) -> ! {
     sys::exit_child(failure.code)
 }
 
-fn init_steps(
-    c: &Container,
-    log: Option<&OwnedFd>,
-) -> Result<std::convert::Infallible, StartFailure> {
+fn init_steps(c: &Container, stdio: &InitStdio) -> Result<std::convert::Infallible, StartFailure> {
     let fail =
         |what: &str, e: &dyn std::fmt::Display| StartFailure::runtime(format!("{what}: {e}"));
     sys::default_signals();
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| fail("set the parent-death signal", &e))?;
-    if let Some(log) = log {
-        let null = sys::dev_null().map_err(|e| fail("open /dev/null", &e))?;
-        sys::dup_onto(null.as_fd(), 0).map_err(|e| fail("dup", &e))?;
-        sys::dup_onto(log.as_fd(), 1).map_err(|e| fail("dup", &e))?;
-        sys::dup_onto(log.as_fd(), 2).map_err(|e| fail("dup", &e))?;
+    let dup3 = |fds: [&OwnedFd; 3]| -> Result<(), StartFailure> {
+        for (n, fd) in fds.into_iter().enumerate() {
+            sys::dup_onto(fd.as_fd(), n as i32).map_err(|e| fail("dup", &e))?;
+        }
+        Ok(())
+    };
+    match stdio {
+        InitStdio::Inherit => {}
+        InitStdio::Log(log) => {
+            let null = sys::dev_null().map_err(|e| fail("open /dev/null", &e))?;
+            dup3([&null, log, log])?;
+        }
+        InitStdio::Tty(slave) => dup3([slave, slave, slave])?,
     }
     let cfg = &c.config;
     let mut plan = RootfsPlan::for_container(&c.paths, cfg);

@@ -649,3 +649,40 @@ fn system_df_check_and_prune() {
     env.ok(&["system", "prune", "-f", "-a"]);
     assert_eq!(env.ok(&["images", "-q"]), "");
 }
+
+#[test]
+fn detached_tty_container_keeps_a_terminal() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "-dt",
+        "--name",
+        "t",
+        "busybox",
+        "sh",
+        "-c",
+        "tty; exec sleep 1000",
+    ]);
+    env.wait_until("tty's output in the log", || {
+        env.ok(&["logs", "t"]).ends_with('\n')
+    });
+    let log = env.ok(&["logs", "t"]);
+    assert!(log.starts_with("/dev/"), "{log:?}");
+    env.ok(&["rm", "-f", "t"]);
+    assert!(env.mounts().is_empty());
+}
+
+#[test]
+fn unwritable_store_is_a_clear_error() {
+    let env = Env::new();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--root", "/proc/strata-store", "images"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.starts_with("Error: ") && stderr.contains("/proc/strata-store"),
+        "{stderr}"
+    );
+}
