@@ -674,7 +674,6 @@ fn detached_tty_container_keeps_a_terminal() {
 
 #[test]
 fn unwritable_store_is_a_clear_error() {
-    let env = Env::new();
     let r = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["--root", "/proc/strata-store", "images"])
         .output()
