@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod mount;
 pub mod ops;
 pub mod pattern;
+pub mod random;
 pub mod sys;
 pub mod tree;
 

@@ -476,17 +476,32 @@ impl Mounted {
         let out = run_program(prog, &args, &self.root_path, &stderr_file);
         let servers = pids_with_arg(&self.mnt);
         if !out.success() || !is_mountpoint(&self.mnt) {
+            // Say whether the mount showed up later (the program exited 0
+            // before the mount was live) or never, and whether a server runs.
+            let start = Instant::now();
+            let mut later = None;
+            while out.success() && start.elapsed() < Duration::from_secs(5) {
+                if is_mountpoint(&self.mnt) {
+                    later = Some(start.elapsed());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let servers = pids_with_arg(&self.mnt);
+            let detail = match later {
+                Some(t) => format!("exited 0 but the mount was live only {t:?} later"),
+                None => format!("mounted: {}", is_mountpoint(&self.mnt)),
+            };
             // Leave nothing behind before failing.
-            self.servers = servers;
+            self.servers = servers.clone();
             self.live = true;
             self.unmount_quietly();
             panic!(
-                "{} {} {} failed: status {:?}, mounted: {}, stderr: {}",
+                "{} -o {} {} failed: status {:?}, {detail}, server processes {servers:?}, stderr: {}",
                 prog.display(),
                 args[1].to_string_lossy(),
                 self.mnt.display(),
                 out.status,
-                is_mountpoint(&self.mnt),
                 out.stderr.trim()
             );
         }

@@ -101,11 +101,14 @@ fn errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// Opens with O_NONBLOCK, so that a script opening a fifo gets ENXIO or
+/// EOF instead of blocking forever (regular files ignore the flag).
 fn open(
     path: &Path,
     f: impl FnOnce(&mut OpenOptions) -> &mut OpenOptions,
 ) -> Result<fs::File, Errno> {
     let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NONBLOCK);
     f(&mut o).open(path).map_err(errno)
 }
 
@@ -414,5 +417,99 @@ pub fn differential(layers: &Layers, ops: &[Op]) {
             "{} differs from the kernel's overlayfs:\n{report}",
             program.name
         );
+    }
+}
+
+/// The differential test run in lockstep, for generated scripts: each op
+/// runs on the kernel's overlayfs, then on the program under test, and the
+/// results must agree. An op the kernel refuses with EXDEV (a rename of a
+/// lower directory, which strata deliberately allows) is skipped on both
+/// sides. The merged trees are compared every `check_every` ops and at the
+/// end, the upper directories at the end. Every `remount_every` ops both
+/// sides are unmounted and mounted again (same upper and work), which
+/// checks that what the program wrote to its upper reads back the same.
+/// Panics at the first difference with the script up to it.
+pub fn differential_lockstep(
+    layers: &Layers,
+    ops: &[Op],
+    check_every: usize,
+    remount_every: Option<usize>,
+) {
+    let mut k = layers.mount(&Backend::Kernel);
+    let strata = Backend::strata();
+    let mut p = layers.mount(&strata);
+    let name = strata.name();
+    let mut done: Vec<String> = Vec::new();
+    let fail = |done: &[String], what: String| -> ! {
+        panic!("{name} differs from the kernel's overlayfs {what}\nscript so far (with the kernel's results):\n{}", done.join("\n"))
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let kr = apply(k.path(), op);
+        if kr == Err(Errno::EXDEV) {
+            done.push(format!(
+                "  #{i} {} -> EXDEV on the kernel, skipped",
+                ShowOp(op)
+            ));
+            continue;
+        }
+        let pr = apply(p.path(), op);
+        done.push(format!("  #{i} {} -> {}", ShowOp(op), show_result(&kr)));
+        if kr != pr {
+            fail(
+                &done,
+                format!(
+                    "at #{i} {}:\n    kernel: {}\n    {name}: {}",
+                    ShowOp(op),
+                    show_result(&kr),
+                    show_result(&pr)
+                ),
+            );
+        }
+        if (i + 1) % check_every == 0 || i + 1 == ops.len() {
+            let (a, b) = (
+                snapshot(k.path(), SnapOpts::MERGED),
+                snapshot(p.path(), SnapOpts::MERGED),
+            );
+            if let Some(d) = diff("kernel", &a, &name, &b) {
+                fail(&done, format!("in the merged tree after #{i}:\n{d}"));
+            }
+        }
+        if remount_every.is_some_and(|n| (i + 1) % n == 0) {
+            k.unmount();
+            p.unmount();
+            k.mount_again(Backend::Kernel, false);
+            p.mount_again(strata.clone(), false);
+            done.push("  -- both unmounted and mounted again --".to_string());
+            let (a, b) = (
+                snapshot(k.path(), SnapOpts::MERGED),
+                snapshot(p.path(), SnapOpts::MERGED),
+            );
+            if let Some(d) = diff("kernel", &a, &name, &b) {
+                fail(
+                    &done,
+                    format!("in the merged tree after remounting at #{i}:\n{d}"),
+                );
+            }
+        }
+    }
+    k.unmount();
+    p.unmount();
+    if k.has_upper() {
+        let uppers: Vec<Snapshot> = [&k, &p]
+            .iter()
+            .map(|m| {
+                let lowers: Vec<Snapshot> = m
+                    .lowers()
+                    .iter()
+                    .map(|l| snapshot(l, SnapOpts::LAYER))
+                    .collect();
+                let mut u = snapshot(m.upper(), SnapOpts::LAYER);
+                normalize_upper(&mut u, &lowers);
+                u
+            })
+            .collect();
+        if let Some(d) = diff("kernel", &uppers[0], &name, &uppers[1]) {
+            fail(&done, format!("in the upper directory at the end:\n{d}"));
+        }
     }
 }
