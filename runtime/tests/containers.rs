@@ -403,7 +403,7 @@ fn proc_dev_and_sys_inside() {
 #[test]
 fn containers_see_only_their_own_changes() {
     let env = Env::new();
-    for i in 0..4 {
+    for i in 0..8 {
         env.ok(&[
             "run",
             "-d",
@@ -415,7 +415,7 @@ fn containers_see_only_their_own_changes() {
             &format!("echo {i} > /mine; exec sleep 1000"),
         ]);
     }
-    for i in 0..4 {
+    for i in 0..8 {
         let name = format!("p{i}");
         env.wait_until("the file", || {
             env.run(&["exec", &name, "cat", "/mine"]).stdout == format!("{i}\n")
@@ -424,7 +424,7 @@ fn containers_see_only_their_own_changes() {
         assert_eq!(ls.lines().filter(|l| *l == "mine").count(), 1);
     }
     let q = env.ok(&["ps", "-q"]);
-    assert_eq!(q.lines().count(), 4);
+    assert_eq!(q.lines().count(), 8);
     let ids: Vec<&str> = q.lines().collect();
     let mut args = vec!["rm", "-f"];
     args.extend(ids);
@@ -684,4 +684,66 @@ fn unwritable_store_is_a_clear_error() {
         stderr.starts_with("Error: ") && stderr.contains("/proc/strata-store"),
         "{stderr}"
     );
+}
+
+#[test]
+fn import_from_stdin_with_changes_and_oci_save() {
+    let env = Env::new();
+    // A root filesystem: the busybox image exported from a container.
+    env.ok(&["create", "--name", "src", "busybox"]);
+    let rootfs = env.dir.path().join("rootfs.tar");
+    env.ok(&["export", "-o", rootfs.to_str().unwrap(), "src"]);
+    let r = env.run_input(
+        &[
+            "import",
+            "-c",
+            "CMD [\"echo\", \"from-import\"]",
+            "-c",
+            "ENV X=y",
+            "-",
+            "imported:v2",
+        ],
+        &std::fs::read(&rootfs).unwrap(),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.trim().starts_with("sha256:"), "{r:?}");
+    let r = env.run(&["run", "--rm", "imported:v2"]);
+    assert_eq!(r.stdout, "from-import\n", "{r:?}");
+    let r = env.run(&[
+        "run",
+        "--rm",
+        "localhost/imported:v2",
+        "sh",
+        "-c",
+        "echo $X",
+    ]);
+    assert_eq!(r.stdout, "y\n", "{r:?}");
+    let tpl = env.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(tpl.lines().any(|l| l == "localhost/imported:v2"), "{tpl}");
+    // OCI archive and OCI layout directory.
+    let oci = env.dir.path().join("img.oci.tar");
+    env.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        oci.to_str().unwrap(),
+        "imported:v2",
+    ]);
+    let dir = env.dir.path().join("layout");
+    env.ok(&[
+        "save",
+        "--format",
+        "oci-dir",
+        "-o",
+        dir.to_str().unwrap(),
+        "imported:v2",
+    ]);
+    assert!(dir.join("index.json").is_file() && dir.join("oci-layout").is_file());
+    let r = env.run(&["save", "--format", "nope", "-o", "/dev/null", "busybox"]);
+    assert_eq!(r.code, 125);
+    env.ok(&["rm", "src"]);
+    env.ok(&["rmi", "imported:v2"]);
+    let loaded = env.ok(&["load", "-i", oci.to_str().unwrap()]);
+    assert!(loaded.contains("imported:v2"), "{loaded}");
 }
