@@ -10,13 +10,13 @@ use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileHandle, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nix::errno::Errno;
 use tracing::{error, info};
@@ -107,6 +107,8 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ];
         for f in want {
             if caps.contains(f) {
@@ -457,8 +459,12 @@ impl Filesystem for StrataFs {
                 }
                 Ok(self.ov.handles.add_dir())
             });
-            reply_or_err!(reply, res, |fh| reply
-                .opened(FileHandle(fh), FopenFlags::empty()))
+            // The kernel may cache listings: every change to a directory
+            // goes through this mount, and the kernel drops the cache then.
+            reply_or_err!(reply, res, |fh| reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+            ))
         })
     }
 
@@ -480,6 +486,64 @@ impl Filesystem for StrataFs {
                 }
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind.fuse(), &e.name) {
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            reply_or_err!(reply, res, |()| reply.ok())
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        guarded("readdirplus", || {
+            let res = (|| -> Res<()> {
+                let h = self.ov.handles.dir(fh.0)?;
+                let mut entries = h.entries.lock();
+                let dir = self.node(ino)?;
+                if offset == 0 {
+                    *entries = self.ov.list_dir(&dir)?;
+                }
+                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    let off = (i + 1) as u64;
+                    let full = if e.name == "." || e.name == ".." {
+                        // Node id 0: the kernel links no entry for these.
+                        let mut attr = crate::overlay::attr_of(&zero_stat(), e.ino);
+                        attr.kind = fuser::FileType::Directory;
+                        reply.add(
+                            INodeNo(0),
+                            off,
+                            &e.name,
+                            &Duration::ZERO,
+                            &attr,
+                            Generation(0),
+                        )
+                    } else {
+                        // Each entry is a lookup the kernel will count.
+                        let Ok((node, attr)) = self.ov.lookup(&dir, &e.name) else {
+                            continue;
+                        };
+                        let full = reply.add(
+                            INodeNo(node.id.0),
+                            off,
+                            &e.name,
+                            &self.ov.ttl_for(&attr),
+                            &attr,
+                            Generation(0),
+                        );
+                        if full {
+                            self.ov.nodes.forget(node.id, 1);
+                        }
+                        full
+                    };
+                    if full {
                         break;
                     }
                 }
