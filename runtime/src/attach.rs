@@ -100,6 +100,8 @@ impl Drop for RawMode {
 pub fn open_pty() -> Result<nix::pty::OpenptyResult, Errno> {
     let ws = sys::get_winsize(sys::borrow_std(0)).or_else(|| sys::get_winsize(sys::borrow_std(1)));
     let pty = nix::pty::openpty(None, None)?;
+    sys::set_cloexec(&pty.master);
+    sys::set_cloexec(&pty.slave);
     if let Some(ws) = ws {
         sys::set_winsize(pty.master.as_fd(), &ws);
     }

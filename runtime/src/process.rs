@@ -149,6 +149,7 @@ pub fn exec(spec: &ProcessSpec) -> Result<Infallible, StartFailure> {
         .map_err(|_| StartFailure::runtime("program path contains a NUL byte"))?;
     let argv = cstrings(&spec.args, "argument")?;
     let envp = cstrings(&env, "environment entry")?;
+    crate::sys::cloexec_from_3();
     let e = nix::unistd::execve(&prog_c, &argv, &envp).unwrap_err();
     let code = match e {
         Errno::ENOENT => EXIT_NOT_FOUND,

@@ -144,15 +144,38 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
             .open(c.paths.log())
             .map_err(|e| StartFailure::runtime(format!("open {}: {e}", c.paths.log().display())))
     };
-    // A detached container with -t gets a terminal whose output is copied
-    // to the log (its programs see a tty, as with `docker run -dt`).
-    let mut pty_master = None;
+    // What the container's stdio is, and the threads that copy its output:
+    // - attached with -t: the caller's terminal, as is;
+    // - attached: pipes, copied to the caller's stdout/stderr and the log
+    //   (so `logs` shows it); when the caller's side closes, the copy stops
+    //   and the container sees a broken pipe, as if it wrote there directly;
+    // - detached with -t: a terminal whose output goes to the log (its
+    //   programs see a tty, as with `docker run -dt`);
+    // - detached: the log.
+    let mut copies: Vec<(OwnedFd, Option<std::fs::File>, std::fs::File)> = Vec::new();
     let stdio = match mode {
-        Mode::Attached => InitStdio::Inherit,
+        Mode::Attached if c.config.tty => InitStdio::Inherit,
+        Mode::Attached => {
+            let mut ends = Vec::new();
+            for fd in [1, 2] {
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| StartFailure::runtime(format!("pipe: {e}")))?;
+                let user = nix::unistd::dup(sys::borrow_std(fd))
+                    .ok()
+                    .map(std::fs::File::from);
+                copies.push((r, user, open_log()?));
+                ends.push(w);
+            }
+            let err = ends.pop().expect("two pipes");
+            let out = ends.pop().expect("two pipes");
+            InitStdio::Pipes(out, err)
+        }
         Mode::Detached if c.config.tty => {
             let pty = nix::pty::openpty(None, None)
                 .map_err(|e| StartFailure::runtime(format!("cannot allocate a terminal: {e}")))?;
-            pty_master = Some((pty.master, open_log()?));
+            sys::set_cloexec(&pty.master);
+            sys::set_cloexec(&pty.slave);
+            copies.push((pty.master, None, open_log()?));
             InitStdio::Tty(pty.slave)
         }
         Mode::Detached => InitStdio::Log(OwnedFd::from(open_log()?)),
@@ -181,16 +204,10 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     };
     drop(err_w.take());
     drop(stdio);
-    let pump = pty_master.map(|(master, mut log)| {
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 16 * 1024];
-            while let Ok(n) = nix::unistd::read(&master, &mut buf) {
-                if n == 0 || log.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        })
-    });
+    let pumps: Vec<_> = copies
+        .into_iter()
+        .map(|(src, user, log)| std::thread::spawn(move || copy_output(src, user, log)))
+        .collect();
     let served = match ServedMount::serve(mounted) {
         Ok(s) => s,
         Err(e) => {
@@ -231,7 +248,7 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         }
     }
     let code = attach::wait_exit(child);
-    if let Some(p) = pump {
+    for p in pumps {
         let _ = p.join();
     }
     served.unmount();
@@ -256,6 +273,30 @@ enum InitStdio {
     Log(OwnedFd),
     /// All three on this terminal (the slave of a pty).
     Tty(OwnedFd),
+    /// stdin inherited, stdout and stderr to these pipes.
+    Pipes(OwnedFd, OwnedFd),
+}
+
+/// Copies a container's output to the caller (while it listens) and the
+/// log, until every writer is gone.
+fn copy_output(src: OwnedFd, mut user: Option<std::fs::File>, mut log: std::fs::File) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match nix::unistd::read(&src, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Some(u) = &mut user {
+                    if u.write_all(&buf[..n]).is_err() {
+                        // The caller's end is gone: so is ours.
+                        return;
+                    }
+                }
+                let _ = log.write_all(&buf[..n]);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 fn container_init(c: &Container, stdio: &InitStdio, err: OwnedFd) -> ! {
@@ -286,6 +327,10 @@ fn init_steps(c: &Container, stdio: &InitStdio) -> Result<std::convert::Infallib
             dup3([&null, log, log])?;
         }
         InitStdio::Tty(slave) => dup3([slave, slave, slave])?,
+        InitStdio::Pipes(out, err) => {
+            sys::dup_onto(out.as_fd(), 1).map_err(|e| fail("dup", &e))?;
+            sys::dup_onto(err.as_fd(), 2).map_err(|e| fail("dup", &e))?;
+        }
     }
     let cfg = &c.config;
     let mut plan = RootfsPlan::for_container(&c.paths, cfg);

@@ -299,24 +299,6 @@ pub fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<(), Errno> {
     }
 }
 
-/// Closes every descriptor from 3 up except those in `keep`.
-pub fn close_fds_except(keep: &[i32]) {
-    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(d) => d
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect(),
-        Err(_) => return,
-    };
-    for fd in fds {
-        if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: closing a descriptor nothing else in this
-            // single-threaded process uses any more (the directory
-            // iterator's own fd is closed already, or EBADF is harmless).
-            unsafe { libc::close(fd) };
-        }
-    }
-}
-
 /// Opens `/dev/null` read-write.
 pub fn dev_null() -> std::io::Result<OwnedFd> {
     Ok(std::fs::OpenOptions::new()
@@ -421,4 +403,30 @@ pub fn default_sigpipe() {
             nix::sys::signal::SigHandler::SigDfl,
         )
     };
+}
+
+/// Sets close-on-exec on a descriptor (pty ends come without it), so it
+/// never leaks into a container's program.
+pub fn set_cloexec(fd: &OwnedFd) {
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so a container's
+/// program starts with only stdin, stdout and stderr, whatever the caller
+/// of `strata` left open (docker does the same).
+pub fn cloexec_from_3() {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds.into_iter().filter(|fd| *fd > 2) {
+        // SAFETY: setting a flag on a descriptor number; a stale number
+        // (the directory iterator's own) gives EBADF, which is harmless.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }

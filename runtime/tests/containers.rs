@@ -747,3 +747,39 @@ fn import_from_stdin_with_changes_and_oci_save() {
     let loaded = env.ok(&["load", "-i", oci.to_str().unwrap()]);
     assert!(loaded.contains("imported:v2"), "{loaded}");
 }
+
+#[test]
+fn attached_output_is_logged_and_no_descriptor_leaks_in() {
+    let env = Env::new();
+    let r = env.run(&[
+        "run",
+        "--name",
+        "l",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 2",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (2, "out\n", "err\n"),
+        "{r:?}"
+    );
+    let logs = env.ok(&["logs", "l"]);
+    assert!(logs.contains("out\n") && logs.contains("err\n"), "{logs:?}");
+    // An extra descriptor left open by the caller does not reach the
+    // container's program.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7</dev/null; {} --root {} run --rm busybox ls /proc/self/fd",
+            env!("CARGO_BIN_EXE_strata"),
+            env.root.display()
+        ))
+        .output()
+        .unwrap();
+    let fds = String::from_utf8_lossy(&out.stdout);
+    // 0, 1, 2, and ls's own directory descriptor.
+    assert_eq!(fds.lines().count(), 4, "{fds}");
+    assert!(!fds.lines().any(|l| l == "7"), "{fds}");
+}
