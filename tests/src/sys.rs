@@ -142,3 +142,39 @@ pub fn getdents64(dir: BorrowedFd<'_>, buf_size: usize) -> Result<Vec<Dirent>, E
     }
     Ok(out)
 }
+
+/// `lgetxattr(2)` into a buffer of `len` bytes: the size it returned (or
+/// ERANGE when the value does not fit).
+pub fn lgetxattr_len(path: &Path, name: &str, len: usize) -> Result<usize, Errno> {
+    let (p, n) = (cpath(path)?, cname(name)?);
+    let mut buf = vec![0u8; len];
+    // SAFETY: buf is writable for buf.len() bytes; p and n are NUL-terminated.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Errno::result(r).map(|r| r as usize)
+}
+
+/// `llistxattr(2)` into a buffer of `len` bytes: the size it returned (or
+/// ERANGE when the list does not fit).
+pub fn llistxattr_len(path: &Path, len: usize) -> Result<usize, Errno> {
+    let p = cpath(path)?;
+    let mut buf = vec![0u8; len];
+    // SAFETY: buf is writable for buf.len() bytes; p is NUL-terminated.
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Errno::result(r).map(|r| r as usize)
+}
+
+/// `lsetxattr(2)` with `flags` (`XATTR_CREATE`, `XATTR_REPLACE`).
+pub fn lsetxattr_flags(path: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), Errno> {
+    let (p, n) = (cpath(path)?, cname(name)?);
+    // SAFETY: p and n are NUL-terminated; value is valid for value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    Errno::result(r).map(drop)
+}

@@ -10,6 +10,7 @@
 use nix::fcntl::RenameFlags;
 use std::os::unix::fs::OpenOptionsExt;
 use strata_tests::ops::s;
+use strata_tests::sys;
 use strata_tests::{differential, Layers, Op, OpaqueForm, Out};
 
 const NONE: RenameFlags = RenameFlags::empty();
@@ -974,61 +975,19 @@ fn xattr_sizes_and_errors() {
             Op::SetXattr("many", "user.big", &[b'x'; 60_000]),
             Op::GetXattr("many", "user.big"),
             Op::Custom("getxattr user.n01 with a 2-byte buffer", |r| {
-                let p =
-                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
-                        .expect("path");
-                let mut buf = [0u8; 2];
-                // SAFETY: valid NUL-terminated strings and a writable 2-byte buffer.
-                let n = unsafe {
-                    libc::lgetxattr(
-                        p.as_ptr(),
-                        c"user.n01".as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                nix::errno::Errno::result(n).map(|n| Out::Meta(format!("{n} bytes")))
+                sys::lgetxattr_len(&r.join("many"), "user.n01", 2)
+                    .map(|n| Out::Meta(format!("{n} bytes")))
             }),
             Op::Custom("listxattr with a 4-byte buffer", |r| {
-                let p =
-                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
-                        .expect("path");
-                let mut buf = [0u8; 4];
-                // SAFETY: a valid NUL-terminated path and a writable 4-byte buffer.
-                let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-                nix::errno::Errno::result(n).map(|n| Out::Meta(format!("{n} bytes")))
+                sys::llistxattr_len(&r.join("many"), 4).map(|n| Out::Meta(format!("{n} bytes")))
             }),
             Op::Custom("setxattr XATTR_CREATE on an existing name", |r| {
-                let p =
-                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
-                        .expect("path");
-                // SAFETY: valid NUL-terminated strings and a 1-byte value.
-                let n = unsafe {
-                    libc::lsetxattr(
-                        p.as_ptr(),
-                        c"user.n02".as_ptr(),
-                        b"x".as_ptr().cast(),
-                        1,
-                        libc::XATTR_CREATE,
-                    )
-                };
-                nix::errno::Errno::result(n).map(|_| Out::Unit)
+                sys::lsetxattr_flags(&r.join("many"), "user.n02", b"x", libc::XATTR_CREATE)
+                    .map(|()| Out::Unit)
             }),
             Op::Custom("setxattr XATTR_REPLACE on a missing name", |r| {
-                let p =
-                    std::ffi::CString::new(r.join("many").into_os_string().into_encoded_bytes())
-                        .expect("path");
-                // SAFETY: valid NUL-terminated strings and a 1-byte value.
-                let n = unsafe {
-                    libc::lsetxattr(
-                        p.as_ptr(),
-                        c"user.none".as_ptr(),
-                        b"x".as_ptr().cast(),
-                        1,
-                        libc::XATTR_REPLACE,
-                    )
-                };
-                nix::errno::Errno::result(n).map(|_| Out::Unit)
+                sys::lsetxattr_flags(&r.join("many"), "user.none", b"x", libc::XATTR_REPLACE)
+                    .map(|()| Out::Unit)
             }),
             Op::GetXattr("many", "user.none"),
         ],
