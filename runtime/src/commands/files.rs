@@ -1,0 +1,299 @@
+//! A container's files: commit, export, cp, and the views and mount
+//! daemons they use; container inspect.
+
+use super::*;
+
+pub(super) fn pause_all(init: &ProcId, sig: Signal) {
+    for pid in proc::pids_in_namespace_of(init.pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// `commit`: the container's upper layer becomes a layer on its image.
+///
+/// Guarantee: a running container is paused (every process of its PID
+/// namespace gets SIGSTOP, as docker's freezer pause) and its filesystem is
+/// synced (`syncfs` on the mount, flushing cached writes into the upper
+/// directory) before the upper is read, and resumed afterwards; so the
+/// layer holds every write that returned before the commit, and no file is
+/// being changed while it is packed. A write a program has only half made
+/// (two `write` calls of one record) is the program's business, as in
+/// docker. With `--pause=false` the container keeps running and only the
+/// sync is done.
+pub fn commit(
+    ctx: &Ctx,
+    c: &Container,
+    message: Option<String>,
+    author: Option<String>,
+    changes: &[String],
+    pause: bool,
+    name: Option<&str>,
+) -> Result<strata_layerdb::ImageId> {
+    let changes = parse_changes(changes)?;
+    let meta = CommitMeta {
+        created_by: Some(c.config.args.join(" ")),
+        comment: message,
+        author,
+        changes,
+        created: None,
+    };
+    let running = c.running_init()?;
+    if let Some(init) = &running {
+        if pause {
+            pause_all(init, Signal::SIGSTOP);
+        }
+        if let Ok(f) = fs::File::open(c.paths.merged()) {
+            let _ = nix::unistd::syncfs(f.as_fd());
+        }
+    }
+    let parent = c.config.image_id.to_string();
+    let r = ctx
+        .store
+        .commit(Some(&parent), &c.paths.upper(), &meta, name)
+        .with_context(|| format!("cannot commit container {}", c.config.name));
+    if let Some(init) = &running {
+        if pause {
+            pause_all(init, Signal::SIGCONT);
+        }
+    }
+    r
+}
+
+/// A view of a container's merged filesystem: the live mount when it
+/// runs (or is mounted), else a mount served by this process for the life
+/// of the guard.
+pub(super) struct View {
+    path: PathBuf,
+    _served: Option<ServedMount>,
+    dir: Option<PathBuf>,
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        self._served.take();
+        if let Some(d) = &self.dir {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+pub(super) fn view(ctx: &Ctx, c: &Container, writable: bool) -> Result<View> {
+    let merged = c.paths.merged();
+    if proc::is_mounted(&merged) {
+        return Ok(View {
+            path: merged,
+            _served: None,
+            dir: None,
+        });
+    }
+    let dir = c.paths.dir.join(format!("view-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let mut lowers = supervisor::lower_dirs(&ctx.store, c)?;
+    let opts = if writable {
+        mounts::options(lowers, Some((c.paths.upper(), c.paths.work())))
+    } else {
+        lowers.insert(0, c.paths.upper());
+        mounts::options(lowers, None)
+    };
+    let served = match ServedMount::mount(opts, &dir) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_dir(&dir);
+            return Err(anyhow!("cannot mount the container's filesystem: {e}"));
+        }
+    };
+    Ok(View {
+        path: served.path().to_path_buf(),
+        _served: Some(served),
+        dir: Some(dir),
+    })
+}
+
+pub(super) fn export(ctx: &Ctx, c: &Container, output: Option<&Path>) -> Result<()> {
+    // The output is made before any mount: serving a mount sets this
+    // process's umask to 0 (the filesystem creates exact modes).
+    match output {
+        Some(p) => {
+            let f = fs::File::create(p).with_context(|| format!("create {}", p.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            let r = view(ctx, c, false).and_then(|v| {
+                strata_layerdb::export_dir(&v.path, &mut w)?;
+                w.flush()?;
+                Ok(())
+            });
+            if r.is_err() {
+                let _ = fs::remove_file(p);
+            }
+            r?;
+        }
+        None => {
+            if sys::is_tty(std::io::stdout()) {
+                bail!("refusing to write an archive to a terminal; use -o FILE or redirect stdout");
+            }
+            let v = view(ctx, c, false)?;
+            let mut out = std::io::stdout().lock();
+            strata_layerdb::export_dir(&v.path, &mut out)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// A path inside a container view, refusing paths whose symlinks lead out
+/// of it.
+pub(super) fn container_path(root: &Path, p: &str, must_exist: bool) -> Result<PathBuf> {
+    let joined = crate::rootfs::in_root(root, p);
+    let check = if must_exist {
+        joined.clone()
+    } else {
+        joined
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or(joined.clone())
+    };
+    let canon = check
+        .canonicalize()
+        .with_context(|| format!("{p}: no such file or directory in the container"))?;
+    if !canon.starts_with(root) {
+        bail!("{p} leads outside the container (a symbolic link); give the resolved path");
+    }
+    Ok(if must_exist {
+        canon
+    } else {
+        canon.join(joined.file_name().unwrap_or_default())
+    })
+}
+
+pub(super) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let m = fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
+    if m.is_dir() {
+        fs::create_dir_all(dst).with_context(|| format!("mkdir {}", dst.display()))?;
+        fs::set_permissions(dst, m.permissions())?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else if m.file_type().is_symlink() {
+        let t = fs::read_link(src)?;
+        let _ = fs::remove_file(dst);
+        std::os::unix::fs::symlink(t, dst)?;
+    } else {
+        fs::copy(src, dst)
+            .with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
+}
+
+pub(super) fn cp(ctx: &Ctx, src: &str, dst: &str) -> Result<i32> {
+    let split = |s: &str| -> Option<(String, String)> {
+        if s.starts_with('/') || s.starts_with('.') {
+            return None;
+        }
+        s.split_once(':')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    };
+    match (split(src), split(dst)) {
+        (Some((cref, cpath)), None) => {
+            let c = ctx.container(&cref)?;
+            let v = view(ctx, &c, false)?;
+            let from = container_path(&v.path, &cpath, true)?;
+            let mut to = PathBuf::from(dst);
+            if to.is_dir() {
+                to = to.join(from.file_name().unwrap_or_default());
+            }
+            copy_tree(&from, &to)?;
+        }
+        (None, Some((cref, cpath))) => {
+            let c = ctx.container(&cref)?;
+            let v = view(ctx, &c, true)?;
+            let from = PathBuf::from(src);
+            let mut to = container_path(&v.path, &cpath, false)?;
+            if to.is_dir() {
+                to = to.join(from.file_name().unwrap_or_default());
+            }
+            copy_tree(&from, &to)?;
+        }
+        _ => {
+            bail!("copy between a container and the host: one of the paths must be CONTAINER:PATH")
+        }
+    }
+    Ok(0)
+}
+
+pub(super) fn spawn_mount_daemon(
+    root: &Path,
+    lowers: &[PathBuf],
+    upper: Option<(PathBuf, PathBuf)>,
+    dir: &Path,
+) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the strata executable")?;
+    let mut cmd = Proc::new(exe);
+    cmd.arg("--root").arg(root).arg("__serve-mount");
+    for l in lowers {
+        cmd.arg("--lower").arg(l);
+    }
+    if let Some((u, w)) = upper {
+        cmd.arg("--upper").arg(u).arg("--work").arg(w);
+    }
+    cmd.arg(dir);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().context("cannot start the mount server")?;
+    read_report(&mut child)
+}
+
+pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
+    let s = c.state()?;
+    let cfg = &c.config;
+    let lowers = supervisor::lower_dirs(&ctx.store, c)
+        .map(|v| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":")
+        })
+        .unwrap_or_default();
+    Ok(json!({
+        "Id": cfg.id.as_str(),
+        "Created": cfg.created,
+        "Path": cfg.args.first(),
+        "Args": cfg.args.get(1..).unwrap_or(&[]),
+        "State": {
+            "Status": s.status.docker_name(),
+            "Running": s.status == Status::Running,
+            "Pid": s.init.map(|p| p.pid).unwrap_or(0),
+            "ExitCode": s.exit_code.unwrap_or(0),
+            "Error": s.error.clone().unwrap_or_default(),
+            "StartedAt": s.started_at,
+            "FinishedAt": s.finished_at,
+            "SupervisorPid": s.supervisor.map(|p| p.pid).unwrap_or(0),
+        },
+        "Image": cfg.image_id.to_string(),
+        "ImageName": cfg.image,
+        "Name": cfg.name,
+        "Config": {
+            "Hostname": cfg.hostname,
+            "User": cfg.user,
+            "Env": cfg.env,
+            "Cmd": cfg.args,
+            "WorkingDir": cfg.workdir,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.interactive,
+            "Image": cfg.image,
+            "StopSignal": cfg.stop_signal,
+        },
+        "HostConfig": {
+            "AutoRemove": cfg.auto_remove,
+            "NetworkMode": match cfg.network { crate::container::Network::Host => "host", crate::container::Network::None => "none" },
+            "Binds": cfg.volumes.iter().map(|v| format!("{}:{}{}", v.host.display(), v.target, if v.read_only { ":ro" } else { "" })).collect::<Vec<_>>(),
+        },
+        "GraphDriver": {"Name": "strata", "Data": {
+            "LowerDir": lowers,
+            "UpperDir": c.paths.upper(),
+            "WorkDir": c.paths.work(),
+            "MergedDir": c.paths.merged(),
+        }},
+        "LogPath": c.paths.log(),
+    }))
+}
