@@ -28,6 +28,30 @@ pub fn options(lowers: Vec<PathBuf>, upper: Option<(PathBuf, PathBuf)>) -> Mount
 pub struct ServedMount {
     path: PathBuf,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// How long an unmount waits for the server to see the mount go. A mount
+/// still in use (a shell's working directory in it) keeps its server busy;
+/// after this the server is left to the process's exit, which aborts the
+/// connection (users of the detached mount then get ENOTCONN).
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn spawn_server(m: Mounted) -> std::io::Result<ServedMount> {
+    let path = m.mountpoint().to_path_buf();
+    let (tx, done) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("strata-fuse".into())
+        .spawn(move || {
+            let r = m.run();
+            let _ = tx.send(());
+            r
+        })?;
+    Ok(ServedMount {
+        path,
+        thread: Some(thread),
+        done,
+    })
 }
 
 impl ServedMount {
@@ -35,27 +59,16 @@ impl ServedMount {
     pub fn mount(opts: MountOptions, at: &Path) -> Result<ServedMount, MountError> {
         let m = Mounted::mount(opts, at)?;
         let path = m.mountpoint().to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("strata-fuse".into())
-            .spawn(move || m.run())
-            .map_err(MountError::Handshake)?;
-        Ok(ServedMount {
-            path,
-            thread: Some(thread),
+        spawn_server(m).map_err(|e| {
+            let _ = strata_fs::unmount(&path);
+            MountError::Handshake(e)
         })
     }
 
     /// Takes over a mount already made (the supervisor mounts before it
     /// forks, and serves after).
     pub fn serve(m: Mounted) -> std::io::Result<ServedMount> {
-        let path = m.mountpoint().to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("strata-fuse".into())
-            .spawn(move || m.run())?;
-        Ok(ServedMount {
-            path,
-            thread: Some(thread),
-        })
+        spawn_server(m)
     }
 
     /// The mountpoint.
@@ -80,7 +93,11 @@ impl ServedMount {
             if let Err(e) = strata_fs::unmount(&self.path) {
                 tracing::warn!(path = %self.path.display(), ?e, "unmount failed");
             }
-            let _ = t.join();
+            if self.done.recv_timeout(UNMOUNT_WAIT).is_ok() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(path = %self.path.display(), "mount still in use; leaving its server");
+            }
         }
     }
 }
