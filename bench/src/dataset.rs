@@ -29,7 +29,7 @@ use crate::process;
 use crate::sys;
 
 /// Bumped whenever generation changes, so old data sets are rebuilt.
-pub const GENERATOR_VERSION: u32 = 1;
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// How big the data sets are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +113,12 @@ pub enum StackId {
     Chmod,
     /// `dir/` with many entries, in two layers.
     Bigdir,
-    /// A git repository of a source tree (`repo/`) and a C project (`proj/`).
+    /// A git repository of a source tree (`repo/`).
     Src,
+    /// A small C project (`proj/`). Apart from the git repository: a
+    /// hard-linked copy of a tree (native make) changes its files' ctime,
+    /// which would make git re-read every file of a shared repository.
+    Proj,
 }
 
 impl StackId {
@@ -128,12 +132,13 @@ impl StackId {
             StackId::Chmod => "chmod",
             StackId::Bigdir => "bigdir",
             StackId::Src => "src",
+            StackId::Proj => "proj",
         }
     }
 
     fn layers(self) -> usize {
         match self {
-            StackId::L1 | StackId::Big | StackId::Chmod | StackId::Src => 1,
+            StackId::L1 | StackId::Big | StackId::Chmod | StackId::Src | StackId::Proj => 1,
             StackId::L16 => 16,
             StackId::L127 => 127,
             StackId::Bigdir => 2,
@@ -252,6 +257,10 @@ impl DataSet {
             }
             StackId::Src => {
                 g.source_repo(&tmp_stack, &self.sizes)?;
+                None
+            }
+            StackId::Proj => {
+                g.c_project(&tmp_stack, &self.sizes)?;
                 None
             }
         };
@@ -486,7 +495,7 @@ impl Gen {
         Ok(())
     }
 
-    /// `repo/`: a git repository of a source tree; `proj/`: a C project.
+    /// `repo/`: a git repository of a source tree.
     fn source_repo(&mut self, stack: &Stack, sizes: &Sizes) -> Result<()> {
         let layer = stack.layers_dir().join("0");
         let repo = layer.join("repo");
@@ -511,9 +520,12 @@ impl Gen {
         // and would be re-read by every `git status`: refresh the index a
         // second later, as a checkout that is not brand-new would have it.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        git(&repo, &["status", "--porcelain"])?;
+        git(&repo, &["status", "--porcelain"])
+    }
 
-        let proj = layer.join("proj");
+    /// `proj/`: a C project of `make_units` units, a main and a Makefile.
+    fn c_project(&mut self, stack: &Stack, sizes: &Sizes) -> Result<()> {
+        let proj = stack.layers_dir().join("0/proj");
         mkdirs(&proj)?;
         let mut objs = Vec::new();
         let mut main = String::from("#include \"units.h\"\nint main(void) {\n    long s = 0;\n");

@@ -171,7 +171,8 @@ impl Workload {
             Workload::Seqread | Workload::Randread | Workload::Copyup => StackId::Big,
             Workload::Chmod1000 => StackId::Chmod,
             Workload::ReaddirCold | Workload::ReaddirWarm => StackId::Bigdir,
-            Workload::GitstatusCold | Workload::GitstatusWarm | Workload::Make => StackId::Src,
+            Workload::GitstatusCold | Workload::GitstatusWarm => StackId::Src,
+            Workload::Make => StackId::Proj,
         }
     }
 
