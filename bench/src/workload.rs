@@ -142,10 +142,14 @@ impl Workload {
                 "`rm -rf` of a lower tree of {} entries in 16 layers",
                 s.rm_entries
             ),
-            Workload::Tarx => format!(
-                "`tar -xf` of a {} MiB tarball of small files",
-                s.tar_bytes >> 20
-            ),
+            Workload::Tarx => {
+                let (n, unit) = if s.tar_bytes >= 1 << 20 {
+                    (s.tar_bytes >> 20, "MiB")
+                } else {
+                    (s.tar_bytes >> 10, "KiB")
+                };
+                format!("`tar -xf` of a {n} {unit} tarball of small files")
+            }
             Workload::ReaddirCold => format!(
                 "cold `ls -f` of a directory of {} entries in 2 layers",
                 s.bigdir_entries + s.bigdir_entries / 100
