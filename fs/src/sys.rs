@@ -25,12 +25,8 @@ struct OpenHow {
     resolve: u64,
 }
 
-/// Opens `path` (relative, no leading `/`) beneath the directory `dir`.
-///
-/// Symlinks are never followed, in any component: a symlink as the last
-/// component opens the link itself only with `O_PATH | O_NOFOLLOW`, and
-/// fails with `ELOOP` otherwise, as `O_NOFOLLOW` does.
-pub fn open_beneath(
+/// The short-path form of the public function of the same name.
+fn open_beneath_short(
     dir: BorrowedFd<'_>,
     path: &CStr,
     flags: i32,
@@ -69,6 +65,183 @@ pub fn open_beneath(
     }
 }
 
+/// Paths up to this many bytes go to the kernel as they are; longer ones
+/// are resolved in pieces (a layer path may be deeper than `PATH_MAX`, since
+/// the mount itself is deeper than its root).
+const SHORT_PATH: usize = 3072;
+
+/// Opens the directory `path` beneath `dir` piece by piece, each piece
+/// shorter than [`SHORT_PATH`].
+fn open_dir_chunked(dir: BorrowedFd<'_>, path: &[u8]) -> Result<OwnedFd, Errno> {
+    let mut cur: Option<OwnedFd> = None;
+    let mut rest = path;
+    loop {
+        let take = if rest.len() <= SHORT_PATH {
+            rest.len()
+        } else {
+            rest[..SHORT_PATH]
+                .iter()
+                .rposition(|c| *c == b'/')
+                .ok_or(Errno::ENAMETOOLONG)?
+        };
+        let chunk = CString::new(&rest[..take]).map_err(|_| Errno::EINVAL)?;
+        let base = cur.as_ref().map(|f| f.as_fd()).unwrap_or(dir);
+        cur = Some(open_beneath_short(
+            base,
+            &chunk,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?);
+        if take >= rest.len() {
+            break;
+        }
+        rest = &rest[take + 1..];
+    }
+    cur.ok_or(Errno::EINVAL)
+}
+
+/// Calls `f` with `dir/path` as given when it is short, else with the fd of
+/// its parent directory and its last name.
+fn with_short<T>(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    f: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    let b = path.to_bytes();
+    if b.len() <= SHORT_PATH {
+        return f(dir, path);
+    }
+    let split = b
+        .iter()
+        .rposition(|c| *c == b'/')
+        .ok_or(Errno::ENAMETOOLONG)?;
+    let parent = open_dir_chunked(dir, &b[..split])?;
+    let name = CString::new(&b[split + 1..]).map_err(|_| Errno::EINVAL)?;
+    f(parent.as_fd(), &name)
+}
+
+/// Opens `path` (relative, no leading `/`) beneath the directory `dir`.
+///
+/// Symlinks are never followed, in any component: a symlink as the last
+/// component opens the link itself only with `O_PATH | O_NOFOLLOW`, and
+/// fails with `ELOOP` otherwise, as `O_NOFOLLOW` does.
+pub fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    with_short(dir, path, |d, p| open_beneath_short(d, p, flags, mode))
+}
+
+/// `fstatat(dir, path, AT_SYMLINK_NOFOLLOW)`; the path "." stats `dir` itself.
+pub fn stat_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<libc::stat, Errno> {
+    with_short(dir, path, stat_at_short)
+}
+
+/// `mkdirat(2)`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| mkdir_at_short(d, p, mode))
+}
+
+/// `mknodat(2)`.
+pub fn mknod_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| mknod_at_short(d, p, mode, rdev))
+}
+
+/// `symlinkat(2)`.
+pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, path: &CStr) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| symlink_at_short(target, d, p))
+}
+
+/// `linkat(2)` without following symlinks.
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> Result<(), Errno> {
+    with_short(old_dir, old, |od, o| {
+        with_short(new_dir, new, |nd, n| link_at_short(od, o, nd, n))
+    })
+}
+
+/// `linkat(fd, "", dir, path, AT_EMPTY_PATH)`: gives an open file a name.
+pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &CStr) -> Result<(), Errno> {
+    with_short(new_dir, new, |nd, n| link_fd_short(fd, nd, n))
+}
+
+/// `unlinkat(2)`; `remove_dir` removes a directory.
+pub fn unlink_at(dir: BorrowedFd<'_>, path: &CStr, remove_dir: bool) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| unlink_at_short(d, p, remove_dir))
+}
+
+/// `renameat2(2)` with raw `RENAME_*` flags.
+pub fn rename_at2(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+    flags: u32,
+) -> Result<(), Errno> {
+    with_short(old_dir, old, |od, o| {
+        with_short(new_dir, new, |nd, n| rename_at2_short(od, o, nd, n, flags))
+    })
+}
+
+/// `fchownat(dir, path, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id alone.
+pub fn chown_at(dir: BorrowedFd<'_>, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| chown_at_short(d, p, uid, gid))
+}
+
+/// `fchmodat(dir, path, mode)`; symlinks are not changed (Linux cannot).
+pub fn chmod_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| chmod_at_short(d, p, mode))
+}
+
+/// `utimensat(dir, path, [atime, mtime], AT_SYMLINK_NOFOLLOW)`.
+pub fn utimens_at(dir: BorrowedFd<'_>, path: &CStr, atime: Time, mtime: Time) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| utimens_at_short(d, p, atime, mtime))
+}
+
+/// `readlinkat(2)`.
+pub fn readlink_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<u8>, Errno> {
+    with_short(dir, path, readlink_at_short)
+}
+
+/// `lgetxattr` of an entry beneath `dir`. With an empty buffer, returns the size.
+pub fn getxattr_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    buf: &mut [u8],
+) -> Result<usize, Errno> {
+    with_short(dir, path, |d, p| getxattr_at_short(d, p, name, buf))
+}
+
+/// `llistxattr` of an entry beneath `dir`. With an empty buffer, returns the size.
+pub fn listxattr_at(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    with_short(dir, path, |d, p| listxattr_at_short(d, p, buf))
+}
+
+/// `lsetxattr` of an entry beneath `dir`.
+pub fn setxattr_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    value: &[u8],
+    flags: i32,
+) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| {
+        setxattr_at_short(d, p, name, value, flags)
+    })
+}
+
+/// `lremovexattr` of an entry beneath `dir`.
+pub fn removexattr_at(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<(), Errno> {
+    with_short(dir, path, |d, p| removexattr_at_short(d, p, name))
+}
+
 /// Opens an absolute host path as an `O_PATH` directory fd (mount set-up only).
 pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
@@ -86,8 +259,8 @@ pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `fstatat(dir, path, AT_SYMLINK_NOFOLLOW)`; the path "." stats `dir` itself.
-pub fn stat_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<libc::stat, Errno> {
+/// The short-path form of the public function of the same name.
+fn stat_at_short(dir: BorrowedFd<'_>, path: &CStr) -> Result<libc::stat, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is a valid out-pointer; `path` is NUL-terminated.
     let ret = unsafe {
@@ -144,26 +317,26 @@ fn check(ret: libc::c_int) -> Result<(), Errno> {
     }
 }
 
-/// `mkdirat(2)`.
-pub fn mkdir_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn mkdir_at_short(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
     // SAFETY: plain syscall on a NUL-terminated path.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), path.as_ptr(), mode) })
 }
 
-/// `mknodat(2)`.
-pub fn mknod_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn mknod_at_short(dir: BorrowedFd<'_>, path: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
     // SAFETY: plain syscall on a NUL-terminated path.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), path.as_ptr(), mode, rdev) })
 }
 
-/// `symlinkat(2)`.
-pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, path: &CStr) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn symlink_at_short(target: &CStr, dir: BorrowedFd<'_>, path: &CStr) -> Result<(), Errno> {
     // SAFETY: plain syscall on NUL-terminated strings.
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), path.as_ptr()) })
 }
 
-/// `linkat(2)` without following symlinks.
-pub fn link_at(
+/// The short-path form of the public function of the same name.
+fn link_at_short(
     old_dir: BorrowedFd<'_>,
     old: &CStr,
     new_dir: BorrowedFd<'_>,
@@ -181,8 +354,8 @@ pub fn link_at(
     })
 }
 
-/// `linkat(fd, "", dir, path, AT_EMPTY_PATH)`: gives an open file a name.
-pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &CStr) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn link_fd_short(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &CStr) -> Result<(), Errno> {
     // SAFETY: plain syscall; the empty path is a valid NUL-terminated string.
     check(unsafe {
         libc::linkat(
@@ -195,15 +368,15 @@ pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &CStr) -> Resul
     })
 }
 
-/// `unlinkat(2)`; `dir_flag` removes a directory.
-pub fn unlink_at(dir: BorrowedFd<'_>, path: &CStr, remove_dir: bool) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn unlink_at_short(dir: BorrowedFd<'_>, path: &CStr, remove_dir: bool) -> Result<(), Errno> {
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
     // SAFETY: plain syscall on a NUL-terminated path.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), path.as_ptr(), flags) })
 }
 
-/// `renameat2(2)` with raw `RENAME_*` flags.
-pub fn rename_at2(
+/// The short-path form of the public function of the same name.
+fn rename_at2_short(
     old_dir: BorrowedFd<'_>,
     old: &CStr,
     new_dir: BorrowedFd<'_>,
@@ -228,8 +401,8 @@ pub fn rename_at2(
     }
 }
 
-/// `fchownat(dir, path, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id alone.
-pub fn chown_at(dir: BorrowedFd<'_>, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn chown_at_short(dir: BorrowedFd<'_>, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
     // SAFETY: plain syscall on a NUL-terminated path.
     check(unsafe {
         libc::fchownat(
@@ -242,8 +415,8 @@ pub fn chown_at(dir: BorrowedFd<'_>, path: &CStr, uid: u32, gid: u32) -> Result<
     })
 }
 
-/// `fchmodat(dir, path, mode)`; symlinks are not changed (Linux cannot).
-pub fn chmod_at(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn chmod_at_short(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
     // SAFETY: plain syscall on a NUL-terminated path.
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), path.as_ptr(), mode, 0) })
 }
@@ -287,8 +460,13 @@ impl Time {
     }
 }
 
-/// `utimensat(dir, path, [atime, mtime], AT_SYMLINK_NOFOLLOW)`.
-pub fn utimens_at(dir: BorrowedFd<'_>, path: &CStr, atime: Time, mtime: Time) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn utimens_at_short(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    atime: Time,
+    mtime: Time,
+) -> Result<(), Errno> {
     let ts = [atime.timespec(), mtime.timespec()];
     // SAFETY: `ts` is a two-element array as utimensat requires.
     check(unsafe {
@@ -308,8 +486,8 @@ pub fn futimens(fd: BorrowedFd<'_>, atime: Time, mtime: Time) -> Result<(), Errn
     check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
 }
 
-/// `readlinkat(2)`.
-pub fn readlink_at(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<u8>, Errno> {
+/// The short-path form of the public function of the same name.
+fn readlink_at_short(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: `buf` is writable for its whole length.
     let n = unsafe {
@@ -340,8 +518,8 @@ fn proc_path(dir: BorrowedFd<'_>, path: &CStr) -> CString {
     CString::new(s).expect("no NUL in a CStr")
 }
 
-/// `lgetxattr` of an entry beneath `dir`. With an empty buffer, returns the size.
-pub fn getxattr_at(
+/// The short-path form of the public function of the same name.
+fn getxattr_at_short(
     dir: BorrowedFd<'_>,
     path: &CStr,
     name: &CStr,
@@ -380,8 +558,8 @@ pub fn getxattr_vec(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<Vec
     }
 }
 
-/// `llistxattr` of an entry beneath `dir`. With an empty buffer, returns the size.
-pub fn listxattr_at(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+/// The short-path form of the public function of the same name.
+fn listxattr_at_short(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
     let p = proc_path(dir, path);
     // SAFETY: `buf` is writable for its length.
     let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -412,8 +590,8 @@ pub fn listxattr_vec(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<Vec<u8>>, E
     }
 }
 
-/// `lsetxattr` of an entry beneath `dir`.
-pub fn setxattr_at(
+/// The short-path form of the public function of the same name.
+fn setxattr_at_short(
     dir: BorrowedFd<'_>,
     path: &CStr,
     name: &CStr,
@@ -433,8 +611,8 @@ pub fn setxattr_at(
     })
 }
 
-/// `lremovexattr` of an entry beneath `dir`.
-pub fn removexattr_at(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<(), Errno> {
+/// The short-path form of the public function of the same name.
+fn removexattr_at_short(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<(), Errno> {
     let p = proc_path(dir, path);
     // SAFETY: strings are NUL-terminated.
     check(unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) })

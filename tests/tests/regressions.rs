@@ -691,3 +691,67 @@ on_both!(
     hard_link_made_through_the_mount_is_one_inode,
     hard_link_made_through_the_mount_is_one_inode
 );
+
+/// Paths deeper than PATH_MAX inside the mount: reached through relative
+/// lookups (as pjdfstest's */03.t do), every operation must work and the
+/// server must not answer ENAMETOOLONG for a path it builds itself. Strata
+/// once joined the whole path onto the layer root and failed past 4 KiB.
+fn paths_deeper_than_path_max(backend: &Backend) {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    let m = Layers::new()
+        .lower(|l| l.file("lower/f", "f\n"))
+        .mount(backend);
+    let name = "d".repeat(250);
+    let mut dir = open(
+        &m.join("lower"),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .expect("open lower");
+    // 20 levels of 250 bytes: 5 KiB below the mount root.
+    for level in 0..20 {
+        nix::sys::stat::mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755))
+            .unwrap_or_else(|e| panic!("mkdir at level {level}: {e}"));
+        dir = openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("open at level {level}: {e}"));
+    }
+    let f = openat(
+        &dir,
+        "file",
+        OFlag::O_CREAT | OFlag::O_WRONLY,
+        Mode::from_bits_truncate(0o640),
+    )
+    .expect("create deep");
+    nix::unistd::write(&f, b"deep\n").expect("write deep");
+    drop(f);
+    nix::unistd::symlinkat("file", &dir, "link").expect("symlink deep");
+    nix::fcntl::renameat(&dir, "file", &dir, "file2").expect("rename deep");
+    nix::unistd::linkat(&dir, "file2", &dir, "file3", nix::fcntl::AtFlags::empty())
+        .expect("link deep");
+    let st = nix::sys::stat::fstatat(&dir, "file2", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .expect("stat deep");
+    assert_eq!(
+        (st.st_size, st.st_nlink),
+        (5, 2),
+        "size and links of the deep file"
+    );
+    let target = nix::fcntl::readlinkat(&dir, "link").expect("readlink deep");
+    assert_eq!(target.to_str(), Some("file"));
+    nix::unistd::unlinkat(&dir, "file3", nix::unistd::UnlinkatFlags::NoRemoveDir)
+        .expect("unlink deep");
+    nix::sys::stat::fchmodat(
+        &dir,
+        "file2",
+        Mode::from_bits_truncate(0o600),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .expect("chmod deep");
+}
+
+on_both!(paths_deeper_than_path_max, paths_deeper_than_path_max);
