@@ -308,6 +308,12 @@ fn killed_supervisor_shows_exited_and_rm_cleans_up() {
     });
     let st = env.status("s");
     assert!(st.starts_with("Exited (137)"), "{st}");
+    // The dead server's mount is found by system check, and repaired.
+    let r = env.run(&["system", "check"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("orphaned mount"), "{r:?}");
+    env.ok(&["system", "check", "--repair"]);
+    assert!(env.mounts().is_empty(), "{:?}", env.mounts());
     env.ok(&["rm", "s"]);
     assert!(env.mounts().is_empty(), "{:?}", env.mounts());
     assert!(env.ps().is_empty());

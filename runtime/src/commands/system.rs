@@ -133,27 +133,23 @@ pub(super) fn system_check(ctx: &Ctx, repair: bool) -> Result<i32> {
         problems += 1;
     }
     drop(_l);
-    // Mounts under containers whose supervisor is gone.
+    // Mounts whose server is gone: under containers without a live
+    // supervisor, and image mounts. A live server answers a directory
+    // listing; a dead one gives ENOTCONN.
+    let mut candidates = proc::mounts_under(&ctx.root.join("image-mounts"));
     for c in ctx.reg.list()? {
         let s = c.state()?;
-        let serving = s.supervisor.is_some_and(|p| p.is_alive());
-        let mounts = proc::mounts_under(&c.paths.dir);
-        if serving || mounts.is_empty() {
-            continue;
+        if !s.supervisor.is_some_and(|p| p.is_alive()) {
+            candidates.extend(proc::mounts_under(&c.paths.dir));
         }
-        // A live `strata mount` daemon answers; a dead server does not.
-        let dead: Vec<_> = mounts
-            .into_iter()
-            .filter(|m| fs::read_dir(m).is_err())
-            .collect();
-        for m in dead {
-            if repair {
-                let _ = strata_fs::unmount(&m);
-                println!("repaired: orphaned mount {}", m.display());
-            } else {
-                println!("orphaned mount {} (its server is gone)", m.display());
-                problems += 1;
-            }
+    }
+    for m in candidates.into_iter().filter(|m| fs::read_dir(m).is_err()) {
+        if repair {
+            let _ = strata_fs::unmount(&m);
+            println!("repaired: orphaned mount {}", m.display());
+        } else {
+            println!("orphaned mount {} (its server is gone)", m.display());
+            problems += 1;
         }
     }
     println!(
