@@ -514,8 +514,12 @@ impl Gen {
             self.write_file(&p, len)?;
         }
         git(&repo, &["init", "-q"])?;
+        // No automatic gc: a detached one would pack objects while the
+        // merged copy is being made. Pack now, as a clone would be.
+        git(&repo, &["config", "gc.auto", "0"])?;
         git(&repo, &["add", "-A"])?;
         git(&repo, &["commit", "-q", "-m", "source tree"])?;
+        git(&repo, &["gc", "-q"])?;
         // Files written in the same second as the index are "racily clean"
         // and would be re-read by every `git status`: refresh the index a
         // second later, as a checkout that is not brand-new would have it.

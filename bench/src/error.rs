@@ -6,12 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// A filesystem operation failed.
-    #[error("{what} {path}: {source}")]
+    /// (The cause is part of the message, not a separate source, so that
+    /// recorded failures read whole.)
+    #[error("{what} {path}: {err}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// An external program could not be started or exited with an error.
     #[error("{command} failed ({status}){}", stderr_suffix(.stderr))]
@@ -75,5 +76,5 @@ pub(crate) fn io_err(
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(std::io::Error) -> BenchError {
     let path = path.into();
-    move |source| BenchError::Io { what, path, source }
+    move |err| BenchError::Io { what, path, err }
 }
