@@ -392,7 +392,7 @@ fn proc_dev_and_sys_inside() {
         "run", "--rm", "busybox", "sh", "-c",
         "echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo; for d in null zero full random urandom tty; do test -c /dev/$d || echo missing $d; done; \
          test -d /dev/pts && test -d /dev/shm && test -L /dev/fd && echo devok; echo x > /dev/null && head -c 4 /dev/zero | wc -c; \
-         touch /sys/x 2>/dev/null || echo sys-ro; ps -o pid,comm | grep -v -E '^ *PID| (sh|ps|grep|wc)$' | wc -l",
+         touch /sys/x 2>/dev/null || echo sys-ro; ps -o pid,stat,comm > /tmp/ps.out; grep -v -E '^ *PID| (sh|ps)$' /tmp/ps.out | wc -l; cat /tmp/ps.out >&2",
     ]);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines[0], "1", "{r:?}");
