@@ -55,22 +55,22 @@ pub enum Error {
     #[error("invalid container name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     BadName(String),
     /// A file could not be read or written.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {err}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,
         /// On what.
         path: PathBuf,
         /// Why it failed.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A metadata file does not parse.
-    #[error("{} is damaged: {source}; remove the container with 'strata rm -f'", path.display())]
+    #[error("{} is damaged: {err}; remove the container with 'strata rm -f'", path.display())]
     Json {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: serde_json::Error,
+        err: serde_json::Error,
     },
 }
 
@@ -83,10 +83,10 @@ trait Ctx<T> {
 
 impl<T> Ctx<T> for std::io::Result<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Io {
+        self.map_err(|err| Error::Io {
             op,
             path: path.to_path_buf(),
-            source,
+            err,
         })
     }
 }
@@ -279,7 +279,7 @@ fn lock_file(p: &Path) -> Result<Locked> {
     let f = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
         op: "lock",
         path: p.to_path_buf(),
-        source: e.into(),
+        err: e.into(),
     })?;
     Ok(Locked { _f: f })
 }
@@ -318,19 +318,34 @@ impl Container {
     pub fn stored_state(&self) -> Result<State> {
         let p = self.paths.state();
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::Json { path: p, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Ok(b) => serde_json::from_slice(&b).map_err(|err| Error::Json { path: p, err }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.paths.dir.exists() {
+                    Ok(State::default())
+                } else {
+                    Err(Error::NotFound(self.config.name.clone()))
+                }
+            }
             Err(e) => Err(Error::Io {
                 op: "read",
                 path: p,
-                source: e,
+                err: e,
             }),
         }
     }
 
     /// Changes the state under the container's lock.
     pub fn update_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T> {
-        let _l = lock_file(&self.paths.lock())?;
+        if !self.paths.dir.exists() {
+            return Err(Error::NotFound(self.config.name.clone()));
+        }
+        let _l = lock_file(&self.paths.lock()).map_err(|e| match e {
+            // Removed meanwhile (`rm`, or `--rm` at exit).
+            Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
+                Error::NotFound(self.config.name.clone())
+            }
+            e => e,
+        })?;
         let mut s = self.stored_state()?;
         let out = f(&mut s);
         write_atomic(
@@ -409,7 +424,7 @@ impl Registry {
         let p = dir.join("config.json");
         let b = fs::read(&p).ctx("read", &p)?;
         let config: ContainerConfig =
-            serde_json::from_slice(&b).map_err(|source| Error::Json { path: p, source })?;
+            serde_json::from_slice(&b).map_err(|err| Error::Json { path: p, err })?;
         Ok(Container {
             config,
             paths: Paths { dir },
@@ -639,5 +654,10 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+        // Regression: `ps` failed with ENOENT on the lock of a container
+        // that `--rm` removed while it listed; now it is simply gone.
+        reg.delete(&c).unwrap();
+        assert!(matches!(c.state(), Err(Error::NotFound(_))));
+        assert!(matches!(c.update_state(|_| ()), Err(Error::NotFound(_))));
     }
 }

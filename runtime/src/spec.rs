@@ -34,12 +34,12 @@ pub enum SpecError {
         reason: String,
     },
     /// An env file that cannot be read.
-    #[error("cannot read env file {}: {source}", path.display())]
+    #[error("cannot read env file {}: {err}", path.display())]
     EnvFile {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -99,9 +99,9 @@ pub fn apply_env_flags(env: &mut Vec<String>, flags: &[String]) -> Result<(), Sp
 }
 
 fn read_env_file(path: &Path) -> Result<Vec<String>, SpecError> {
-    let s = std::fs::read_to_string(path).map_err(|source| SpecError::EnvFile {
+    let s = std::fs::read_to_string(path).map_err(|err| SpecError::EnvFile {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     Ok(s.lines()
         .map(str::trim)

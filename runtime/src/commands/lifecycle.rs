@@ -32,11 +32,11 @@ pub fn create(ctx: &Ctx, a: &RunArgs) -> Result<Container> {
     let config = spec::build(id, image_ref, &info, cmd, &run_flags(a))?;
     let lowers: Vec<PathBuf> = info.layers.iter().rev().map(|l| l.path.clone()).collect();
     let c = ctx.reg.create(config, |paths, cfg| {
-        crate::rootfs::prepare_init_layer(paths, cfg, &lowers).map_err(|source| {
+        crate::rootfs::prepare_init_layer(paths, cfg, &lowers).map_err(|err| {
             crate::container::Error::Io {
                 op: "prepare the init layer in",
                 path: paths.dir.clone(),
-                source,
+                err,
             }
         })
     })?;
@@ -173,7 +173,12 @@ pub(super) fn ps(
     let mut list = ctx.reg.list()?;
     list.reverse();
     for c in &list {
-        let s = c.state()?;
+        let s = match c.state() {
+            Ok(s) => s,
+            // Removed while we listed (`rm`, `--rm`): not there any more.
+            Err(crate::container::Error::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if !all && s.status != Status::Running {
             continue;
         }

@@ -32,7 +32,7 @@ pub(super) fn system_df(ctx: &Ctx) -> Result<i32> {
     for c in &containers {
         let sz = du(&c.paths.upper());
         ctr_size += sz;
-        if c.running_init()?.is_some() {
+        if still_there(c.running_init())?.flatten().is_some() {
             running += 1;
         } else {
             ctr_reclaim += sz;
@@ -72,8 +72,9 @@ pub(super) fn system_prune(ctx: &Ctx, force: bool, all: bool) -> Result<i32> {
     let mut reclaimed = 0u64;
     println!("Deleted Containers:");
     for c in ctx.reg.list()? {
-        if c.running_init()?.is_some() {
-            continue;
+        match still_there(c.running_init())? {
+            Some(None) => {}
+            _ => continue,
         }
         let sz = du(&c.paths.upper());
         remove(ctx, &c, false)?;
@@ -138,7 +139,9 @@ pub(super) fn system_check(ctx: &Ctx, repair: bool) -> Result<i32> {
     // listing; a dead one gives ENOTCONN.
     let mut candidates = proc::mounts_under(&ctx.root.join("image-mounts"));
     for c in ctx.reg.list()? {
-        let s = c.state()?;
+        let Some(s) = still_there(c.state())? else {
+            continue;
+        };
         if !s.supervisor.is_some_and(|p| p.is_alive()) {
             candidates.extend(proc::mounts_under(&c.paths.dir));
         }
@@ -164,4 +167,13 @@ pub(super) fn system_check(ctx: &Ctx, repair: bool) -> Result<i32> {
         }
     );
     Ok(if problems == 0 { 0 } else { 1 })
+}
+
+/// A container's answer, or `None` when it was removed meanwhile.
+fn still_there<T>(r: Result<T, crate::container::Error>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(crate::container::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
