@@ -107,12 +107,20 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
         ];
         for f in want {
             if caps.contains(f) {
                 let _ = config.add_capabilities(f);
+            }
+        }
+        if self.ov.opts.readdirplus {
+            for f in [
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_READDIRPLUS_AUTO,
+            ] {
+                if caps.contains(f) {
+                    let _ = config.add_capabilities(f);
+                }
             }
         }
         if crate::overlay::passthrough_on(&self.ov) {

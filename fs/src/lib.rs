@@ -101,6 +101,10 @@ impl Mounted {
     /// return the kernel has completed the FUSE handshake: the mount is
     /// live, and requests wait until [`Mounted::run`] serves them. On error
     /// nothing is left mounted.
+    ///
+    /// Sets the process umask to 0 (the server creates files with the exact
+    /// modes callers ask for): a program that serves a mount and also
+    /// creates files of its own should do so with explicit modes.
     pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
         opts.validate()?;
         let mnt = mountpoint

@@ -57,8 +57,10 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// Use FUSE passthrough for upper files when the kernel allows (`passthrough=0` disables).
     pub passthrough: bool,
-    /// Entry/attribute cache timeout in seconds (`timeout=`).
+    /// Entry/attribute cache timeout in seconds (`timeout=`, default a day).
     pub timeout_secs: Option<f64>,
+    /// Answer READDIRPLUS (`readdirplus=0` turns it off).
+    pub readdirplus: bool,
     /// Options that were accepted but have no effect here.
     pub ignored: Vec<String>,
 }
@@ -147,6 +149,7 @@ impl MountOptions {
     pub fn parse<'a>(strings: impl IntoIterator<Item = &'a str>) -> Result<Self, OptionsError> {
         let mut o = MountOptions {
             passthrough: true,
+            readdirplus: true,
             ..Default::default()
         };
         for s in strings {
@@ -188,6 +191,7 @@ impl MountOptions {
             ("rw", None) => self.read_only = false,
             ("threads", Some(v)) => self.threads = Some(parse_u32(opt, v)?.max(1) as usize),
             ("passthrough", Some(v)) => self.passthrough = v.trim() != "0",
+            ("readdirplus", Some(v)) => self.readdirplus = v.trim() != "0",
             ("timeout", Some(v)) => {
                 self.timeout_secs = Some(v.trim().parse().map_err(|_| OptionsError::Invalid {
                     option: opt.to_string(),

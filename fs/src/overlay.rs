@@ -25,6 +25,9 @@ pub type Res<T> = Result<T, Errno>;
 /// origin's), so `st_ino` survives copy-up and later lookups.
 pub const ORIGIN_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.origin";
 
+/// Default entry and attribute timeout (`timeout=` overrides it).
+pub const DEFAULT_TTL_SECS: f64 = 86400.0;
+
 /// Identity of the caller of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -60,7 +63,10 @@ impl Overlay {
         let top = root_layers[0];
         let st = sys::stat_at(stack.fd(top), c".")?;
         let root_ino = stack.ino(top, st.st_ino);
-        let ttl = Duration::from_secs_f64(opts.timeout_secs.unwrap_or(1.0));
+        // Every change to the layers goes through this mount (lower layers
+        // never change), so the kernel may keep what it is told for long;
+        // the replies to changes carry the new attributes.
+        let ttl = Duration::from_secs_f64(opts.timeout_secs.unwrap_or(DEFAULT_TTL_SECS));
         let passthrough = opts.passthrough && privileged;
         let ov = Overlay {
             nodes: NodeTable::new(root_ino, vec![]),
