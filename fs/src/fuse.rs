@@ -533,9 +533,26 @@ impl Filesystem for StrataFs {
                             &attr,
                             Generation(0),
                         )
+                    } else if e.kind != crate::nodes::Kind::Dir
+                        && !self.ov.stat_heavy()
+                        && self.ov.nodes.child(&dir, &e.name).is_none()
+                    {
+                        // A file nobody stats yet (find, ls -f): its name
+                        // only, no attributes to read from the disk.
+                        dir.listed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        let mut attr = crate::overlay::attr_of(&zero_stat(), e.ino);
+                        attr.kind = e.kind.fuse();
+                        reply.add(
+                            INodeNo(0),
+                            off,
+                            &e.name,
+                            &Duration::ZERO,
+                            &attr,
+                            Generation(0),
+                        )
                     } else {
                         // Each entry is a lookup the kernel will count.
-                        let Ok((node, attr)) = self.ov.lookup(&dir, &e.name) else {
+                        let Ok((node, attr)) = self.ov.lookup_for(&dir, &e.name, true) else {
                             continue;
                         };
                         let full = reply.add(

@@ -184,6 +184,17 @@ impl Overlay {
     /// live node's record), adds a lookup count and returns the node and its
     /// attributes.
     pub fn lookup(&self, parent: &Node, name: &OsStr) -> Res<(Arc<Node>, FileAttr)> {
+        self.lookup_for(parent, name, false)
+    }
+
+    /// As [`Overlay::lookup`], for an entry of a listing (`listing`: does
+    /// not count as a sign that files get stat'ed).
+    pub fn lookup_for(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        listing: bool,
+    ) -> Res<(Arc<Node>, FileAttr)> {
         let pstate = parent.state();
         if pstate.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
@@ -213,6 +224,12 @@ impl Overlay {
             layers: r.layers,
             unlinked: false,
         };
+        if !listing
+            && state.kind != Kind::Dir
+            && parent.listed.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.note_file_lookup();
+        }
         let node = self.nodes.lookup_child(parent, name, state, ino);
         let attr = self.attr_from_stat(&node, &r.stat);
         Ok((node, attr))

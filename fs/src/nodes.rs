@@ -137,6 +137,8 @@ pub struct Node {
     pub change: Mutex<()>,
     /// Live child nodes by name (directories only).
     pub children: Mutex<HashMap<OsString, NodeId>>,
+    /// A listing of this directory left out file attributes.
+    pub listed: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -184,6 +186,7 @@ impl NodeTable {
             io: Mutex::new(IoState::default()),
             change: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
+            listed: Default::default(),
         };
         t.nodes.insert(NodeId::ROOT, Arc::new(root));
         t
@@ -272,6 +275,7 @@ impl NodeTable {
             io: Mutex::new(IoState::default()),
             change: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
+            listed: Default::default(),
         });
         self.nodes.insert(id, node.clone());
         children.insert(name.to_os_string(), id);
@@ -289,6 +293,7 @@ impl NodeTable {
             io: Mutex::new(IoState::default()),
             change: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
+            listed: Default::default(),
         });
         self.nodes.insert(id, node.clone());
         node

@@ -25,6 +25,31 @@ pub type Res<T> = Result<T, Errno>;
 /// origin's), so `st_ino` survives copy-up and later lookups.
 pub const ORIGIN_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.origin";
 
+/// How many file lookups right after listings (within [`STAT_WINDOW`])
+/// make listings include file attributes.
+const STAT_HITS: u32 = 16;
+/// The window of [`STAT_HITS`], and how long listings then include file
+/// attributes after the last such lookup.
+const STAT_WINDOW: Duration = Duration::from_secs(2);
+
+/// The state of adaptive readdirplus (see [`Overlay::stat_heavy`]).
+#[derive(Debug)]
+pub struct StatWindow {
+    start: std::time::Instant,
+    hits: u32,
+    until: Option<std::time::Instant>,
+}
+
+impl Default for StatWindow {
+    fn default() -> Self {
+        StatWindow {
+            start: std::time::Instant::now(),
+            hits: 0,
+            until: None,
+        }
+    }
+}
+
 /// Default entry and attribute timeout (`timeout=` overrides it).
 pub const DEFAULT_TTL_SECS: f64 = 86400.0;
 
@@ -51,6 +76,9 @@ pub struct Overlay {
     pub(crate) privileged: bool,
     pub(crate) links: crate::hardlink::LinkMaps,
     pub(crate) dircache: crate::dircache::DirCache,
+    /// Adaptive readdirplus: file lookups that followed listings without
+    /// attributes, and until when listings include them.
+    pub(crate) stat_window: parking_lot::Mutex<StatWindow>,
     /// The channel for telling the kernel to drop cached attributes.
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
 }
@@ -88,6 +116,7 @@ impl Overlay {
             links: Default::default(),
             dircache: Default::default(),
             notifier: std::sync::OnceLock::new(),
+            stat_window: Default::default(),
             opts,
         };
         // The root merges every layer, as the kernel's overlayfs does (a
@@ -123,6 +152,34 @@ impl Overlay {
     pub fn invalidate_attrs(&self, node: &Node) {
         if let Some(n) = self.notifier.get() {
             let _ = n.inval_inode(fuser::INodeNo(node.id.0), -1, 0);
+        }
+    }
+
+    /// Whether directory listings should carry file attributes now.
+    ///
+    /// READDIRPLUS makes the server stat every entry, which a cold `find`
+    /// or `ls -f` never needs: for files, that is a disk read per entry the
+    /// kernel's overlayfs does not make. So listings leave file attributes
+    /// out until the files of listed directories get looked up (`ls -l`,
+    /// `find -ls`, `git status`): then, for a while, they carry them, and
+    /// those stats save a round trip each.
+    pub fn stat_heavy(&self) -> bool {
+        let w = self.stat_window.lock();
+        w.until.is_some_and(|u| std::time::Instant::now() < u)
+    }
+
+    /// Notes a lookup of a file in a directory whose listing left file
+    /// attributes out.
+    pub(crate) fn note_file_lookup(&self) {
+        let now = std::time::Instant::now();
+        let mut w = self.stat_window.lock();
+        if now.duration_since(w.start) > STAT_WINDOW {
+            w.start = now;
+            w.hits = 0;
+        }
+        w.hits += 1;
+        if w.hits >= STAT_HITS {
+            w.until = Some(now + STAT_WINDOW);
         }
     }
 
