@@ -116,13 +116,9 @@ impl Overlay {
         if kind != Kind::Dir && st.st_nlink > 1 && !self.stack.is_upper(from) {
             self.link_up_siblings(from, path, st.st_ino)?;
         }
-        if self.do_fsync() && kind == Kind::File {
-            let (parent, _) = path.split();
-            if let Ok(d) = sys::open_beneath(dst, parent.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            {
-                let _ = sys::fsync(d.as_fd(), false);
-            }
-        }
+        // The data was synced before the rename, as the kernel's overlayfs
+        // does; the directory is not: a copy-up lost in a crash leaves the
+        // lower file in view, never a torn one.
         Ok(())
     }
 
