@@ -42,6 +42,40 @@ impl StrataFs {
     fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
         self.ov.nodes.get(NodeId(ino.0))
     }
+
+    /// Opens a file just made by CREATE or TMPFILE and replies with its
+    /// entry and open handle.
+    fn reply_created(
+        &self,
+        made: Res<(Arc<Node>, fuser::FileAttr, std::os::fd::OwnedFd)>,
+        reply: ReplyCreate,
+    ) {
+        let res = made.and_then(|(node, attr, fd)| {
+            let o = self
+                .ov
+                .add_open(&node, fd, true, &|fd| reply.open_backing(fd))?;
+            Ok((node, attr, o))
+        });
+        match res {
+            Ok((node, attr, o)) => {
+                let flags = if o.direct_io {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.created_node(
+                    INodeNo(node.id.0),
+                    &self.ov.ttl_for(&attr),
+                    &attr,
+                    Generation(0),
+                    FileHandle(o.fh),
+                    flags,
+                    o.backing.as_deref(),
+                )
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
 }
 
 fn errno(e: Errno) -> FErrno {
@@ -714,32 +748,12 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            let res = self.node(parent).and_then(|p| {
-                let (node, attr, fd) =
-                    self.ov
-                        .create_entry(&p, name, mode, NewEntry::File { flags }, &caller(req))?;
-                let fd = fd.ok_or(Errno::EIO)?;
-                let o = self
-                    .ov
-                    .add_open(&node, fd, true, &|fd| reply.open_backing(fd))?;
-                Ok((node, attr, o))
+            let made = self.node(parent).and_then(|p| {
+                let entry = NewEntry::File { flags };
+                let (node, attr, fd) = self.ov.create_entry(&p, name, mode, entry, &caller(req))?;
+                Ok((node, attr, fd.ok_or(Errno::EIO)?))
             });
-            match res {
-                Ok((node, attr, o)) => reply.created_node(
-                    INodeNo(node.id.0),
-                    &self.ov.ttl_for(&attr),
-                    &attr,
-                    Generation(0),
-                    FileHandle(o.fh),
-                    if o.direct_io {
-                        FopenFlags::FOPEN_DIRECT_IO
-                    } else {
-                        FopenFlags::empty()
-                    },
-                    o.backing.as_deref(),
-                ),
-                Err(e) => reply.error(errno(e)),
-            }
+            self.reply_created(made, reply)
         })
     }
 
@@ -753,29 +767,10 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         guarded("tmpfile", || {
-            let res = self.node(parent).and_then(|p| {
-                let (node, attr, fd) = self.ov.create_tmpfile(&p, mode, flags, &caller(req))?;
-                let o = self
-                    .ov
-                    .add_open(&node, fd, true, &|fd| reply.open_backing(fd))?;
-                Ok((node, attr, o))
-            });
-            match res {
-                Ok((node, attr, o)) => reply.created_node(
-                    INodeNo(node.id.0),
-                    &self.ov.ttl_for(&attr),
-                    &attr,
-                    Generation(0),
-                    FileHandle(o.fh),
-                    if o.direct_io {
-                        FopenFlags::FOPEN_DIRECT_IO
-                    } else {
-                        FopenFlags::empty()
-                    },
-                    o.backing.as_deref(),
-                ),
-                Err(e) => reply.error(errno(e)),
-            }
+            let made = self
+                .node(parent)
+                .and_then(|p| self.ov.create_tmpfile(&p, mode, flags, &caller(req)));
+            self.reply_created(made, reply)
         })
     }
 

@@ -266,24 +266,19 @@ impl NodeTable {
                 n.state.write().parent = NodeId::NONE;
             }
         }
-        let id = NodeId(self.next.fetch_add(1, Ordering::Relaxed));
-        let node = Arc::new(Node {
-            id,
-            ino,
-            lookups: AtomicU64::new(1),
-            state: RwLock::new(state),
-            io: Mutex::new(IoState::default()),
-            change: Mutex::new(()),
-            children: Mutex::new(HashMap::new()),
-            listed: Default::default(),
-        });
-        self.nodes.insert(id, node.clone());
+        let node = self.insert_new(state, ino);
+        let id = node.id;
         children.insert(name.to_os_string(), id);
         node
     }
 
     /// A new node with no name (an `O_TMPFILE` file), one lookup count.
     pub fn insert_detached(&self, state: NodeState, ino: u64) -> Arc<Node> {
+        self.insert_new(state, ino)
+    }
+
+    /// A new live node with a fresh id and one lookup count.
+    fn insert_new(&self, state: NodeState, ino: u64) -> Arc<Node> {
         let id = NodeId(self.next.fetch_add(1, Ordering::Relaxed));
         let node = Arc::new(Node {
             id,
