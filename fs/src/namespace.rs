@@ -101,15 +101,17 @@ impl Overlay {
             return Err(Errno::ENOTDIR);
         }
         let ppath = self.nodes.path(parent)?;
-        if self
-            .resolve(&ppath, &pst.layers, name.as_bytes())?
-            .is_some()
+        self.ensure_upper(parent)?;
+        let _guard = parent.change.lock();
+        // The upper layer answers for itself (a real entry there is
+        // EEXIST); below an empty upper slot the lower layers may still
+        // hold the name (a whiteout slot hides them).
+        let slot = self.upper_slot(&ppath, name.as_bytes())?;
+        if slot == UpperSlot::Empty
+            && self.exists_below(&ppath, &parent.state().layers, name.as_bytes())?
         {
             return Err(Errno::EEXIST);
         }
-        self.ensure_upper(parent)?;
-        let _guard = parent.change.lock();
-        let slot = self.upper_slot(&ppath, name.as_bytes())?;
         let (uid, gid, inherit_sgid) = self.new_owner(&ppath, caller)?;
         let mut perm = mode & 0o7777;
         if inherit_sgid && matches!(entry, NewEntry::Dir) {
