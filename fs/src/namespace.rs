@@ -331,7 +331,7 @@ impl Overlay {
         match (in_upper, below) {
             (true, false) => remove_tree(ufd, path.c(), dir)?,
             (true, true) => self.replace_with_whiteout(&path, dir)?,
-            (false, _) => whiteout::make_whiteout(ufd, &path, self.whiteout_form)?,
+            (false, _) => self.make_whiteout(ufd, path.c())?,
         }
         self.nodes.detach_child(parent, name);
         Ok(())
@@ -346,7 +346,7 @@ impl Overlay {
             WhiteoutForm::Device => {
                 let work = self.stack.work().ok_or(Errno::EROFS)?;
                 let tmp = temp_name();
-                sys::mknod_at(work, &tmp, libc::S_IFCHR, 0)?;
+                self.make_whiteout(work, &tmp)?;
                 if dir {
                     if let Err(e) =
                         sys::rename_at2(work, &tmp, ufd, path.c(), libc::RENAME_EXCHANGE)

@@ -53,6 +53,9 @@ impl Default for StatWindow {
 /// Default entry and attribute timeout (`timeout=` overrides it).
 pub const DEFAULT_TTL_SECS: f64 = 86400.0;
 
+/// Name of the shared whiteout inode in the work directory.
+const SHARED_WHITEOUT: &std::ffi::CStr = c"#strata-whiteout";
+
 /// Identity of the caller of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -181,6 +184,40 @@ impl Overlay {
         if w.hits >= STAT_HITS {
             w.until = Some(now + STAT_WINDOW);
         }
+    }
+
+    /// Makes a whiteout at `dir/at` in the form this mount writes. The
+    /// device form is a hard link to one shared whiteout in the work
+    /// directory, as the kernel's overlayfs does: no inode to allocate per
+    /// whiteout (a new shared one is made when it runs out of links).
+    pub(crate) fn make_whiteout(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        at: &std::ffi::CStr,
+    ) -> Res<()> {
+        use crate::whiteout::WhiteoutForm;
+        if self.whiteout_form == WhiteoutForm::WhFile {
+            return crate::whiteout::make_whiteout(
+                dir,
+                &RelPath::from_bytes(at.to_bytes()),
+                WhiteoutForm::WhFile,
+            );
+        }
+        let Some(work) = self.stack.work() else {
+            return sys::mknod_at(dir, at, libc::S_IFCHR, 0);
+        };
+        for _ in 0..2 {
+            match sys::link_at(work, SHARED_WHITEOUT, dir, at) {
+                Ok(()) => return Ok(()),
+                Err(Errno::ENOENT) | Err(Errno::EMLINK) => {
+                    let tmp = crate::copyup::temp_name();
+                    sys::mknod_at(work, &tmp, libc::S_IFCHR, 0)?;
+                    sys::rename_at2(work, &tmp, work, SHARED_WHITEOUT, 0)?;
+                }
+                Err(_) => break,
+            }
+        }
+        sys::mknod_at(dir, at, libc::S_IFCHR, 0)
     }
 
     /// Whether the mount accepts changes (an upper layer, not `ro`).

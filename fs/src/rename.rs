@@ -141,7 +141,7 @@ impl Overlay {
             if !done {
                 sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0)?;
                 if needs_whiteout {
-                    whiteout::make_whiteout(ufd, &path1, self.whiteout_form)?;
+                    self.make_whiteout(ufd, path1.c())?;
                 }
             }
             if self.whiteout_form == WhiteoutForm::WhFile {
