@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use nix::errno::Errno;
 
@@ -60,10 +60,23 @@ impl Overlay {
         ];
         let entries = self.merged_entries(&path, &s.layers)?;
         let children = node.children.lock().clone();
+        let merged = s.layers.len() > 1;
         for (name, layer, d_ino, kind) in entries {
             let name = OsString::from_vec(name);
             let ino = match children.get(&name).and_then(|id| self.nodes.get(*id).ok()) {
                 Some(child) => child.ino,
+                // A copied-up file keeps its origin's number (as stat
+                // shows it); only files in merged directories can be one.
+                None if merged && kind != Kind::Dir && self.stack.is_upper(layer) => {
+                    let p = path.join(name.as_bytes());
+                    self.ino_for(
+                        layer,
+                        &p,
+                        &crate::sys::fstat_placeholder_with_ino(d_ino),
+                        kind,
+                        &[layer],
+                    )
+                }
                 None => self.stack.ino(layer, d_ino),
             };
             out.push(DirEntry { name, ino, kind });

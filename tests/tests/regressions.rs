@@ -755,3 +755,48 @@ fn paths_deeper_than_path_max(backend: &Backend) {
 }
 
 on_both!(paths_deeper_than_path_max, paths_deeper_than_path_max);
+
+/// After a copy-up and a dentry-cache drop (so the server forgot the
+/// node), readdir must give the copied-up file the inode number stat
+/// shows: the origin's. Strata once listed the upper file's own number.
+fn readdir_ino_of_copied_up_file_matches_stat(backend: &Backend) {
+    let m = Layers::new()
+        .lower(|l| l.file("d/f", "f\n").file("d/g", "g\n"))
+        .mount(backend);
+    let before = ino(&m.join("d/f"));
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &m.join("d/f"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .expect("chmod copies up");
+    drop_dentry_caches();
+    let listed: Vec<(String, u64)> = fs::read_dir(m.join("d"))
+        .expect("readdir")
+        .map(|e| {
+            let e = e.expect("entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::os::unix::fs::DirEntryExt::ino(&e),
+            )
+        })
+        .collect();
+    for (name, d_ino) in listed {
+        assert_eq!(
+            d_ino,
+            ino(&m.join("d").join(&name)),
+            "d_ino of {name} against lstat"
+        );
+    }
+    assert_eq!(
+        ino(&m.join("d/f")),
+        before,
+        "inode number kept across copy-up"
+    );
+}
+
+on_both!(
+    readdir_ino_of_copied_up_file_matches_stat,
+    readdir_ino_of_copied_up_file_matches_stat
+);
