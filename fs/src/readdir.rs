@@ -65,17 +65,17 @@ impl Overlay {
             let name = OsString::from_vec(name);
             let ino = match children.get(&name).and_then(|id| self.nodes.get(*id).ok()) {
                 Some(child) => child.ino,
-                // A copied-up file keeps its origin's number (as stat
-                // shows it); only files in merged directories can be one.
-                None if merged && kind != Kind::Dir && self.stack.is_upper(layer) => {
-                    let p = path.join(name.as_bytes());
-                    self.ino_for(
-                        layer,
-                        &p,
-                        &crate::sys::fstat_placeholder_with_ino(d_ino),
-                        kind,
-                        &[layer],
-                    )
+                // An upper entry of a merged directory may be a copied-up
+                // file (it keeps its origin's number) or a merged directory
+                // (it shows its lower one's): number it as lookup would.
+                None if merged && self.stack.is_upper(layer) => {
+                    match self.resolve(&path, &s.layers, name.as_bytes()) {
+                        Ok(Some(r)) => {
+                            let p = path.join(name.as_bytes());
+                            self.ino_for(r.layers[0], &p, &r.stat, r.kind, &r.layers)
+                        }
+                        _ => self.stack.ino(layer, d_ino),
+                    }
                 }
                 None => self.stack.ino(layer, d_ino),
             };

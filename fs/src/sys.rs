@@ -285,13 +285,6 @@ pub fn fstat_placeholder() -> libc::stat {
     unsafe { std::mem::zeroed() }
 }
 
-/// An all-zero `stat` but for the inode number.
-pub fn fstat_placeholder_with_ino(ino: u64) -> libc::stat {
-    let mut st = fstat_placeholder();
-    st.st_ino = ino;
-    st
-}
-
 /// `fstat(fd)`.
 pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
