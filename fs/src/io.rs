@@ -22,6 +22,8 @@
 //!   and mmap go straight to the upper file. One backing id per node is
 //!   shared by all its passthrough opens and dropped with the last one.
 //! - any other open of an upper file is direct, without keeping the cache.
+//! - on a read-only mount (no upper layer, or `ro`) nothing can be copied
+//!   up, so lower files are passed through like upper ones.
 //!
 //! No write ever reaches a lower layer: lower files are only ever opened
 //! `O_RDONLY`.
@@ -172,7 +174,11 @@ impl Overlay {
         let mut io = node.io.lock();
         let mut mode = IoMode::Direct;
         let mut backing = None;
-        if is_upper && io.direct_opens == 0 && passthrough_on(self) {
+        // On a read-only mount nothing is ever copied up, so lower files
+        // are passed through too: kernel-speed reads from the page cache
+        // every mount of the image shares.
+        let stable = is_upper || !self.writable();
+        if stable && io.direct_opens == 0 && passthrough_on(self) {
             match &io.backing {
                 Some(b) => backing = Some(b.clone()),
                 None => match register(fd.as_fd()) {
@@ -208,7 +214,7 @@ impl Overlay {
         debug!(fh, ?mode, "open");
         Ok(Opened {
             fh,
-            keep_cache: !is_upper,
+            keep_cache: !is_upper && mode == IoMode::Direct,
             direct_io: mode == IoMode::Direct,
             backing,
         })
