@@ -325,8 +325,9 @@ impl Overlay {
         self.ensure_upper(parent)?;
         let _guard = parent.change.lock();
         let pst = parent.state();
-        let below = self.exists_below(&ppath, &pst.layers, name.as_bytes())?;
         let in_upper = self.stack.is_upper(r.layers[0]);
+        // A name whose top entry is in a lower layer obviously exists below.
+        let below = !in_upper || self.exists_below(&ppath, &pst.layers, name.as_bytes())?;
         let ufd = self.stack.fd(upper);
         match (in_upper, below) {
             (true, false) => remove_tree(ufd, path.c(), dir)?,
