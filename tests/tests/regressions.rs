@@ -800,4 +800,3 @@ on_both!(
     readdir_ino_of_copied_up_file_matches_stat,
     readdir_ino_of_copied_up_file_matches_stat
 );
-
