@@ -88,7 +88,7 @@ impl DirCache {
         if let Some(d) = self.inner.lock().lru.get(&key) {
             return Ok(d.clone());
         }
-        let d = Arc::new(read_lower_dir(stack, l, path)?);
+        let d = Arc::new(read_layer_dir(stack, l, path)?);
         let mut inner = self.inner.lock();
         inner.names += d.size();
         if let Some(old) = inner.lru.put(key, d.clone()) {
@@ -108,7 +108,9 @@ impl DirCache {
     }
 }
 
-fn read_lower_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<LowerDir, Errno> {
+/// Reads the directory `path` of layer `l` (uncached: the upper layer's
+/// directories are read this way each time, since they change).
+pub fn read_layer_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<LowerDir, Errno> {
     let fd = stack.fd(l);
     let dir = match sys::open_beneath(fd, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
         Ok(d) => d,

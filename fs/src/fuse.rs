@@ -522,20 +522,23 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectory,
     ) {
         guarded("readdir", || {
-            let res = (|| -> Res<()> {
-                let h = self.ov.handles.dir(fh.0)?;
-                let mut entries = h.entries.lock();
-                if offset == 0 {
-                    let n = self.node(ino)?;
-                    *entries = self.ov.list_dir(&n)?;
-                }
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind.fuse(), &e.name) {
-                        break;
-                    }
-                }
-                Ok(())
-            })();
+            let res = self.node(ino).and_then(|dir| {
+                self.ov
+                    .handles
+                    .with_listing(&self.ov, fh.0, &dir, offset, |entries| {
+                        for (i, e) in entries.iter().enumerate() {
+                            let ino = self.ov.entry_ino(&dir, e);
+                            if reply.add(
+                                INodeNo(ino),
+                                offset + i as u64 + 1,
+                                e.kind.fuse(),
+                                &e.name,
+                            ) {
+                                break;
+                            }
+                        }
+                    })
+            });
             reply_or_err!(reply, res, |()| reply.ok())
         })
     }
@@ -549,68 +552,64 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         guarded("readdirplus", || {
-            let res = (|| -> Res<()> {
-                let h = self.ov.handles.dir(fh.0)?;
-                let mut entries = h.entries.lock();
-                let dir = self.node(ino)?;
-                if offset == 0 {
-                    *entries = self.ov.list_dir(&dir)?;
-                }
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let off = (i + 1) as u64;
-                    let full = if e.name == "." || e.name == ".." {
-                        // Node id 0: the kernel links no entry for these.
-                        let mut attr = crate::overlay::attr_of(&zero_stat(), e.ino);
-                        attr.kind = fuser::FileType::Directory;
-                        reply.add(
-                            INodeNo(0),
-                            off,
-                            &e.name,
-                            &Duration::ZERO,
-                            &attr,
-                            Generation(0),
-                        )
-                    } else if e.kind != crate::nodes::Kind::Dir
-                        && !self.ov.stat_heavy()
-                        && self.ov.nodes.child(&dir, &e.name).is_none()
-                    {
-                        // A file nobody stats yet (find, ls -f): its name
-                        // only, no attributes to read from the disk.
-                        dir.listed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        let mut attr = crate::overlay::attr_of(&zero_stat(), e.ino);
-                        attr.kind = e.kind.fuse();
-                        reply.add(
-                            INodeNo(0),
-                            off,
-                            &e.name,
-                            &Duration::ZERO,
-                            &attr,
-                            Generation(0),
-                        )
-                    } else {
-                        // Each entry is a lookup the kernel will count.
-                        let Ok((node, attr)) = self.ov.lookup_for(&dir, &e.name, true) else {
-                            continue;
-                        };
-                        let full = reply.add(
-                            INodeNo(node.id.0),
-                            off,
-                            &e.name,
-                            &self.ov.ttl_for(&attr),
-                            &attr,
-                            Generation(0),
-                        );
-                        if full {
-                            self.ov.nodes.forget(node.id, 1);
+            let res = self.node(ino).and_then(|dir| {
+                let with_file_attrs = self.ov.stat_heavy();
+                self.ov
+                    .handles
+                    .with_listing(&self.ov, fh.0, &dir, offset, |entries| {
+                        for (i, e) in entries.iter().enumerate() {
+                            let off = offset + i as u64 + 1;
+                            let dots = e.name == "." || e.name == "..";
+                            let name_only = dots
+                                || (e.kind != crate::nodes::Kind::Dir
+                                    && !with_file_attrs
+                                    && self.ov.nodes.child(&dir, &e.name).is_none());
+                            let full = if name_only {
+                                // Node id 0: the kernel links no entry. For `.`
+                                // and `..` always; for a file nobody stats yet
+                                // (find, ls -f), no attributes to read from disk.
+                                if !dots {
+                                    dir.listed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                let mut attr = crate::overlay::attr_of(
+                                    &zero_stat(),
+                                    self.ov.entry_ino(&dir, e),
+                                );
+                                attr.kind = e.kind.fuse();
+                                reply.add(
+                                    INodeNo(0),
+                                    off,
+                                    &e.name,
+                                    &Duration::ZERO,
+                                    &attr,
+                                    Generation(0),
+                                )
+                            } else {
+                                // Each entry is a lookup the kernel will count.
+                                let Ok((node, attr)) = self.ov.lookup_for(&dir, &e.name, true)
+                                else {
+                                    continue;
+                                };
+                                let ttl = self.ov.ttl_for(&attr);
+                                let full = reply.add(
+                                    INodeNo(node.id.0),
+                                    off,
+                                    &e.name,
+                                    &ttl,
+                                    &attr,
+                                    Generation(0),
+                                );
+                                if full {
+                                    self.ov.nodes.forget(node.id, 1);
+                                }
+                                full
+                            };
+                            if full {
+                                break;
+                            }
                         }
-                        full
-                    };
-                    if full {
-                        break;
-                    }
-                }
-                Ok(())
-            })();
+                    })
+            });
             reply_or_err!(reply, res, |()| reply.ok())
         })
     }

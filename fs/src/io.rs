@@ -104,6 +104,25 @@ impl Handles {
         id
     }
 
+    /// Runs `f` on the snapshot of the open directory `fh` of `dir`, to
+    /// list from `offset`: the snapshot is taken anew at offset 0 (opendir,
+    /// rewinddir) and kept for every later offset, so offsets stay stable.
+    pub fn with_listing<T>(
+        &self,
+        ov: &Overlay,
+        fh: u64,
+        dir: &Node,
+        offset: u64,
+        f: impl FnOnce(&[DirEntry]) -> T,
+    ) -> Res<T> {
+        let h = self.dir(fh)?;
+        let mut entries = h.entries.lock();
+        if offset == 0 {
+            *entries = ov.list_dir(dir)?;
+        }
+        Ok(f(entries.get(offset as usize..).unwrap_or_default()))
+    }
+
     /// Forgets an open directory.
     pub fn remove_dir(&self, fh: u64) {
         self.dirs.remove(&fh);

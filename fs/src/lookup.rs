@@ -206,7 +206,8 @@ impl Overlay {
         // The positive lookup cache: a live child's record is kept valid by
         // every change made through the mount.
         if let Some(child) = self.nodes.child(parent, name) {
-            if let Ok(st) = self.stat_node(&child) {
+            let top = self.stack.fd(child.top());
+            if let Ok(st) = sys::stat_at(top, ppath.join(name.as_bytes()).c()) {
                 self.nodes.add_lookup(&child);
                 let attr = self.attr_from_stat(&child, &st);
                 return Ok((child, attr));

@@ -9,15 +9,15 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use crate::dircache::read_layer_dir;
 use crate::layers::LayerIdx;
 use crate::nodes::{Kind, Node};
 use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
-use crate::sys;
-use crate::whiteout::{self, OPAQUE_MARKER, WH_PREFIX};
 
 /// A visible entry of one layer's directory: name, layer, real inode
 /// number, kind.
@@ -28,10 +28,15 @@ pub type LayerEntry = (Vec<u8>, LayerIdx, u64, Kind);
 pub struct DirEntry {
     /// Its name.
     pub name: OsString,
-    /// Its inode number as users see it.
+    /// Its inode number as users see it, unless `renumber` says otherwise.
     pub ino: u64,
     /// Its kind.
     pub kind: Kind,
+    /// An upper entry of a merged directory with no live node: it may be a
+    /// copied-up file (numbered as its origin) or a merged directory
+    /// (numbered as its lower one), so [`Overlay::entry_ino`] resolves it
+    /// when it is handed out without a lookup.
+    pub renumber: bool,
 }
 
 impl Overlay {
@@ -46,127 +51,69 @@ impl Overlay {
             Ok(p) => p.ino,
             Err(_) => node.ino,
         };
-        let mut out = vec![
-            DirEntry {
-                name: ".".into(),
-                ino: node.ino,
-                kind: Kind::Dir,
-            },
-            DirEntry {
-                name: "..".into(),
-                ino: parent_ino,
-                kind: Kind::Dir,
-            },
-        ];
+        let dot = |name: &str, ino| DirEntry {
+            name: name.into(),
+            ino,
+            kind: Kind::Dir,
+            renumber: false,
+        };
+        let mut out = vec![dot(".", node.ino), dot("..", parent_ino)];
         let entries = self.merged_entries(&path, &s.layers)?;
         let children = node.children.lock().clone();
         let merged = s.layers.len() > 1;
         for (name, layer, d_ino, kind) in entries {
             let name = OsString::from_vec(name);
-            let ino = match children.get(&name).and_then(|id| self.nodes.get(*id).ok()) {
-                Some(child) => child.ino,
-                // An upper entry of a merged directory may be a copied-up
-                // file (it keeps its origin's number) or a merged directory
-                // (it shows its lower one's): number it as lookup would.
-                None if merged && self.stack.is_upper(layer) => {
-                    match self.resolve(&path, &s.layers, name.as_bytes()) {
-                        Ok(Some(r)) => {
-                            let p = path.join(name.as_bytes());
-                            self.ino_for(r.layers[0], &p, &r.stat, r.kind, &r.layers)
-                        }
-                        _ => self.stack.ino(layer, d_ino),
-                    }
-                }
-                None => self.stack.ino(layer, d_ino),
-            };
-            out.push(DirEntry { name, ino, kind });
+            let live = children.get(&name).and_then(|id| self.nodes.get(*id).ok());
+            out.push(DirEntry {
+                ino: live
+                    .as_ref()
+                    .map_or_else(|| self.stack.ino(layer, d_ino), |c| c.ino),
+                renumber: live.is_none() && merged && self.stack.is_upper(layer),
+                name,
+                kind,
+            });
         }
         Ok(out)
+    }
+
+    /// The inode number of a listed entry of `dir`, as lookup gives it.
+    pub fn entry_ino(&self, dir: &Node, e: &DirEntry) -> u64 {
+        if !e.renumber {
+            return e.ino;
+        }
+        let (Ok(path), layers) = (self.nodes.path(dir), dir.state().layers) else {
+            return e.ino;
+        };
+        match self.resolve(&path, &layers, e.name.as_bytes()) {
+            Ok(Some(r)) => {
+                let p = path.join(e.name.as_bytes());
+                self.ino_for(r.layers[0], &p, &r.stat, r.kind, &r.layers)
+            }
+            _ => e.ino,
+        }
     }
 
     /// The visible entries of the directory `path` merged from `layers`:
     /// (name, layer it comes from, real inode number, kind), upper first.
+    /// Lower directories come from the cache; the upper one is read anew.
     pub fn merged_entries(&self, path: &RelPath, layers: &[LayerIdx]) -> Res<Vec<LayerEntry>> {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut out = Vec::new();
         for &l in layers {
-            if !self.stack.is_upper(l) {
-                let dir = self.dircache.get(&self.stack, l, path)?;
-                for (name, e) in dir.entries.iter() {
-                    if seen.contains(&name[..]) {
-                        continue;
-                    }
-                    seen.insert(name.to_vec());
-                    if !e.whiteout {
-                        out.push((name.to_vec(), l, e.ino, e.kind));
-                    }
-                }
-                seen.extend(dir.wh.iter().map(|n| n.to_vec()));
-                continue;
-            }
-            let fd = self.stack.fd(l);
-            let dir = match sys::open_beneath(fd, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-                Ok(d) => d,
-                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => continue,
-                Err(e) => return Err(e),
+            let dir = if self.stack.is_upper(l) {
+                Arc::new(read_layer_dir(&self.stack, l, path)?)
+            } else {
+                self.dircache.get(&self.stack, l, path)?
             };
-            let entries = sys::read_dir_fd(dir)?;
-            let mut hidden_here: Vec<Vec<u8>> = Vec::new();
-            for (name, d_ino, d_type) in entries {
-                if name == OPAQUE_MARKER {
-                    continue;
+            for (name, e) in dir.entries.iter() {
+                if seen.insert(name.to_vec()) && !e.whiteout {
+                    out.push((name.to_vec(), l, e.ino, e.kind));
                 }
-                if let Some(target) = name.strip_prefix(WH_PREFIX) {
-                    hidden_here.push(target.to_vec());
-                    continue;
-                }
-                if seen.contains(&name) {
-                    continue;
-                }
-                let mut kind = Kind::from_dtype(d_type);
-                let needs_stat = match kind {
-                    None => true,
-                    Some(Kind::CharDev) => true,
-                    Some(Kind::File) => self.layer_has_xattr_whiteouts(l, path),
-                    _ => false,
-                };
-                if needs_stat {
-                    let p = path.join(&name);
-                    match sys::stat_at(fd, p.c()) {
-                        Ok(st) => {
-                            if whiteout::is_whiteout(fd, &p, &st) {
-                                seen.insert(name);
-                                continue;
-                            }
-                            kind = Some(Kind::from_mode(st.st_mode));
-                        }
-                        Err(Errno::ENOENT) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                seen.insert(name.clone());
-                out.push((name, l, d_ino, kind.unwrap_or(Kind::File)));
             }
             // `.wh.NAME` hides NAME in the layers below, not beside it.
-            seen.extend(hidden_here);
+            seen.extend(dir.wh.iter().map(|n| n.to_vec()));
         }
         Ok(out)
-    }
-
-    /// Whether the directory `path` of layer `l` may hold xattr-form
-    /// whiteouts (the kernel marks such a directory with
-    /// `trusted.overlay.whiteouts`).
-    fn layer_has_xattr_whiteouts(&self, l: LayerIdx, path: &RelPath) -> bool {
-        if self.stack.is_upper(l) {
-            return false;
-        }
-        sys::getxattr_at(
-            self.stack.fd(l),
-            path.c(),
-            c"trusted.overlay.whiteouts",
-            &mut [],
-        )
-        .is_ok()
     }
 
     /// Whether the merged directory is empty (only whiteouts below it).

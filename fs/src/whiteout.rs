@@ -68,9 +68,18 @@ pub fn is_whiteout(dir: BorrowedFd<'_>, path: &RelPath, st: &libc::stat) -> bool
 
 /// Whether the AUFS-form whiteout `.wh.NAME` exists in `parent` of a layer.
 pub fn has_wh_file(dir: BorrowedFd<'_>, parent: &RelPath, name: &[u8]) -> bool {
-    let mut n = WH_PREFIX.to_vec();
-    n.extend_from_slice(name);
-    sys::stat_at(dir, parent.join(&n).c()).is_ok()
+    sys::stat_at(dir, parent.join(&wh_name(name)).c()).is_ok()
+}
+
+/// The AUFS-form whiteout path `PARENT/.wh.NAME` for `path` (`PARENT/NAME`).
+fn wh_path(path: &RelPath) -> RelPath {
+    let (parent, name) = path.split();
+    parent.join(&wh_name(name))
+}
+
+/// `.wh.NAME`.
+fn wh_name(name: &[u8]) -> Vec<u8> {
+    [WH_PREFIX, name].concat()
 }
 
 /// Whether the directory at `path` in a layer is opaque.
@@ -111,12 +120,7 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) ->
     match form {
         WhiteoutForm::Device => sys::mknod_at(dir, path.c(), libc::S_IFCHR, 0),
         WhiteoutForm::WhFile => {
-            let (parent, name) = path.split();
-            let mut n = WH_PREFIX.to_vec();
-            n.extend_from_slice(name);
-            let fd =
-                sys::open_beneath(dir, parent.join(&n).c(), libc::O_CREAT | libc::O_WRONLY, 0)?;
-            drop(fd);
+            sys::open_beneath(dir, wh_path(path).c(), libc::O_CREAT | libc::O_WRONLY, 0)?;
             Ok(())
         }
     }
@@ -124,10 +128,7 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) ->
 
 /// Removes an AUFS-form whiteout `.wh.NAME` for `path` if there is one.
 pub fn remove_wh_file(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> {
-    let (parent, name) = path.split();
-    let mut n = WH_PREFIX.to_vec();
-    n.extend_from_slice(name);
-    match sys::unlink_at(dir, parent.join(&n).c(), false) {
+    match sys::unlink_at(dir, wh_path(path).c(), false) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
     }
