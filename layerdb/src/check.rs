@@ -153,6 +153,13 @@ impl Store {
             rep.problems.push(p);
             Ok(())
         };
+        // A stray file whose fix is to remove it.
+        let orphan_file = |rep: &mut CheckReport, p: std::path::PathBuf| -> Result<()> {
+            found(rep, Problem::OrphanTemp { path: p.clone() }, &mut || {
+                let _ = fs::remove_file(&p);
+                Ok(())
+            })
+        };
 
         // tmp/: debris whose owner is gone.
         let tmp = self.tmp_dir();
@@ -167,28 +174,13 @@ impl Store {
                 // A lock file being set up, or its debris.
                 let p = tmp.join(name);
                 if lock_is_free(&p) {
-                    found(
-                        &mut rep,
-                        Problem::OrphanTemp { path: p.clone() },
-                        &mut || {
-                            let _ = fs::remove_file(&p);
-                            Ok(())
-                        },
-                    )?;
+                    orphan_file(&mut rep, p)?;
                 }
                 continue;
             }
             if let Some(base) = name.strip_suffix(".lock") {
                 if !entries.iter().any(|n| n == base) && lock_is_free(&tmp.join(name)) {
-                    let p = tmp.join(name);
-                    found(
-                        &mut rep,
-                        Problem::OrphanTemp { path: p.clone() },
-                        &mut || {
-                            let _ = fs::remove_file(&p);
-                            Ok(())
-                        },
-                    )?;
+                    orphan_file(&mut rep, tmp.join(name))?;
                 }
                 continue;
             }
@@ -217,15 +209,7 @@ impl Store {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
                 if n.starts_with('.') && n.contains(".tmp-") {
-                    let p = e.path();
-                    found(
-                        &mut rep,
-                        Problem::OrphanTemp { path: p.clone() },
-                        &mut || {
-                            let _ = fs::remove_file(&p);
-                            Ok(())
-                        },
-                    )?;
+                    orphan_file(&mut rep, e.path())?;
                 }
             }
         }
