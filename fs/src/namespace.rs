@@ -138,11 +138,8 @@ impl Overlay {
                     )?;
                 }
                 match slot {
-                    // A directory cannot be renamed over a device: swap the
-                    // two, then drop the whiteout now in the work directory.
                     UpperSlot::DeviceWhiteout if matches!(entry, NewEntry::Dir) => {
-                        sys::rename_at2(dir_fd, &at, ufd, path.c(), libc::RENAME_EXCHANGE)?;
-                        sys::unlink_at(dir_fd, &at, false)?;
+                        whiteout::swap_dir_onto_whiteout(dir_fd, &at, ufd, path.c(), false)?
                     }
                     UpperSlot::DeviceWhiteout => sys::rename_at2(dir_fd, &at, ufd, path.c(), 0)?,
                     _ => {

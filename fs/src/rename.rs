@@ -123,12 +123,8 @@ impl Overlay {
             let onto_device_whiteout = dst.is_none()
                 && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_device_whiteout(&st));
             if src.kind == Kind::Dir && onto_device_whiteout {
-                // A directory cannot replace a device: swap them, which also
-                // leaves the whiteout the old name may need.
-                sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_EXCHANGE)?;
-                if !needs_whiteout {
-                    sys::unlink_at(ufd, path1.c(), false)?;
-                }
+                // The swap also leaves the whiteout the old name may need.
+                whiteout::swap_dir_onto_whiteout(ufd, path1.c(), ufd, path2.c(), needs_whiteout)?;
                 done = true;
             }
             if !done && needs_whiteout && self.whiteout_form == WhiteoutForm::Device {

@@ -138,3 +138,21 @@ pub fn remove_wh_file(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> 
 pub fn is_reserved_name(name: &[u8]) -> bool {
     name.starts_with(WH_PREFIX)
 }
+
+/// Moves the directory `from_dir/from` onto the device whiteout
+/// `to_dir/to` (a directory cannot be renamed over a device): swaps the
+/// two, then removes the whiteout that now sits at `from` unless `keep`
+/// (the old name needs one).
+pub fn swap_dir_onto_whiteout(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+    keep: bool,
+) -> Result<(), Errno> {
+    sys::rename_at2(from_dir, from, to_dir, to, libc::RENAME_EXCHANGE)?;
+    if keep {
+        return Ok(());
+    }
+    sys::unlink_at(from_dir, from, false)
+}
