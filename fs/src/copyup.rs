@@ -18,7 +18,7 @@ use tracing::error;
 
 use crate::layers::LayerIdx;
 use crate::nodes::{Kind, Node, NodeId};
-use crate::overlay::{Overlay, Res, ORIGIN_XATTR};
+use crate::overlay::{Overlay, Res, METACOPY_XATTR, ORIGIN_XATTR};
 use crate::path::RelPath;
 use crate::sys::{self, Time};
 use crate::whiteout;
@@ -45,6 +45,10 @@ pub enum CopyData {
     All,
     /// Nothing: the caller truncates it to zero anyway (`O_TRUNC`).
     None,
+    /// Metadata only, when `metacopy=on` allows it (a change of mode,
+    /// owner, times or xattrs): the upper file is sparse, marked
+    /// `trusted.overlay.metacopy`, and its data follows on the first write.
+    Meta,
 }
 
 impl Overlay {
@@ -58,6 +62,9 @@ impl Overlay {
     pub fn ensure_upper_with(&self, node: &Node, data: CopyData) -> Res<()> {
         let upper = self.upper()?;
         if node.top() == upper {
+            if data != CopyData::Meta && node.data_layer() != upper {
+                return self.copy_up_data(node);
+            }
             return Ok(());
         }
         if node.id != NodeId::ROOT {
@@ -70,31 +77,92 @@ impl Overlay {
             return Ok(());
         }
         let path = self.nodes.path(node)?;
-        self.copy_up_entry(s.layers[0], &path, data, node.ino)?;
+        let from = s.layers[0];
+        let meta = self.copy_up_entry(from, &path, data, node.ino)?;
         let mut w = node.state.write();
         if w.kind == Kind::Dir {
             w.layers.insert(0, upper);
+        } else if meta {
+            w.layers = vec![upper, from];
         } else {
             w.layers = vec![upper];
         }
         Ok(())
     }
 
+    /// Brings the data of the metacopy file `node` up: its upper copy
+    /// becomes whole.
+    pub fn copy_up_data(&self, node: &Node) -> Res<()> {
+        let upper = self.upper()?;
+        let _guard = node.change.lock();
+        let s = node.state();
+        if s.kind != Kind::File || s.layers.len() < 2 {
+            return Ok(());
+        }
+        let path = self.nodes.path(node)?;
+        self.copy_up_data_at(&path, s.layers[1])?;
+        node.state.write().layers = vec![upper];
+        Ok(())
+    }
+
+    /// Writes the data of `path` in layer `from` into the sparse upper copy
+    /// at `path`, then drops its metacopy mark. A crash before the mark is
+    /// gone leaves a metacopy file that still reads the lower data.
+    pub fn copy_up_data_at(&self, path: &RelPath, from: LayerIdx) -> Res<()> {
+        let ufd = self.stack.fd(self.upper()?);
+        let before = sys::stat_at(ufd, path.c())?;
+        let inp = sys::open_beneath(self.stack.fd(from), path.c(), libc::O_RDONLY, 0)?;
+        let out = sys::open_beneath(ufd, path.c(), libc::O_WRONLY, 0)?;
+        let len = sys::fstat(inp.as_fd())?.st_size.min(before.st_size) as u64;
+        if len > 0 {
+            copy_data(inp.as_fd(), out.as_fd(), len)?;
+        }
+        if self.do_fsync() {
+            sys::fsync(out.as_fd(), false)?;
+        }
+        // Writing the data is not a change users made: keep the times.
+        sys::utimens_at(
+            ufd,
+            path.c(),
+            Time::Set(before.st_atime, before.st_atime_nsec),
+            Time::Set(before.st_mtime, before.st_mtime_nsec),
+        )?;
+        match sys::removexattr_at(ufd, path.c(), METACOPY_XATTR) {
+            Ok(()) | Err(Errno::ENODATA) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Copies the entry `path` of layer `from` to the same path in the upper
     /// layer, whose parent directory must already exist there. `ino` is the
-    /// inode number to keep.
+    /// inode number to keep. Returns whether only metadata was copied (a
+    /// metacopy file, see [`CopyData::Meta`]).
     pub fn copy_up_entry(
         &self,
         from: LayerIdx,
         path: &RelPath,
         data: CopyData,
         ino: u64,
-    ) -> Res<()> {
+    ) -> Res<bool> {
         let upper = self.upper()?;
         let work = self.stack.work().ok_or(Errno::EROFS)?;
         let src = self.stack.fd(from);
         let st = sys::stat_at(src, path.c())?;
         let kind = Kind::from_mode(st.st_mode);
+        // Metadata only for a plain file of a lower layer; hard-linked ones
+        // are linked up whole (their other names must share the data).
+        let data = match data {
+            CopyData::Meta
+                if kind == Kind::File
+                    && self.metacopy_on()
+                    && st.st_nlink == 1
+                    && !self.stack.is_upper(from) =>
+            {
+                CopyData::Meta
+            }
+            CopyData::Meta => CopyData::All,
+            d => d,
+        };
         let tmp = temp_name();
         let res = self.build_copy(src, path, &st, kind, work, &tmp, data, ino);
         if let Err(e) = res {
@@ -119,7 +187,7 @@ impl Overlay {
         // The data was synced before the rename, as the kernel's overlayfs
         // does; the directory is not: a copy-up lost in a crash leaves the
         // lower file in view, never a torn one.
-        Ok(())
+        Ok(data == CopyData::Meta)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -146,12 +214,22 @@ impl Overlay {
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o600,
                 )?;
-                if data == CopyData::All && st.st_size > 0 {
-                    let inp = sys::open_beneath(src, path.c(), libc::O_RDONLY, 0)?;
-                    copy_data(inp.as_fd(), out.as_fd(), st.st_size as u64)?;
-                }
-                if self.do_fsync() {
-                    sys::fsync(out.as_fd(), false)?;
+                match data {
+                    CopyData::All if st.st_size > 0 => {
+                        let inp = sys::open_beneath(src, path.c(), libc::O_RDONLY, 0)?;
+                        copy_data(inp.as_fd(), out.as_fd(), st.st_size as u64)?;
+                        if self.do_fsync() {
+                            sys::fsync(out.as_fd(), false)?;
+                        }
+                    }
+                    // The size without the data (a sparse file, no blocks)
+                    // so the upper directory shows the right size, as the
+                    // kernel's metacopy files do; nothing to sync.
+                    CopyData::Meta => {
+                        sys::ftruncate(out.as_fd(), st.st_size as u64)?;
+                        sys::setxattr_at(work, tmp, METACOPY_XATTR, b"", 0)?;
+                    }
+                    _ => {}
                 }
             }
             Kind::Symlink => {

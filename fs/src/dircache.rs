@@ -119,13 +119,13 @@ pub fn read_layer_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<Lowe
         }
         Err(e) => return Err(e),
     };
+    let marks = whiteout::dir_marks(fd, path);
     let mut d = LowerDir {
         exists: true,
-        opaque: whiteout::has_opaque_xattr(fd, path),
+        opaque: marks.opaque,
         ..Default::default()
     };
-    let xattr_whiteouts =
-        sys::getxattr_at(fd, path.c(), c"trusted.overlay.whiteouts", &mut []).is_ok();
+    let xattr_whiteouts = marks.xattr_whiteouts;
     for (name, ino, dtype) in sys::read_dir_fd(dir)? {
         if name == OPAQUE_MARKER {
             d.opaque = true;

@@ -39,6 +39,13 @@ impl StrataFs {
         StrataFs { ov }
     }
 
+    /// Runs one request's handler: counted when `-o stats=` is on, and a
+    /// panic answered rather than taking the daemon down.
+    fn guarded(&self, op: &'static str, f: impl FnOnce()) {
+        let _t = self.ov.stats.start(op);
+        guarded(op, f);
+    }
+
     fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
         self.ov.nodes.get(NodeId(ino.0))
     }
@@ -171,7 +178,7 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guarded("lookup", || {
+        self.guarded("lookup", || {
             match self.node(parent).and_then(|p| self.ov.lookup(&p, name)) {
                 Ok((n, attr)) => reply.entry_node(
                     INodeNo(n.id.0),
@@ -194,11 +201,12 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.ov.stats.start("forget");
         self.ov.nodes.forget(NodeId(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        guarded("getattr", || {
+        self.guarded("getattr", || {
             let res =
                 self.node(ino)
                     .and_then(|n| match fh.and_then(|fh| self.ov.file_fd(fh.0).ok()) {
@@ -230,7 +238,7 @@ impl Filesystem for StrataFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        guarded("setattr", || {
+        self.guarded("setattr", || {
             let ch = AttrChange {
                 mode,
                 uid,
@@ -249,7 +257,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        guarded("readlink", || {
+        self.guarded("readlink", || {
             let res = self.node(ino).and_then(|n| {
                 let path = self.ov.nodes.path(&n)?;
                 sys::readlink_at(self.ov.stack.fd(n.top()), path.c())
@@ -268,7 +276,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        guarded("mknod", || {
+        self.guarded("mknod", || {
             let entry = NewEntry::Node {
                 rdev: rdev as u64,
                 file_type: mode & libc::S_IFMT,
@@ -294,7 +302,7 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        guarded("mkdir", || {
+        self.guarded("mkdir", || {
             let res = self.node(parent).and_then(|p| {
                 self.ov
                     .create_entry(&p, name, mode, NewEntry::Dir, &caller(req))
@@ -309,7 +317,7 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guarded("unlink", || {
+        self.guarded("unlink", || {
             reply_or_err!(
                 reply,
                 self.node(parent)
@@ -320,7 +328,7 @@ impl Filesystem for StrataFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guarded("rmdir", || {
+        self.guarded("rmdir", || {
             reply_or_err!(
                 reply,
                 self.node(parent)
@@ -338,7 +346,7 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        guarded("symlink", || {
+        self.guarded("symlink", || {
             use std::os::unix::ffi::OsStrExt;
             let entry = NewEntry::Symlink {
                 target: target.as_os_str().as_bytes(),
@@ -366,7 +374,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        guarded("rename", || {
+        self.guarded("rename", || {
             let res = self.node(parent).and_then(|p| {
                 let np = self.node(newparent)?;
                 self.ov.rename(&p, name, &np, newname, flags.bits())
@@ -383,7 +391,7 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        guarded("link", || {
+        self.guarded("link", || {
             let res = self.node(ino).and_then(|n| {
                 let np = self.node(newparent)?;
                 self.ov.link(&n, &np, newname)
@@ -398,7 +406,7 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        guarded("open", || {
+        self.guarded("open", || {
             let res = self
                 .node(ino)
                 .and_then(|n| self.ov.open(&n, flags.0, &|fd| reply.open_backing(fd)));
@@ -432,7 +440,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guarded("read", || {
+        self.guarded("read", || {
             reply_or_err!(reply, self.ov.read(fh.0, offset, size), |d| reply.data(&d))
         })
     }
@@ -449,7 +457,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || {
+        self.guarded("write", || {
             reply_or_err!(reply, self.ov.write(fh.0, offset, data), |n| reply
                 .written(n as u32))
         })
@@ -466,6 +474,7 @@ impl Filesystem for StrataFs {
         // Nothing to do on close(2) (data is written through; there are no
         // server-side locks): ENOSYS tells the kernel to stop sending FLUSH,
         // one round trip less per close.
+        drop(self.ov.stats.start("flush"));
         reply.error(FErrno::ENOSYS);
     }
 
@@ -479,6 +488,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ov.stats.start("release");
         self.ov.release(fh.0);
         reply.ok();
     }
@@ -491,13 +501,13 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded("fsync", || {
+        self.guarded("fsync", || {
             reply_or_err!(reply, self.ov.fsync(fh.0, datasync), |()| reply.ok())
         })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guarded("opendir", || {
+        self.guarded("opendir", || {
             let res = self.node(ino).and_then(|n| {
                 if n.kind() != crate::nodes::Kind::Dir {
                     return Err(Errno::ENOTDIR);
@@ -521,7 +531,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guarded("readdir", || {
+        self.guarded("readdir", || {
             let res = self.node(ino).and_then(|dir| {
                 self.ov
                     .handles
@@ -551,7 +561,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guarded("readdirplus", || {
+        self.guarded("readdirplus", || {
             let res = self.node(ino).and_then(|dir| {
                 let with_file_attrs = self.ov.stat_heavy();
                 self.ov
@@ -622,6 +632,7 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ov.stats.start("releasedir");
         self.ov.handles.remove_dir(fh.0);
         reply.ok();
     }
@@ -634,7 +645,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded("fsyncdir", || {
+        self.guarded("fsyncdir", || {
             let res = self.node(ino).and_then(|n| {
                 if !self.ov.do_fsync() || !self.ov.stack.is_upper(n.top()) {
                     return Ok(());
@@ -653,7 +664,7 @@ impl Filesystem for StrataFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        guarded("statfs", || {
+        self.guarded("statfs", || {
             let top = self.ov.stack.all().next().expect("a stack has a layer");
             reply_or_err!(reply, sys::fstatvfs(self.ov.stack.fd(top)), |s| reply
                 .statfs(
@@ -679,7 +690,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        guarded("setxattr", || {
+        self.guarded("setxattr", || {
             reply_or_err!(
                 reply,
                 self.node(ino)
@@ -690,7 +701,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        guarded("getxattr", || {
+        self.guarded("getxattr", || {
             reply_or_err!(
                 reply,
                 self.node(ino)
@@ -707,7 +718,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        guarded("listxattr", || {
+        self.guarded("listxattr", || {
             reply_or_err!(
                 reply,
                 self.node(ino).and_then(|n| self.ov.listxattr(&n)),
@@ -725,7 +736,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guarded("removexattr", || {
+        self.guarded("removexattr", || {
             reply_or_err!(
                 reply,
                 self.node(ino).and_then(|n| self.ov.removexattr(&n, name)),
@@ -736,6 +747,7 @@ impl Filesystem for StrataFs {
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions itself (default_permissions).
+        drop(self.ov.stats.start("access"));
         reply.ok();
     }
 
@@ -749,7 +761,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        guarded("create", || {
+        self.guarded("create", || {
             let made = self.node(parent).and_then(|p| {
                 let entry = NewEntry::File { flags };
                 let (node, attr, fd) = self.ov.create_entry(&p, name, mode, entry, &caller(req))?;
@@ -768,7 +780,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        guarded("tmpfile", || {
+        self.guarded("tmpfile", || {
             let made = self
                 .node(parent)
                 .and_then(|p| self.ov.create_tmpfile(&p, mode, flags, &caller(req)));
@@ -786,7 +798,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        guarded("fallocate", || {
+        self.guarded("fallocate", || {
             let res = self
                 .ov
                 .file_fd(fh.0)
@@ -804,7 +816,7 @@ impl Filesystem for StrataFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        guarded("lseek", || {
+        self.guarded("lseek", || {
             let res = self
                 .ov
                 .file_fd(fh.0)
@@ -826,7 +838,7 @@ impl Filesystem for StrataFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        guarded("copy_file_range", || {
+        self.guarded("copy_file_range", || {
             let res = self.ov.file_fd(fh_in.0).and_then(|i| {
                 let o = self.ov.file_fd(fh_out.0)?;
                 sys::copy_range(

@@ -174,9 +174,15 @@ impl Overlay {
             self.ensure_upper_with(node, if trunc { CopyData::None } else { CopyData::All })?;
         }
         let path = self.nodes.path(node)?;
-        let top = node.top();
-        let is_upper = self.stack.is_upper(top);
-        let fd = sys::open_beneath(self.stack.fd(top), path.c(), real_flags(flags, is_upper), 0)?;
+        // Where the data is: a metacopy file is read from below.
+        let from = node.data_layer();
+        let is_upper = self.stack.is_upper(from);
+        let fd = sys::open_beneath(
+            self.stack.fd(from),
+            path.c(),
+            real_flags(flags, is_upper),
+            0,
+        )?;
         self.add_open(node, fd, is_upper, register)
     }
 
@@ -243,7 +249,7 @@ impl Overlay {
     /// was copied up since the handle was opened on a lower layer.
     fn handle_fd(&self, h: &FileHandle) -> Res<Arc<OwnedFd>> {
         if h.on_lower.load(Ordering::Acquire) {
-            let top = h.node.top();
+            let top = h.node.data_layer();
             if self.stack.is_upper(top) {
                 let mut w = h.fd.write();
                 if h.on_lower.load(Ordering::Acquire) {

@@ -30,6 +30,7 @@ pub mod path;
 pub mod readdir;
 pub mod rename;
 pub mod setattr;
+pub mod stats;
 pub mod sys;
 pub mod whiteout;
 pub mod xattr;
@@ -219,7 +220,13 @@ impl Mounted {
     /// Serves requests until the filesystem is unmounted (`fusermount3 -u`,
     /// `umount`, or [`unmount`]).
     pub fn run(self) -> std::io::Result<()> {
-        self.session.run()
+        let res = self.session.run();
+        if let Some(file) = &self.overlay.opts.stats {
+            if let Err(e) = self.overlay.stats.append_to(file, &self.mountpoint) {
+                tracing::warn!(file = %file.display(), %e, "cannot write the request counts");
+            }
+        }
+        res
     }
 }
 

@@ -144,11 +144,24 @@ impl Overlay {
                             layers: vec![l],
                             stat,
                         });
+                        // A metacopy file: its data is the next lower file.
+                        if kind == Kind::File
+                            && self.stack.is_upper(l)
+                            && self.is_metacopy_at(l, &path)
+                        {
+                            continue;
+                        }
                         if kind != Kind::Dir || opaque {
                             break;
                         }
                     }
                     Some(r) => {
+                        if r.kind == Kind::File {
+                            if kind == Kind::File {
+                                r.layers.push(l);
+                            }
+                            break;
+                        }
                         if kind != Kind::Dir {
                             break;
                         }

@@ -152,6 +152,16 @@ impl Node {
         self.state.read().layers[0]
     }
 
+    /// The layer holding the node's data: the top one, except for a
+    /// metacopy file (metadata in the upper layer, data below).
+    pub fn data_layer(&self) -> LayerIdx {
+        let s = self.state.read();
+        match s.kind {
+            Kind::File => *s.layers.last().expect("a node has a layer"),
+            _ => s.layers[0],
+        }
+    }
+
     /// The node's kind.
     pub fn kind(&self) -> Kind {
         self.state.read().kind

@@ -61,6 +61,14 @@ pub struct MountOptions {
     pub timeout_secs: Option<f64>,
     /// Answer READDIRPLUS (`readdirplus=0` turns it off).
     pub readdirplus: bool,
+    /// Copy up only metadata on chmod, chown, utimes and xattr changes
+    /// (`metacopy=on`, as the kernel's overlayfs); data follows on the
+    /// first write. Off by default: tools that read the upper directory
+    /// directly expect whole files.
+    pub metacopy: bool,
+    /// Append a count of FUSE requests by operation to this file when the
+    /// mount ends (`stats=FILE`).
+    pub stats: Option<PathBuf>,
     /// Options that were accepted but have no effect here.
     pub ignored: Vec<String>,
 }
@@ -192,6 +200,21 @@ impl MountOptions {
             ("threads", Some(v)) => self.threads = Some(parse_u32(opt, v)?.max(1) as usize),
             ("passthrough", Some(v)) => self.passthrough = v.trim() != "0",
             ("readdirplus", Some(v)) => self.readdirplus = v.trim() != "0",
+            ("metacopy", Some(v)) => {
+                self.metacopy = match v.trim() {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(OptionsError::Invalid {
+                            option: opt.to_string(),
+                            reason: "expected metacopy=on or metacopy=off".into(),
+                        })
+                    }
+                }
+            }
+            ("stats", Some(v)) if !v.is_empty() => {
+                self.stats = Some(std::path::absolute(v).unwrap_or_else(|_| PathBuf::from(v)))
+            }
             ("timeout", Some(v)) => {
                 self.timeout_secs = Some(v.trim().parse().map_err(|_| OptionsError::Invalid {
                     option: opt.to_string(),

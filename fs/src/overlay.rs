@@ -25,6 +25,10 @@ pub type Res<T> = Result<T, Errno>;
 /// origin's), so `st_ino` survives copy-up and later lookups.
 pub const ORIGIN_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.origin";
 
+/// Marks an upper file whose data is still in a lower layer (the kernel's
+/// name and form: an empty value).
+pub const METACOPY_XATTR: &std::ffi::CStr = c"trusted.overlay.metacopy";
+
 /// How many file lookups right after listings (within [`STAT_WINDOW`])
 /// make listings include file attributes.
 const STAT_HITS: u32 = 16;
@@ -84,6 +88,8 @@ pub struct Overlay {
     pub(crate) stat_window: parking_lot::Mutex<StatWindow>,
     /// The channel for telling the kernel to drop cached attributes.
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Requests by operation (`-o stats=`).
+    pub(crate) stats: crate::stats::OpStats,
 }
 
 impl Overlay {
@@ -119,6 +125,7 @@ impl Overlay {
             links: Default::default(),
             dircache: Default::default(),
             notifier: std::sync::OnceLock::new(),
+            stats: crate::stats::OpStats::new(opts.stats.is_some()),
             stat_window: Default::default(),
             opts,
         };
@@ -225,6 +232,17 @@ impl Overlay {
         self.stack.upper().is_some() && !self.opts.read_only
     }
 
+    /// Whether metadata-only copy-up is on (it needs trusted xattrs).
+    pub fn metacopy_on(&self) -> bool {
+        self.opts.metacopy && self.privileged
+    }
+
+    /// Whether the upper file at `path` is a metacopy file.
+    pub fn is_metacopy_at(&self, upper: LayerIdx, path: &RelPath) -> bool {
+        self.metacopy_on()
+            && sys::getxattr_at(self.stack.fd(upper), path.c(), METACOPY_XATTR, &mut []).is_ok()
+    }
+
     /// The upper layer, or `EROFS` for a read-only mount.
     pub fn upper(&self) -> Res<LayerIdx> {
         if self.opts.read_only {
@@ -270,6 +288,16 @@ impl Overlay {
         }
         if unlinked && a.kind != fuser::FileType::Directory {
             a.nlink = 0;
+        }
+        if merged && a.kind == fuser::FileType::RegularFile {
+            // A metacopy file: the upper copy is sparse; report the blocks
+            // of the data, as the kernel does.
+            let data = node.data_layer();
+            if let Ok(path) = self.nodes.path(node) {
+                if let Ok(d) = sys::stat_at(self.stack.fd(data), path.c()) {
+                    a.blocks = d.st_blocks as u64;
+                }
+            }
         }
         a
     }

@@ -185,6 +185,13 @@ impl Overlay {
             return Ok(());
         }
         if self.stack.is_upper(r.layers[0]) {
+            // A metacopy file finds its data by its path: it moves whole.
+            if r.kind == Kind::File && r.layers.len() > 1 {
+                self.copy_up_data_at(path, r.layers[1])?;
+                if let Some(c) = &child {
+                    c.state.write().layers = vec![upper];
+                }
+            }
             return Ok(());
         }
         let ino = match &child {
@@ -220,7 +227,17 @@ impl Overlay {
                         self.materialize_dir(&child, &r.layers)?;
                     }
                 }
-            } else if !self.stack.is_upper(layer) {
+            } else if self.stack.is_upper(layer) {
+                // A metacopy file in a tree that becomes opaque: its data
+                // comes up before the lower layers are cut off.
+                if kind == Kind::File && self.is_metacopy_at(upper, &child) {
+                    if let Some(r) = self.resolve(path, layers, &name)? {
+                        if r.layers.len() > 1 {
+                            self.copy_up_data_at(&child, r.layers[1])?;
+                        }
+                    }
+                }
+            } else {
                 self.copy_up_entry(
                     layer,
                     &child,

@@ -30,7 +30,8 @@ impl Overlay {
         let upper = self.upper()?;
         let data = match ch.size {
             Some(0) => CopyData::None,
-            _ => CopyData::All,
+            Some(_) => CopyData::All,
+            None => CopyData::Meta,
         };
         self.ensure_upper_with(node, data)?;
         let ufd = self.stack.fd(upper);

@@ -10,6 +10,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 
@@ -518,6 +519,45 @@ fn proc_path(dir: BorrowedFd<'_>, path: &CStr) -> CString {
     CString::new(s).expect("no NUL in a CStr")
 }
 
+/// The `*xattrat` system calls (Linux 6.13): xattrs of an entry named
+/// relative to a directory fd, without a trip through `/proc/self/fd`
+/// (a procfs lookup and a path walk per call, the bulk of an xattr's cost).
+mod xattrat {
+    pub const SETXATTRAT: libc::c_long = 463;
+    pub const GETXATTRAT: libc::c_long = 464;
+    pub const LISTXATTRAT: libc::c_long = 465;
+    pub const REMOVEXATTRAT: libc::c_long = 466;
+
+    /// `struct xattr_args`.
+    #[repr(C)]
+    pub struct Args {
+        pub value: u64,
+        pub size: u32,
+        pub flags: u32,
+    }
+}
+
+/// Whether the kernel has the `*xattrat` calls (cleared on the first ENOSYS).
+static XATTRAT: AtomicBool = AtomicBool::new(true);
+
+/// Runs an `*xattrat` call, or `None` if the kernel lacks them.
+fn xattrat(call: impl FnOnce() -> libc::c_long) -> Option<Result<usize, Errno>> {
+    if !XATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = call();
+    if n >= 0 {
+        return Some(Ok(n as usize));
+    }
+    match Errno::last() {
+        Errno::ENOSYS => {
+            XATTRAT.store(false, Ordering::Relaxed);
+            None
+        }
+        e => Some(Err(e)),
+    }
+}
+
 /// The short-path form of the public function of the same name.
 fn getxattr_at_short(
     dir: BorrowedFd<'_>,
@@ -525,6 +565,26 @@ fn getxattr_at_short(
     name: &CStr,
     buf: &mut [u8],
 ) -> Result<usize, Errno> {
+    let mut args = xattrat::Args {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    // SAFETY: `args` points at `buf`, writable for its length; strings are
+    // NUL-terminated; the size passed is that of `args`.
+    if let Some(r) = xattrat(|| unsafe {
+        libc::syscall(
+            xattrat::GETXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            name.as_ptr(),
+            &mut args as *mut xattrat::Args,
+            std::mem::size_of::<xattrat::Args>(),
+        )
+    }) {
+        return r;
+    }
     let p = proc_path(dir, path);
     // SAFETY: `buf` is writable for its length; strings are NUL-terminated.
     let n = unsafe {
@@ -560,6 +620,19 @@ pub fn getxattr_vec(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<Vec
 
 /// The short-path form of the public function of the same name.
 fn listxattr_at_short(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is writable for its length; the path is NUL-terminated.
+    if let Some(r) = xattrat(|| unsafe {
+        libc::syscall(
+            xattrat::LISTXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    }) {
+        return r;
+    }
     let p = proc_path(dir, path);
     // SAFETY: `buf` is writable for its length.
     let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -572,6 +645,15 @@ fn listxattr_at_short(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Resul
 
 /// All xattr names of an entry beneath `dir`.
 pub fn listxattr_vec(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<Vec<u8>>, Errno> {
+    // Most entries have few xattrs: one call into a small buffer first.
+    let mut small = [0u8; 512];
+    if let Ok(n) = listxattr_at(dir, path, &mut small) {
+        return Ok(small[..n]
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect());
+    }
     loop {
         let size = listxattr_at(dir, path, &mut [])?;
         let mut buf = vec![0u8; size];
@@ -598,6 +680,26 @@ fn setxattr_at_short(
     value: &[u8],
     flags: i32,
 ) -> Result<(), Errno> {
+    let args = xattrat::Args {
+        value: value.as_ptr() as u64,
+        size: value.len() as u32,
+        flags: flags as u32,
+    };
+    // SAFETY: `args` points at `value`, readable for its length; strings
+    // are NUL-terminated; the size passed is that of `args`.
+    if let Some(r) = xattrat(|| unsafe {
+        libc::syscall(
+            xattrat::SETXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            name.as_ptr(),
+            &args as *const xattrat::Args,
+            std::mem::size_of::<xattrat::Args>(),
+        )
+    }) {
+        return r.map(drop);
+    }
     let p = proc_path(dir, path);
     // SAFETY: `value` is readable for its length; strings are NUL-terminated.
     check(unsafe {
@@ -613,6 +715,18 @@ fn setxattr_at_short(
 
 /// The short-path form of the public function of the same name.
 fn removexattr_at_short(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: strings are NUL-terminated.
+    if let Some(r) = xattrat(|| unsafe {
+        libc::syscall(
+            xattrat::REMOVEXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            name.as_ptr(),
+        )
+    }) {
+        return r.map(drop);
+    }
     let p = proc_path(dir, path);
     // SAFETY: strings are NUL-terminated.
     check(unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) })

@@ -89,10 +89,38 @@ pub fn is_opaque(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
 
 /// Whether the directory at `path` in a layer carries an opaque xattr.
 pub fn has_opaque_xattr(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
+    dir_marks(dir, path).opaque
+}
+
+/// The overlay xattrs of a directory that change how it is read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DirMarks {
+    /// An opaque xattr with the value `y`.
+    pub opaque: bool,
+    /// `trusted.overlay.whiteouts`: files in it may be xattr whiteouts.
+    pub xattr_whiteouts: bool,
+}
+
+/// Reads the marks of the directory at `path` in a layer: one listxattr,
+/// and a getxattr only for an opaque name that is there (most directories
+/// have none, so this is one syscall instead of one per name).
+pub fn dir_marks(dir: BorrowedFd<'_>, path: &RelPath) -> DirMarks {
+    let Ok(names) = sys::listxattr_vec(dir, path.c()) else {
+        return DirMarks::default();
+    };
+    let mut marks = DirMarks::default();
     let mut v = [0u8; 1];
-    OPAQUE_XATTRS
-        .iter()
-        .any(|name| matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1)) && v[0] == b'y')
+    for n in &names {
+        if n.as_slice() == b"trusted.overlay.whiteouts" {
+            marks.xattr_whiteouts = true;
+        } else if !marks.opaque {
+            if let Some(name) = OPAQUE_XATTRS.iter().find(|o| o.to_bytes() == n.as_slice()) {
+                marks.opaque =
+                    matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1)) && v[0] == b'y';
+            }
+        }
+    }
+    marks
 }
 
 /// Marks the directory `path` of the upper layer opaque.

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
-use crate::copyup::is_private_xattr;
+use crate::copyup::{is_private_xattr, CopyData};
 use crate::nodes::Node;
 use crate::overlay::{Overlay, Res};
 use crate::sys;
@@ -54,7 +54,7 @@ impl Overlay {
             return Err(Errno::EPERM);
         }
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        self.ensure_upper(node)?;
+        self.ensure_upper_with(node, CopyData::Meta)?;
         let path = self.nodes.path(node)?;
         sys::setxattr_at(self.stack.fd(upper), path.c(), &cname, value, flags)
     }
@@ -69,7 +69,7 @@ impl Overlay {
         // Fail before a copy-up when there is nothing to remove.
         let path = self.nodes.path(node)?;
         sys::getxattr_at(self.stack.fd(node.top()), path.c(), &cname, &mut [])?;
-        self.ensure_upper(node)?;
+        self.ensure_upper_with(node, CopyData::Meta)?;
         let path = self.nodes.path(node)?;
         sys::removexattr_at(self.stack.fd(upper), path.c(), &cname)
     }

@@ -35,6 +35,11 @@ impl Store {
         let name = name
             .map(|n| ImageName::parse(n, DefaultDomain::Localhost))
             .transpose()?;
+        // Where metacopy files of the upper (metacopy=on) find their data.
+        let data_layers = match parent {
+            Some(r) => self.lower_dirs(r)?,
+            None => Vec::new(),
+        };
         let (parent_cfg, mut chain) = match parent {
             Some(r) => {
                 let info = self.inspect(r)?;
@@ -45,7 +50,7 @@ impl Store {
         };
         let (tmp, f) = TempFile::new(&self.tmp_dir())?;
         let mut w = BufWriter::new(f);
-        pack(upper, &mut w, PackMode::Layer)?;
+        pack(upper, &mut w, PackMode::Layer, &data_layers)?;
         let mut f = w
             .into_inner()
             .map_err(|e| Error::io("write", tmp.path(), e.into_error()))?;

@@ -11,6 +11,12 @@
 //! (`trusted.overlay.opaque` or `user.overlay.opaque` = `y`) gets a
 //! `.wh..wh..opq` entry. In both modes the private xattrs
 //! `trusted.overlay.*` and `user.overlay.*` are never written.
+//!
+//! An upper directory written with `metacopy=on` holds metacopy files
+//! (`trusted.overlay.metacopy`): their metadata is in the upper file, their
+//! data in the image's layers at the same path (or at the absolute path in
+//! `trusted.overlay.redirect`). Commit is given those layers and writes
+//! whole files.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,7 +24,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
@@ -41,6 +47,21 @@ struct Packer<'a, W: Write> {
     mode: PackMode,
     links: HashMap<(u64, u64), Vec<u8>>,
     root: &'a Path,
+    /// Where metacopy files find their data, top layer first.
+    data_layers: &'a [PathBuf],
+}
+
+/// What a file's private xattrs say.
+#[derive(Debug, Default)]
+struct Marks {
+    opaque: bool,
+    /// A metacopy file, with its redirect if any.
+    metacopy: Option<Option<Vec<u8>>>,
+}
+
+fn trim_slashes(p: &[u8]) -> &[u8] {
+    let n = p.iter().take_while(|b| **b == b'/').count();
+    &p[n..]
 }
 
 fn is_private(k: &[u8]) -> bool {
@@ -52,9 +73,10 @@ impl<W: Write> Packer<'_, W> {
         self.root.join(OsStr::from_bytes(rel))
     }
 
-    fn xattrs(&self, dir: &OwnedFd, name: &OsStr, rel: &[u8]) -> Result<(Pairs, bool)> {
+    fn xattrs(&self, dir: &OwnedFd, name: &OsStr, rel: &[u8]) -> Result<(Pairs, Marks)> {
         let mut out = Vec::new();
-        let mut opaque = false;
+        let mut marks = Marks::default();
+        let mut redirect = None;
         let names = sys::llistxattr_at(dir.as_fd(), name)
             .map_err(|e| Error::io("listxattr", self.host(rel), e))?;
         let mut names = names;
@@ -64,13 +86,50 @@ impl<W: Write> Packer<'_, W> {
                 .map_err(|e| Error::io("getxattr", self.host(rel), e))?;
             let Some(v) = v else { continue };
             if k == b"trusted.overlay.opaque" || k == b"user.overlay.opaque" {
-                opaque |= v == b"y";
+                marks.opaque |= v == b"y";
+            }
+            if k == b"trusted.overlay.metacopy" {
+                marks.metacopy = Some(None);
+            }
+            if k == b"trusted.overlay.redirect" {
+                redirect = Some(v.clone());
             }
             if !is_private(&k) {
                 out.push((k, v));
             }
         }
-        Ok((out, opaque))
+        if let Some(m) = &mut marks.metacopy {
+            *m = redirect;
+        }
+        Ok((out, marks))
+    }
+
+    /// Opens the data of the metacopy file `rel` (redirected to `redirect`)
+    /// in the first data layer that has it as a regular file.
+    fn metacopy_data(&self, rel: &[u8], redirect: Option<&[u8]>) -> Result<File> {
+        let at: &[u8] = match redirect {
+            Some(r) if r.starts_with(b"/") => trim_slashes(r),
+            _ => rel,
+        };
+        for layer in self.data_layers {
+            let p = layer.join(OsStr::from_bytes(at));
+            match nix::sys::stat::lstat(&p) {
+                Ok(st)
+                    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+                        == SFlag::S_IFREG =>
+                {
+                    return File::open(&p).map_err(|e| Error::io("open", &p, e));
+                }
+                // A whiteout or anything else hides what is below.
+                Ok(_) => break,
+                Err(_) => continue,
+            }
+        }
+        Err(Error::io(
+            "find the data of metacopy file",
+            self.host(rel),
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        ))
     }
 
     /// Writes the entries of `dir` (path `rel`). `opaque_written`: the
@@ -111,7 +170,8 @@ impl<W: Write> Packer<'_, W> {
             if fmt == SFlag::S_IFSOCK {
                 continue;
             }
-            let (xattrs, opaque) = self.xattrs(dir, osname, &path)?;
+            let (xattrs, marks) = self.xattrs(dir, osname, &path)?;
+            let opaque = marks.opaque;
             meta.xattrs = xattrs;
             let werr = |e: std::io::Error| Error::stream("tar output", e);
             match fmt {
@@ -152,14 +212,18 @@ impl<W: Write> Packer<'_, W> {
                         self.links.insert(key, path.clone());
                     }
                     meta.size = st.st_size as u64;
-                    let fd = nix::fcntl::openat(
-                        dir.as_fd(),
-                        osname,
-                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| Error::io("open", self.host(&path), e.into()))?;
-                    let mut f = File::from(fd);
+                    let mut f = match &marks.metacopy {
+                        Some(redirect) => self.metacopy_data(&path, redirect.as_deref())?,
+                        None => File::from(
+                            nix::fcntl::openat(
+                                dir.as_fd(),
+                                osname,
+                                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                                Mode::empty(),
+                            )
+                            .map_err(|e| Error::io("open", self.host(&path), e.into()))?,
+                        ),
+                    };
                     self.w
                         .append(&meta, Some(&mut f))
                         .map_err(|e| Error::io("archive", self.host(&path), e))?;
@@ -210,7 +274,12 @@ impl<W: Write> Packer<'_, W> {
 }
 
 /// Writes the tree under `dir` as a tar to `out`; returns the bytes written.
-pub(crate) fn pack<W: Write>(dir: &Path, out: W, mode: PackMode) -> Result<u64> {
+pub(crate) fn pack<W: Write>(
+    dir: &Path,
+    out: W,
+    mode: PackMode,
+    data_layers: &[PathBuf],
+) -> Result<u64> {
     let root = nix::fcntl::open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -222,6 +291,7 @@ pub(crate) fn pack<W: Write>(dir: &Path, out: W, mode: PackMode) -> Result<u64> 
         mode,
         links: HashMap::new(),
         root: dir,
+        data_layers,
     };
     p.walk(&root, b"", false)?;
     let (_, n) = p.w.finish().map_err(|e| Error::stream("tar output", e))?;
@@ -234,5 +304,5 @@ pub(crate) fn pack<W: Write>(dir: &Path, out: W, mode: PackMode) -> Result<u64> 
 /// fifos are preserved; the root directory itself is not an entry. Returns
 /// the number of bytes written.
 pub fn export_dir(dir: &Path, out: &mut dyn Write) -> Result<u64> {
-    pack(dir, out, PackMode::Flat)
+    pack(dir, out, PackMode::Flat, &[])
 }

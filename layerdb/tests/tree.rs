@@ -301,3 +301,62 @@ fn unprivileged_store_writes_wh_files_and_user_opaque() {
         );
     }
 }
+
+/// An upper written with `metacopy=on` holds sparse files marked
+/// `trusted.overlay.metacopy` whose data is in the image's layers (at the
+/// same path, or where `trusted.overlay.redirect` points): commit writes
+/// whole files with the upper's metadata.
+#[test]
+fn commit_of_metacopy_files_writes_whole_files() {
+    let (d, store) = store();
+    let base = d.path().join("base");
+    fs::create_dir_all(base.join("bin")).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(base.join("bin/tool"), &data).unwrap();
+    fs::write(base.join("bin/old"), b"moved data").unwrap();
+    fs::set_permissions(base.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    store
+        .commit(None, &base, &CommitMeta::default(), Some("base"))
+        .unwrap();
+
+    let upper = d.path().join("upper");
+    fs::create_dir_all(upper.join("bin")).unwrap();
+    for (name, len) in [("tool", data.len()), ("new", 10)] {
+        let f = fs::File::create(upper.join("bin").join(name)).unwrap();
+        f.set_len(len as u64).unwrap();
+        setxattr(
+            &upper.join("bin").join(name),
+            "trusted.overlay.metacopy",
+            b"",
+        );
+    }
+    fs::set_permissions(upper.join("bin/tool"), fs::Permissions::from_mode(0o700)).unwrap();
+    setxattr(
+        &upper.join("bin/new"),
+        "trusted.overlay.redirect",
+        b"/bin/old",
+    );
+    store
+        .commit(Some("base"), &upper, &CommitMeta::default(), Some("child"))
+        .unwrap();
+    let layer = &store.inspect("child").unwrap().layers[1].path;
+    assert_eq!(fs::read(layer.join("bin/tool")).unwrap(), data);
+    let md = fs::metadata(layer.join("bin/tool")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o700, "the upper's metadata wins");
+    assert_eq!(fs::read(layer.join("bin/new")).unwrap(), b"moved data");
+    assert!(!xattrs(&layer.join("bin/tool")).contains_key("trusted.overlay.metacopy"));
+
+    // A metacopy file whose data is nowhere is an error, not an empty file.
+    let bad = d.path().join("bad");
+    fs::create_dir(&bad).unwrap();
+    fs::File::create(bad.join("ghost"))
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    setxattr(&bad.join("ghost"), "trusted.overlay.metacopy", b"");
+    let err = store
+        .commit(Some("base"), &bad, &CommitMeta::default(), Some("bad"))
+        .unwrap_err();
+    assert!(err.to_string().contains("ghost"), "{err}");
+    assert!(store.inspect("bad").is_err());
+}

@@ -293,6 +293,7 @@ pub struct Mounted {
     live: bool,
     servers: Vec<i32>,
     watchdog: Option<Watchdog>,
+    extra: Option<String>,
 }
 
 impl Layers {
@@ -346,6 +347,7 @@ impl Layers {
             live: false,
             servers: Vec::new(),
             watchdog: None,
+            extra: None,
         }
     }
 }
@@ -396,6 +398,12 @@ impl Mounted {
         &self.servers
     }
 
+    /// Mount options added after the usual ones from the next mount on
+    /// (`metacopy=on`); for the kernel they override its defaults.
+    pub fn set_extra_options(&mut self, extra: Option<&str>) {
+        self.extra = extra.map(str::to_string);
+    }
+
     /// The `-o` option string for a mount program, with absolute paths.
     pub fn program_options(&self) -> String {
         let lowers: Vec<String> = self
@@ -410,6 +418,10 @@ impl Mounted {
                 u.display(),
                 w.display()
             ));
+        }
+        if let Some(x) = &self.extra {
+            o.push(',');
+            o.push_str(x);
         }
         o
     }
@@ -452,6 +464,14 @@ impl Mounted {
             ));
         }
         o.push_str(",redirect_dir=nofollow,index=off,metacopy=off");
+        if let Some(x) = &self.extra {
+            // metacopy=on needs redirect_dir=on in the kernel.
+            if x.contains("metacopy=on") {
+                o = o.replace("redirect_dir=nofollow", "redirect_dir=on");
+            }
+            o.push(',');
+            o.push_str(x);
+        }
         let out = Command::new("mount")
             .current_dir(self.root_path.join("l"))
             .args(["-t", "overlay", "overlay", "-o", &o])
