@@ -4,15 +4,17 @@
 //! once (one `getdents` pass, plus a stat only for character devices and
 //! possible xattr whiteouts) into a [`LowerDir`]: its names with their kinds
 //! and inode numbers, the names its `.wh.` entries hide, and whether it is
-//! opaque. Resolving a name in that layer is then a hash probe, with no
+//! opaque. Resolving a name in that layer is then a binary search, with no
 //! syscall: at any depth of the stack, a lookup costs one probe per layer
 //! and one `fstatat` of the entry that wins. Listing a merged directory
-//! reuses the same records.
+//! reuses the same records. Names are packed in one buffer per directory
+//! with a 16-byte record each (about 24 bytes a name, against 120 for a
+//! hash map of boxed names).
 //!
 //! The cache is an LRU bounded by the total number of names it holds, so
 //! walking millions of files does not grow the server without limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -39,6 +41,82 @@ pub struct LowerEntry {
     pub whiteout: bool,
 }
 
+/// The entries of a directory: names packed in one buffer, records sorted
+/// by name.
+#[derive(Debug, Default)]
+pub struct Entries {
+    names: Vec<u8>,
+    recs: Vec<Rec>,
+}
+
+/// One packed entry: 16 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    ino: u64,
+    off: u32,
+    len: u16,
+    kind: Kind,
+    whiteout: bool,
+}
+
+impl Entries {
+    fn name(&self, r: &Rec) -> &[u8] {
+        &self.names[r.off as usize..r.off as usize + r.len as usize]
+    }
+
+    fn entry(r: &Rec) -> LowerEntry {
+        LowerEntry {
+            kind: r.kind,
+            ino: r.ino,
+            whiteout: r.whiteout,
+        }
+    }
+
+    /// Adds a name (call [`Entries::seal`] once all are in).
+    fn push(&mut self, name: &[u8], e: LowerEntry) {
+        self.recs.push(Rec {
+            ino: e.ino,
+            off: self.names.len() as u32,
+            len: name.len() as u16,
+            kind: e.kind,
+            whiteout: e.whiteout,
+        });
+        self.names.extend_from_slice(name);
+    }
+
+    /// Sorts the records for lookups and drops spare capacity.
+    fn seal(&mut self) {
+        let mut recs = std::mem::take(&mut self.recs);
+        recs.sort_unstable_by(|a, b| self.name(a).cmp(self.name(b)));
+        recs.shrink_to_fit();
+        self.recs = recs;
+        self.names.shrink_to_fit();
+    }
+
+    /// The entry named `name`.
+    pub fn get(&self, name: &[u8]) -> Option<LowerEntry> {
+        self.recs
+            .binary_search_by(|r| self.name(r).cmp(name))
+            .ok()
+            .map(|i| Self::entry(&self.recs[i]))
+    }
+
+    /// Every entry, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], LowerEntry)> {
+        self.recs.iter().map(|r| (self.name(r), Self::entry(r)))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+}
+
 /// One directory of one lower layer, as read once.
 #[derive(Debug, Default)]
 pub struct LowerDir {
@@ -47,7 +125,7 @@ pub struct LowerDir {
     /// It is opaque (hides the layers below).
     pub opaque: bool,
     /// Its entries, whiteouts included, `.wh.*` names excluded.
-    pub entries: HashMap<Box<[u8]>, LowerEntry>,
+    pub entries: Entries,
     /// Names that `.wh.NAME` entries hide in the layers below.
     pub wh: HashSet<Box<[u8]>>,
 }
@@ -153,8 +231,8 @@ pub fn read_layer_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<Lowe
                 Err(e) => return Err(e),
             }
         }
-        d.entries.insert(
-            name.into(),
+        d.entries.push(
+            &name,
             LowerEntry {
                 kind: kind.unwrap_or(Kind::File),
                 ino,
@@ -162,5 +240,6 @@ pub fn read_layer_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<Lowe
             },
         );
     }
+    d.entries.seal();
     Ok(d)
 }

@@ -47,7 +47,7 @@ impl StrataFs {
     }
 
     fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {
-        self.ov.nodes.get(NodeId(ino.0))
+        self.ov.nodes.get_used(NodeId(ino.0))
     }
 
     /// Opens a file just made by CREATE or TMPFILE and replies with its

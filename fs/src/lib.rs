@@ -27,6 +27,7 @@ pub mod nodes;
 pub mod options;
 pub mod overlay;
 pub mod path;
+pub mod prune;
 pub mod readdir;
 pub mod rename;
 pub mod setattr;
@@ -183,6 +184,7 @@ impl Mounted {
         let session = match Session::from_fd(fs, dev, SessionACL::All, config) {
             Ok(s) => {
                 let _ = overlay.notifier.set(s.notifier());
+                prune::start(&overlay);
                 Ok(s)
             }
             Err(e) => Err(e),
@@ -222,7 +224,12 @@ impl Mounted {
     pub fn run(self) -> std::io::Result<()> {
         let res = self.session.run();
         if let Some(file) = &self.overlay.opts.stats {
-            if let Err(e) = self.overlay.stats.append_to(file, &self.mountpoint) {
+            let pruned = self
+                .overlay
+                .stats_pruned
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let extra = format!("{:<16} {pruned:>10}\n", "pruned");
+            if let Err(e) = self.overlay.stats.append_to(file, &self.mountpoint, &extra) {
                 tracing::warn!(file = %file.display(), %e, "cannot write the request counts");
             }
         }

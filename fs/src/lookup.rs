@@ -245,6 +245,7 @@ impl Overlay {
             self.note_file_lookup();
         }
         let node = self.nodes.lookup_child(parent, name, state, ino);
+        self.check_node_limit();
         let attr = self.attr_from_stat(&node, &r.stat);
         Ok((node, attr))
     }

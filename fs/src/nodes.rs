@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -139,6 +139,8 @@ pub struct Node {
     pub children: Mutex<HashMap<OsString, NodeId>>,
     /// A listing of this directory left out file attributes.
     pub listed: std::sync::atomic::AtomicBool,
+    /// The pruning epoch of its last use (see `crate::prune`).
+    used: AtomicU32,
 }
 
 impl Node {
@@ -173,6 +175,7 @@ impl Node {
 pub struct NodeTable {
     nodes: DashMap<NodeId, Arc<Node>>,
     next: AtomicU64,
+    epoch: AtomicU32,
 }
 
 impl NodeTable {
@@ -181,6 +184,7 @@ impl NodeTable {
         let t = NodeTable {
             nodes: DashMap::new(),
             next: AtomicU64::new(2),
+            epoch: AtomicU32::new(0),
         };
         let root = Node {
             id: NodeId::ROOT,
@@ -197,6 +201,7 @@ impl NodeTable {
             change: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
             listed: Default::default(),
+            used: AtomicU32::new(0),
         };
         t.nodes.insert(NodeId::ROOT, Arc::new(root));
         t
@@ -205,6 +210,41 @@ impl NodeTable {
     /// The node with id `id`, or `ESTALE` if the kernel sent a forgotten id.
     pub fn get(&self, id: NodeId) -> Result<Arc<Node>, Errno> {
         self.nodes.get(&id).map(|n| n.clone()).ok_or(Errno::ESTALE)
+    }
+
+    /// As [`NodeTable::get`], for a request of the kernel: marks the node
+    /// used in this pruning epoch.
+    pub fn get_used(&self, id: NodeId) -> Result<Arc<Node>, Errno> {
+        let n = self.get(id)?;
+        n.used
+            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Starts a new pruning epoch; returns the one that ended.
+    pub fn next_epoch(&self) -> u32 {
+        self.epoch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Nodes the kernel could drop: not the root, no open file.
+    pub fn prune_candidates(&self) -> Vec<crate::prune::Candidate> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        for e in self.nodes.iter() {
+            let n = e.value();
+            if n.id == NodeId::ROOT {
+                continue;
+            }
+            let open = match n.io.try_lock() {
+                Some(io) => io.direct_opens + io.passthrough_opens > 0,
+                None => true,
+            };
+            if open {
+                continue;
+            }
+            let dir = n.state.try_read().is_none_or(|s| s.kind == Kind::Dir);
+            out.push((dir, n.used.load(Ordering::Relaxed), n.id));
+        }
+        out
     }
 
     /// Number of live nodes.
@@ -271,6 +311,8 @@ impl NodeTable {
                 if same {
                     *n.state.write() = state;
                     n.lookups.fetch_add(1, Ordering::Relaxed);
+                    n.used
+                        .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
                     return n;
                 }
                 n.state.write().parent = NodeId::NONE;
@@ -299,6 +341,7 @@ impl NodeTable {
             change: Mutex::new(()),
             children: Mutex::new(HashMap::new()),
             listed: Default::default(),
+            used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
         });
         self.nodes.insert(id, node.clone());
         node
@@ -321,9 +364,12 @@ impl NodeTable {
             .expect("a live node")
     }
 
-    /// Adds one lookup count to a node (readdirplus, link).
+    /// Adds one lookup count to a node (lookup cache hit, readdirplus,
+    /// link).
     pub fn add_lookup(&self, node: &Node) {
         node.lookups.fetch_add(1, Ordering::Relaxed);
+        node.used
+            .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Drops `n` lookup counts; a node with none left is removed.

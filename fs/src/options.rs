@@ -66,6 +66,9 @@ pub struct MountOptions {
     /// first write. Off by default: tools that read the upper directory
     /// directly expect whole files.
     pub metacopy: bool,
+    /// Nodes kept at most before the least recently used are handed back
+    /// to the kernel (`max_nodes=N`, 0 for no limit).
+    pub max_nodes: Option<usize>,
     /// Append a count of FUSE requests by operation to this file when the
     /// mount ends (`stats=FILE`).
     pub stats: Option<PathBuf>,
@@ -211,6 +214,12 @@ impl MountOptions {
                         })
                     }
                 }
+            }
+            ("max_nodes", Some(v)) => {
+                self.max_nodes = Some(v.trim().parse().map_err(|_| OptionsError::Invalid {
+                    option: opt.to_string(),
+                    reason: "expected a number of nodes".into(),
+                })?)
             }
             ("stats", Some(v)) if !v.is_empty() => {
                 self.stats = Some(std::path::absolute(v).unwrap_or_else(|_| PathBuf::from(v)))

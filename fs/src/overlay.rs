@@ -90,6 +90,10 @@ pub struct Overlay {
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
     /// Requests by operation (`-o stats=`).
     pub(crate) stats: crate::stats::OpStats,
+    /// Node ids the pruner asked the kernel to drop.
+    pub(crate) stats_pruned: std::sync::atomic::AtomicU64,
+    /// The doorbell of the node pruning thread, once started.
+    pub(crate) pruner: std::sync::OnceLock<crate::prune::Pruner>,
 }
 
 impl Overlay {
@@ -126,6 +130,8 @@ impl Overlay {
             dircache: Default::default(),
             notifier: std::sync::OnceLock::new(),
             stats: crate::stats::OpStats::new(opts.stats.is_some()),
+            stats_pruned: Default::default(),
+            pruner: std::sync::OnceLock::new(),
             stat_window: Default::default(),
             opts,
         };
@@ -230,6 +236,22 @@ impl Overlay {
     /// Whether the mount accepts changes (an upper layer, not `ro`).
     pub fn writable(&self) -> bool {
         self.stack.upper().is_some() && !self.opts.read_only
+    }
+
+    /// The node table's limit (`max_nodes=`; 0: unbounded).
+    pub fn max_nodes(&self) -> usize {
+        self.opts
+            .max_nodes
+            .unwrap_or(crate::prune::DEFAULT_MAX_NODES)
+    }
+
+    /// Rings the pruner if the node table is over its limit.
+    pub fn check_node_limit(&self) {
+        if let Some(p) = self.pruner.get() {
+            if self.nodes.len() > self.max_nodes() {
+                p.ring();
+            }
+        }
     }
 
     /// Whether metadata-only copy-up is on (it needs trusted xattrs).

@@ -126,13 +126,13 @@ impl OpStats {
         out
     }
 
-    /// Appends the report to `file`.
-    pub fn append_to(&self, file: &Path, mountpoint: &Path) -> std::io::Result<()> {
+    /// Appends the report and `extra` lines to `file`.
+    pub fn append_to(&self, file: &Path, mountpoint: &Path, extra: &str) -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(file)?;
-        f.write_all(self.report(mountpoint).as_bytes())
+        f.write_all((self.report(mountpoint) + extra).as_bytes())
     }
 }
 

@@ -104,6 +104,17 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_DELETE, &notif)
     }
 
+    /// Strata patch: asks the kernel to drop the inodes `nodes` where
+    /// nothing uses them (no open file, no dentry in use, not a mount
+    /// point); it sends FORGET for those it drops (FUSE_NOTIFY_PRUNE,
+    /// protocol 7.45; older kernels answer EINVAL or ENOSYS).
+    /// # Errors
+    /// Returns an error if the kernel rejects the notification.
+    pub fn prune(&self, nodes: &[u64]) -> io::Result<()> {
+        let notif = Notification::new_prune(nodes).map_err(Self::too_big_err)?;
+        self.send(notify_code::FUSE_NOTIFY_PRUNE, &notif)
+    }
+
     #[allow(unused)]
     fn send_inval(&self, code: notify_code, notification: &Notification<'_>) -> io::Result<()> {
         match self.send(code, notification) {

@@ -184,6 +184,8 @@ pub(crate) enum fuse_notify_code {
     FUSE_NOTIFY_STORE = 4,
     FUSE_NOTIFY_RETRIEVE = 5,
     FUSE_NOTIFY_DELETE = 6,
+    // Strata patch: FUSE_NOTIFY_PRUNE (protocol 7.45).
+    FUSE_NOTIFY_PRUNE = 9,
 }
 
 #[repr(C)]
@@ -691,6 +693,15 @@ pub(crate) struct fuse_notify_inval_entry_out {
     pub(crate) parent: u64,
     pub(crate) namelen: u32,
     pub(crate) padding: u32,
+}
+
+// Strata patch: the header of FUSE_NOTIFY_PRUNE, followed by `count` node ids.
+#[repr(C)]
+#[derive(Debug, IntoBytes, KnownLayout, Immutable)]
+pub(crate) struct fuse_notify_prune_out {
+    pub(crate) count: u32,
+    pub(crate) padding: u32,
+    pub(crate) spare: u64,
 }
 
 #[repr(C)]
