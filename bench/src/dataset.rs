@@ -57,6 +57,9 @@ pub struct Sizes {
     pub storm_files: usize,
     /// 4 KiB random reads of randread.
     pub randread_ops: usize,
+    /// Directories, and empty files in each, of the walk1m tree.
+    pub walk_dirs: usize,
+    pub walk_files_per_dir: usize,
 }
 
 impl Sizes {
@@ -75,6 +78,8 @@ impl Sizes {
             tar_bytes: 100 << 20,
             storm_files: 20_000,
             randread_ops: 8192,
+            walk_dirs: 1000,
+            walk_files_per_dir: 1000,
         }
     }
 
@@ -93,6 +98,8 @@ impl Sizes {
             tar_bytes: 256 << 10,
             storm_files: 100,
             randread_ops: 64,
+            walk_dirs: 10,
+            walk_files_per_dir: 30,
         }
     }
 }
@@ -119,6 +126,8 @@ pub enum StackId {
     /// hard-linked copy of a tree (native make) changes its files' ctime,
     /// which would make git re-read every file of a shared repository.
     Proj,
+    /// `walk/dNNN/fNNNN`: a million empty files in one layer.
+    Million,
 }
 
 impl StackId {
@@ -133,12 +142,18 @@ impl StackId {
             StackId::Bigdir => "bigdir",
             StackId::Src => "src",
             StackId::Proj => "proj",
+            StackId::Million => "million",
         }
     }
 
     fn layers(self) -> usize {
         match self {
-            StackId::L1 | StackId::Big | StackId::Chmod | StackId::Src | StackId::Proj => 1,
+            StackId::L1
+            | StackId::Big
+            | StackId::Chmod
+            | StackId::Src
+            | StackId::Proj
+            | StackId::Million => 1,
             StackId::L16 => 16,
             StackId::L127 => 127,
             StackId::Bigdir => 2,
@@ -261,6 +276,10 @@ impl DataSet {
             }
             StackId::Proj => {
                 g.c_project(&tmp_stack, &self.sizes)?;
+                None
+            }
+            StackId::Million => {
+                g.million(&tmp_stack, &self.sizes)?;
                 None
             }
         };
@@ -479,6 +498,19 @@ impl Gen {
         mkdirs(&dir)?;
         for k in 0..sizes.chmod_files {
             self.write_file(&dir.join(format!("f{k:04}")), sizes.chmod_file_bytes)?;
+        }
+        Ok(())
+    }
+
+    /// `walk/dNNN/fNNNN`: `walk_dirs` directories of `walk_files_per_dir`
+    /// empty files.
+    fn million(&mut self, stack: &Stack, sizes: &Sizes) -> Result<()> {
+        for d in 0..sizes.walk_dirs {
+            let dir = stack.layers_dir().join(format!("0/walk/d{d:04}"));
+            mkdirs(&dir)?;
+            for k in 0..sizes.walk_files_per_dir {
+                write_new(&dir.join(format!("f{k:04}")), b"")?;
+            }
         }
         Ok(())
     }

@@ -39,6 +39,7 @@ pub enum Workload {
     GitstatusCold,
     GitstatusWarm,
     Make,
+    Walk1m,
 }
 
 /// Inputs some workloads need besides their stack, computed once per run.
@@ -60,7 +61,7 @@ pub struct Ctx<'a> {
 
 impl Workload {
     /// Every workload, in the order results list them.
-    pub const ALL: [Workload; 18] = [
+    pub const ALL: [Workload; 19] = [
         Workload::Mount1,
         Workload::Mount127,
         Workload::StatColdL16,
@@ -79,6 +80,7 @@ impl Workload {
         Workload::GitstatusCold,
         Workload::GitstatusWarm,
         Workload::Make,
+        Workload::Walk1m,
     ];
 
     /// The name used on the command line and in results.
@@ -102,6 +104,7 @@ impl Workload {
             Workload::GitstatusCold => "gitstatus_cold",
             Workload::GitstatusWarm => "gitstatus_warm",
             Workload::Make => "make",
+            Workload::Walk1m => "walk1m",
         }
     }
 
@@ -158,6 +161,11 @@ impl Workload {
             Workload::GitstatusCold => format!("cold `git status`, {} files", s.src_files),
             Workload::GitstatusWarm => "`git status` after one untimed run".into(),
             Workload::Make => format!("`make -j2` of a C project of {} units", s.make_units + 1),
+            Workload::Walk1m => format!(
+                "`find -printf %s` (stat of every entry) over {} files in 1 layer: \
+                 the peak RSS column shows what walking them costs the server",
+                s.walk_dirs * s.walk_files_per_dir
+            ),
         }
     }
 
@@ -177,6 +185,7 @@ impl Workload {
             Workload::ReaddirCold | Workload::ReaddirWarm => StackId::Bigdir,
             Workload::GitstatusCold | Workload::GitstatusWarm => StackId::Src,
             Workload::Make => StackId::Proj,
+            Workload::Walk1m => StackId::Million,
         }
     }
 
@@ -242,6 +251,11 @@ impl Workload {
             Workload::StatColdL16 | Workload::StatWarmL16 => {
                 process::run(Command::new("find").arg(root).args(["-printf", "%s %m\n"]))
             }
+            Workload::Walk1m => process::run(
+                Command::new("find")
+                    .arg(root.join("walk"))
+                    .args(["-printf", "%s\n"]),
+            ),
             Workload::FindColdL1 => process::run(Command::new("find").arg(root)),
             Workload::Seqread => seqread(&root.join("big/blob")),
             Workload::Randread => randread(&root.join("big/blob"), cx.sizes),
