@@ -141,6 +141,8 @@ pub struct Node {
     pub listed: std::sync::atomic::AtomicBool,
     /// The pruning epoch of its last use (see `crate::prune`).
     used: AtomicU32,
+    /// Known to have no `security.capability` xattr (see `crate::xattr`).
+    pub no_caps: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -202,6 +204,7 @@ impl NodeTable {
             children: Mutex::new(HashMap::new()),
             listed: Default::default(),
             used: AtomicU32::new(0),
+            no_caps: Default::default(),
         };
         t.nodes.insert(NodeId::ROOT, Arc::new(root));
         t
@@ -219,6 +222,13 @@ impl NodeTable {
         n.used
             .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Forgets, on every node, that it has no capabilities.
+    pub fn forget_no_caps(&self) {
+        for e in self.nodes.iter() {
+            e.value().no_caps.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Starts a new pruning epoch; returns the one that ended.
@@ -342,6 +352,7 @@ impl NodeTable {
             children: Mutex::new(HashMap::new()),
             listed: Default::default(),
             used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
+            no_caps: Default::default(),
         });
         self.nodes.insert(id, node.clone());
         node

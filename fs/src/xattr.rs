@@ -4,9 +4,15 @@
 //! the union (whiteouts, opacity, origins): they are never listed, reading one
 //! gives `ENODATA`, and setting or removing one is refused with `EPERM`.
 //! Changing any other xattr of a lower entry copies it up first.
+//!
+//! The kernel asks for `security.capability` before every write and every
+//! change of owner (to drop file capabilities): once a node is known to
+//! have none, the answer comes from memory. Every way a capability can
+//! appear goes through this server (setxattr), which forgets what it knew.
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 
@@ -15,23 +21,43 @@ use crate::nodes::Node;
 use crate::overlay::{Overlay, Res};
 use crate::sys;
 
+/// The xattr that holds file capabilities.
+const CAPS: &[u8] = b"security.capability";
+
 impl Overlay {
     /// Reads xattr `name` of `node`; with `size` 0, only its length.
     pub fn getxattr(&self, node: &Node, name: &OsStr, size: u32) -> Res<Vec<u8>> {
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno::ENODATA);
         }
+        let caps = name.as_bytes() == CAPS;
+        if caps && node.no_caps.load(Ordering::Relaxed) {
+            return Err(Errno::ENODATA);
+        }
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         let path = self.nodes.path(node)?;
         let fd = self.stack.fd(node.top());
+        let mut buf = vec![0u8; size as usize];
+        let n = match sys::getxattr_at(fd, path.c(), &cname, &mut buf) {
+            Err(Errno::ENODATA) if caps => {
+                node.no_caps.store(true, Ordering::Relaxed);
+                return Err(Errno::ENODATA);
+            }
+            r => r?,
+        };
         if size == 0 {
-            let n = sys::getxattr_at(fd, path.c(), &cname, &mut [])?;
             return Ok(vec![0; n]);
         }
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr_at(fd, path.c(), &cname, &mut buf)?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// After a change of `name` on some node: what any node knew of its
+    /// capabilities may be wrong (hard links share them).
+    fn xattr_changed(&self, name: &OsStr) {
+        if name.as_bytes() == CAPS {
+            self.nodes.forget_no_caps();
+        }
     }
 
     /// The NUL-separated list of `node`'s visible xattr names.
@@ -56,6 +82,7 @@ impl Overlay {
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         self.ensure_upper_with(node, CopyData::Meta)?;
         let path = self.nodes.path(node)?;
+        self.xattr_changed(name);
         sys::setxattr_at(self.stack.fd(upper), path.c(), &cname, value, flags)
     }
 
