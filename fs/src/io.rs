@@ -36,13 +36,12 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use fuser::BackingId;
 use nix::errno::Errno;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tracing::{debug, warn};
 
 use crate::copyup::CopyData;
 use crate::nodes::{Kind, Node};
 use crate::overlay::{passthrough_on, Overlay, Res};
-use crate::readdir::DirEntry;
 use crate::sys;
 
 /// How the kernel does I/O on one open file.
@@ -67,18 +66,11 @@ pub struct FileHandle {
     pub mode: IoMode,
 }
 
-/// One open directory: the snapshot being listed.
-#[derive(Debug, Default)]
-pub struct DirHandle {
-    /// The merged entries; offset `i + 1` follows entry `i`.
-    pub entries: Mutex<Vec<DirEntry>>,
-}
-
-/// The open files and directories of a mount.
+/// The open files of a mount (directories need no state, see
+/// `crate::readdir`).
 #[derive(Debug, Default)]
 pub struct Handles {
     files: DashMap<u64, Arc<FileHandle>>,
-    dirs: DashMap<u64, Arc<DirHandle>>,
     next: AtomicU64,
 }
 
@@ -90,42 +82,6 @@ impl Handles {
     /// The open file `fh`.
     pub fn file(&self, fh: u64) -> Res<Arc<FileHandle>> {
         self.files.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
-    }
-
-    /// The open directory `fh`.
-    pub fn dir(&self, fh: u64) -> Res<Arc<DirHandle>> {
-        self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)
-    }
-
-    /// Registers an open directory.
-    pub fn add_dir(&self) -> u64 {
-        let id = self.next_id();
-        self.dirs.insert(id, Arc::new(DirHandle::default()));
-        id
-    }
-
-    /// Runs `f` on the snapshot of the open directory `fh` of `dir`, to
-    /// list from `offset`: the snapshot is taken anew at offset 0 (opendir,
-    /// rewinddir) and kept for every later offset, so offsets stay stable.
-    pub fn with_listing<T>(
-        &self,
-        ov: &Overlay,
-        fh: u64,
-        dir: &Node,
-        offset: u64,
-        f: impl FnOnce(&[DirEntry]) -> T,
-    ) -> Res<T> {
-        let h = self.dir(fh)?;
-        let mut entries = h.entries.lock();
-        if offset == 0 {
-            *entries = ov.list_dir(dir)?;
-        }
-        Ok(f(entries.get(offset as usize..).unwrap_or_default()))
-    }
-
-    /// Forgets an open directory.
-    pub fn remove_dir(&self, fh: u64) {
-        self.dirs.remove(&fh);
     }
 }
 

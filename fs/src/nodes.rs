@@ -176,6 +176,8 @@ impl Node {
 #[derive(Debug)]
 pub struct NodeTable {
     nodes: DashMap<NodeId, Arc<Node>>,
+    /// Directory listings being read (see `crate::readdir`).
+    pub listings: DashMap<NodeId, Arc<crate::readdir::Listing>>,
     next: AtomicU64,
     epoch: AtomicU32,
 }
@@ -185,6 +187,7 @@ impl NodeTable {
     pub fn new(root_ino: u64, root_layers: Vec<LayerIdx>) -> NodeTable {
         let t = NodeTable {
             nodes: DashMap::new(),
+            listings: DashMap::new(),
             next: AtomicU64::new(2),
             epoch: AtomicU32::new(0),
         };
@@ -411,6 +414,7 @@ impl NodeTable {
             }
         }
         self.nodes.remove(&id);
+        self.listings.remove(&id);
     }
 
     /// Detaches the child `name` of `parent` (its name is gone): the node, if

@@ -92,6 +92,8 @@ pub struct Overlay {
     pub(crate) stats: crate::stats::OpStats,
     /// Node ids the pruner asked the kernel to drop.
     pub(crate) stats_pruned: std::sync::atomic::AtomicU64,
+    /// The key of the hash that numbers listing offsets.
+    pub(crate) cookie_keys: std::hash::RandomState,
     /// The doorbell of the node pruning thread, once started.
     pub(crate) pruner: std::sync::OnceLock<crate::prune::Pruner>,
 }
@@ -132,6 +134,7 @@ impl Overlay {
             stats: crate::stats::OpStats::new(opts.stats.is_some()),
             stats_pruned: Default::default(),
             pruner: std::sync::OnceLock::new(),
+            cookie_keys: std::hash::RandomState::new(),
             stat_window: Default::default(),
             opts,
         };

@@ -109,6 +109,75 @@ on_both!(
     readdir_small_buffer_while_changing
 );
 
+/// Two listings of one directory at once, one restarting from the top and
+/// the directory changing between their calls: the first still sees every
+/// entry that stayed exactly once (offsets belong to names, not to a
+/// snapshot of one open).
+fn readdir_two_listers_interleaved(backend: &Backend) {
+    let m = merged_dir().mount(backend);
+    let d = m.join("d");
+    let initial: BTreeSet<String> = fs::read_dir(&d)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let victims: Vec<String> = initial.iter().skip(3).step_by(7).cloned().collect();
+    let a = open_dir(&d);
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        seen.extend(
+            getdents64(a.as_fd(), 300)
+                .expect("getdents64")
+                .iter()
+                .filter(|e| real(e))
+                .map(name),
+        );
+    }
+    let mut deleted = BTreeSet::new();
+    let mut next_victim = victims.iter();
+    let mut round = 0;
+    loop {
+        // Another listing from the top, with changes between its calls.
+        let b = open_dir(&d);
+        let mut step = 0;
+        while !getdents64(b.as_fd(), 500).expect("getdents64").is_empty() {
+            if let Some(v) = next_victim.next() {
+                fs::remove_file(d.join(v)).expect("unlink");
+                deleted.insert(v.clone());
+            }
+            // Few enough that the first listing keeps ahead of them (a
+            // name lands anywhere in hash order, as on ext4).
+            if step < 2 {
+                fs::write(d.join(format!("b{round:02}_{step:03}")), "b").expect("create");
+            }
+            step += 1;
+        }
+        let batch = getdents64(a.as_fd(), 300).expect("getdents64");
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch.iter().filter(|e| real(e)).map(name));
+        round += 1;
+        assert!(round < 1000, "listing does not end");
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in &seen {
+        *counts.entry(n).or_default() += 1;
+    }
+    let repeated: Vec<_> = counts.iter().filter(|(_, &c)| c > 1).collect();
+    let missing: Vec<_> = initial
+        .iter()
+        .filter(|n| !deleted.contains(*n) && !counts.contains_key(n.as_str()))
+        .collect();
+    assert!(
+        repeated.is_empty() && missing.is_empty(),
+        "interleaved listings: repeated {repeated:?}, vanished {missing:?}"
+    );
+}
+on_both!(
+    readdir_two_listers_interleaved,
+    readdir_two_listers_interleaved
+);
+
 /// Every `d_off` returned is a cookie to resume after that entry: seeking
 /// to it continues with the next entry, seeking to 0 restarts.
 fn readdir_seek_to_returned_offset(backend: &Backend) {
