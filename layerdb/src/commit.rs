@@ -59,31 +59,32 @@ impl Store {
         )?;
         drop(tmp);
         let diff = layer.record.diff_id;
-        let cfg = match &parent_cfg {
-            Some(p) => config::child_config(p, diff, meta)?,
-            None => {
-                let created = meta.created.clone().unwrap_or_else(config::now_rfc3339);
-                let mut v =
-                    config::import_config(diff, &created, &meta.changes, meta.comment.as_deref());
-                if let Some(h) = v["history"][0].as_object_mut() {
-                    h.remove("created_by");
-                    if let Some(c) = &meta.created_by {
-                        h.insert("created_by".into(), c.clone().into());
-                    }
-                    if let Some(a) = &meta.author {
-                        h.insert("author".into(), a.clone().into());
-                    }
-                }
-                if let Some(a) = &meta.author {
-                    v["author"] = a.clone().into();
-                }
-                v
-            }
-        };
+        let parent_cfg =
+            parent_cfg.unwrap_or_else(|| config::to_bytes(&config::scratch_config()));
+        let cfg = config::child_config(&parent_cfg, Some(diff), meta)?;
         let bytes = config::to_bytes(&cfg);
         chain.push(layer.record.chain_id);
         let l = self.lock(true)?;
         let names: Vec<ImageName> = name.into_iter().collect();
         self.store_image_locked(&l, &mut vec![layer], &chain, &bytes, &names)
+    }
+
+    /// Stores an image with the layers of `parent` (none for `None`, an
+    /// empty `FROM scratch` image) and a config changed by `meta`, its
+    /// history entry marked `empty_layer`: the metadata steps of a build
+    /// (ENV, CMD, ...). Returns the new image's ID.
+    pub fn amend(&self, parent: Option<&str>, meta: &CommitMeta) -> Result<ImageId> {
+        let (parent_cfg, chain) = match parent {
+            Some(r) => {
+                let info = self.inspect(r)?;
+                let chain: Vec<ChainId> = info.layers.iter().map(|l| l.chain_id).collect();
+                (info.config_bytes, chain)
+            }
+            None => (config::to_bytes(&config::scratch_config()), Vec::new()),
+        };
+        let cfg = config::child_config(&parent_cfg, None, meta)?;
+        let bytes = config::to_bytes(&cfg);
+        let l = self.lock(true)?;
+        self.store_image_locked(&l, &mut Vec::new(), &chain, &bytes, &[])
     }
 }
