@@ -92,7 +92,10 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(Error::io("list", dir, e)),
         };
-        let grave = self.root().join("tmp").join(fsutil::unique_name("rm-cache-"));
+        let grave = self
+            .root()
+            .join("tmp")
+            .join(fsutil::unique_name("rm-cache-"));
         fs::rename(&dir, &grave).ctx("rename", &dir)?;
         fsutil::remove_tree(&grave)?;
         Ok(n)

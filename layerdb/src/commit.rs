@@ -59,8 +59,7 @@ impl Store {
         )?;
         drop(tmp);
         let diff = layer.record.diff_id;
-        let parent_cfg =
-            parent_cfg.unwrap_or_else(|| config::to_bytes(&config::scratch_config()));
+        let parent_cfg = parent_cfg.unwrap_or_else(|| config::to_bytes(&config::scratch_config()));
         let cfg = config::child_config(&parent_cfg, Some(diff), meta)?;
         let bytes = config::to_bytes(&cfg);
         chain.push(layer.record.chain_id);
