@@ -531,9 +531,14 @@ fn podman_and_strata_builds_give_the_same_files() {
     let keep = |s: &str| -> Vec<String> {
         s.lines()
             .filter(|l| {
-                !["/etc/hosts ", "/etc/resolv.conf ", "/etc/hostname ", "/etc/mtab "]
-                    .iter()
-                    .any(|x| l.starts_with(x))
+                ![
+                    "/etc/hosts ",
+                    "/etc/resolv.conf ",
+                    "/etc/hostname ",
+                    "/etc/mtab ",
+                ]
+                .iter()
+                .any(|x| l.starts_with(x))
             })
             .map(str::to_string)
             .collect()
@@ -554,4 +559,35 @@ fn podman_and_strata_builds_give_the_same_files() {
         only_ours.is_empty() && only_theirs.is_empty(),
         "only in strata's container: {only_ours:#?}\nonly in podman's: {only_theirs:#?}"
     );
+}
+
+#[test]
+fn onbuild_triggers_run_in_the_child_build_and_are_not_inherited() {
+    let env = Env::new();
+    let ctx = context(&env, &[("a.txt", "from the context\n")]);
+    let base =
+        "FROM busybox\nONBUILD RUN echo trigger ran > /trig\nONBUILD COPY a.txt /trig-copy\n";
+    image_id(&build(&env, &ctx, base, &["-t", "ob/base"]));
+    let r = build(
+        &env,
+        &ctx,
+        "FROM ob/base\nRUN cat /trig /trig-copy\n",
+        &["-t", "ob/child"],
+    );
+    image_id(&r);
+    assert!(
+        r.stdout.contains("ONBUILD RUN echo trigger ran"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("trigger ran\nfrom the context\n"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        env.inspect("ob/child", "{{json .Config.OnBuild}}"),
+        "<no value>"
+    );
+    assert_clean(&env);
 }

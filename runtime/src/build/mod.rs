@@ -498,6 +498,27 @@ impl<'a> Builder<'a> {
             cmd_set: false,
             index: stage.index,
         };
+        // The base image's ONBUILD triggers run first, as docker runs
+        // them; the new image does not inherit them.
+        let triggers: Vec<String> = st
+            .config
+            .remove("OnBuild")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        for t in &triggers {
+            let cf =
+                parse::parse(&format!("FROM scratch\n{t}\n")).map_err(|e| BuildError::Step {
+                    line: stage.line,
+                    text: stage.text.clone(),
+                    msg: format!("ONBUILD trigger {t:?} of the base image: {e}"),
+                })?;
+            for mut step in cf.stages[0].steps.clone() {
+                step.line = stage.line;
+                step.text = format!("ONBUILD {}", step.text);
+                self.say(&format!("{prefix}{}", step.text));
+                self.step(&mut st, &step, globals)?;
+            }
+        }
         for (n, step) in stage.steps.iter().enumerate() {
             self.say(&format!("{prefix}STEP {}/{nsteps}: {}", n + 2, step.text));
             self.step(&mut st, step, globals)?;
@@ -813,12 +834,14 @@ impl<'a> Builder<'a> {
                     })
                     .collect();
                 let created_by = argv.join(" ");
+                let cfg_json = Value::Object(st.config.clone()).to_string();
                 let key = sha(&[
                     "run",
                     &parent_key,
                     &json_list(&argv),
                     &json_list(&args),
                     &json_list(&env),
+                    &cfg_json,
                 ]);
                 if let Some(id) = self.cached(st, &key) {
                     return self.advance(st, id);
@@ -835,6 +858,7 @@ impl<'a> Builder<'a> {
                         network: self.opts.network.clone(),
                         quiet,
                         created_by,
+                        config: Value::Object(st.config.clone()),
                     },
                 )
                 .map_err(|e| match e {
@@ -857,9 +881,11 @@ impl<'a> Builder<'a> {
                     "/bin/sh -c #(nop) {kw} {}:{} in {}",
                     prepared.what, prepared.digest, prepared.dest_shown
                 );
+                let cfg_json = Value::Object(st.config.clone()).to_string();
                 let key = sha(&[
                     "copy",
                     &parent_key,
+                    &cfg_json,
                     &created_by,
                     &format!("{:?}", spec.chown),
                     &format!("{:?}", spec.chmod),
@@ -878,6 +904,7 @@ impl<'a> Builder<'a> {
                     &upper,
                     &CommitMeta {
                         created_by: Some(created_by),
+                        config: Some(Value::Object(st.config.clone())),
                         ..Default::default()
                     },
                     None,

@@ -26,6 +26,8 @@ pub struct RunStep {
     pub quiet: bool,
     /// The history text.
     pub created_by: String,
+    /// The runtime config of the image it makes.
+    pub config: serde_json::Value,
 }
 
 /// How a RUN failed.
@@ -54,6 +56,22 @@ impl Drop for Intermediate<'_> {
         let _ = self
             .store
             .remove_image_user(&self.c.config.image_id, self.c.id().as_str());
+    }
+}
+
+/// The signals the attach loop handles, blocked while a step runs.
+struct SignalsBlocked;
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        crate::attach::block_signals();
+        SignalsBlocked
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        crate::attach::unblock_all_signals();
     }
 }
 
@@ -87,6 +105,10 @@ pub fn run_step(
             })
         })
         .map_err(|e| RunError::Other(e.to_string()))?;
+    // Declared before the container's guard, so signals are unblocked
+    // only after the container is gone: a Ctrl-C that arrives between
+    // steps ends the build at a clean point.
+    let _signals = SignalsBlocked::new();
     let guard = Intermediate { store, reg, c };
     store
         .add_image_user(&info.id, guard.c.id().as_str())
@@ -102,10 +124,21 @@ pub fn run_step(
     if step.quiet {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
-    let status = cmd
-        .status()
-        .map_err(|e| RunError::Other(format!("cannot start the supervisor: {e}")))?;
-    let code = status.code().unwrap_or(128 + 9);
+    // As `strata run` does: Ctrl-C and SIGTERM go to the step's command,
+    // so an interrupted build still removes its container.
+    let child = cmd.spawn();
+    let code = match child {
+        Ok(child) => {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let c = &guard.c;
+            let attach = crate::attach::Attach {
+                master: None,
+                forward_stdin: false,
+            };
+            crate::attach::run(pid, attach, &|| c.running_init().ok().flatten())
+        }
+        Err(e) => return Err(RunError::Other(format!("cannot start the supervisor: {e}"))),
+    };
     if code != 0 {
         return Err(RunError::Exit(code));
     }
@@ -115,6 +148,7 @@ pub fn run_step(
             &guard.c.paths.upper(),
             &CommitMeta {
                 created_by: Some(step.created_by.clone()),
+                config: Some(step.config.clone()),
                 ..Default::default()
             },
             None,
