@@ -32,6 +32,32 @@ impl Store {
         meta: &CommitMeta,
         name: Option<&str>,
     ) -> Result<ImageId> {
+        let (tmp, f) = TempFile::new(&self.tmp_dir())?;
+        let mut w = BufWriter::new(f);
+        pack(upper, &mut w, PackMode::Layer)?;
+        let mut f = w
+            .into_inner()
+            .map_err(|e| Error::io("write", tmp.path(), e.into_error()))?;
+        f.seek(SeekFrom::Start(0)).ctx("seek", tmp.path())?;
+        // Only the open descriptor reads it from here on.
+        drop(tmp);
+        let mut r = std::io::BufReader::new(f);
+        let what = format!("layer committed from {}", upper.display());
+        self.commit_tar(parent, &mut r, &what, meta, name)
+    }
+
+    /// Like [`Store::commit`], with the layer given as a tar stream (a
+    /// layer diff: `.wh.` whiteouts allowed), read once: `strata build`
+    /// streams COPY sources straight into the store this way. `what`
+    /// names the stream in errors.
+    pub fn commit_tar(
+        &self,
+        parent: Option<&str>,
+        tar: &mut dyn std::io::Read,
+        what: &str,
+        meta: &CommitMeta,
+        name: Option<&str>,
+    ) -> Result<ImageId> {
         let name = name
             .map(|n| ImageName::parse(n, DefaultDomain::Localhost))
             .transpose()?;
@@ -43,21 +69,7 @@ impl Store {
             }
             None => (None, Vec::new()),
         };
-        let (tmp, f) = TempFile::new(&self.tmp_dir())?;
-        let mut w = BufWriter::new(f);
-        pack(upper, &mut w, PackMode::Layer)?;
-        let mut f = w
-            .into_inner()
-            .map_err(|e| Error::io("write", tmp.path(), e.into_error()))?;
-        f.seek(SeekFrom::Start(0)).ctx("seek", tmp.path())?;
-        let mut r = std::io::BufReader::new(f);
-        let layer = self.extract_layer(
-            &mut r,
-            chain.last().copied(),
-            None,
-            &format!("layer committed from {}", upper.display()),
-        )?;
-        drop(tmp);
+        let layer = self.extract_layer(tar, chain.last().copied(), None, what)?;
         let diff = layer.record.diff_id;
         let parent_cfg = parent_cfg.unwrap_or_else(|| config::to_bytes(&config::scratch_config()));
         let cfg = config::child_config(&parent_cfg, Some(diff), meta)?;

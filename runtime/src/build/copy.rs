@@ -1,7 +1,7 @@
 //! COPY and ADD: which files a step copies (with the metadata they will
-//! have in the image), the digest that is their cache key, and writing
-//! them into a fresh upper directory that [`strata_layerdb::Store::commit`]
-//! turns into a layer.
+//! have in the image), the digest that is their cache key, and the layer
+//! tar ([`write_tar`]) that [`strata_layerdb::Store::commit_tar`]
+//! extracts once, so copied files are written to disk one time.
 //!
 //! The digest covers each entry's destination path, type, mode, owner
 //! (after `--chown`/`--chmod`) and content (or link target), never its
@@ -11,9 +11,10 @@
 //! written with the image's mode and owner, as a copy-up would; new ones
 //! are 0755 root.
 
+use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -294,12 +295,14 @@ pub fn digest(items: &[Item]) -> Result<String, String> {
 }
 
 /// Looks a path up in a stack of layer directories (top first): the
-/// metadata of the entry that wins, or `None` when it is absent or
-/// whited out.
-pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<fs::Metadata> {
+/// metadata of the entry that wins and the layer it is in, or `None` when
+/// it is absent or whited out. Symlinks are not followed.
+fn lower_entry(lowers: &[PathBuf], rel: &str) -> Option<(fs::Metadata, PathBuf)> {
     let rel = rel.trim_start_matches('/');
     if rel.is_empty() {
-        return lowers.first().and_then(|l| fs::metadata(l).ok());
+        return lowers
+            .first()
+            .and_then(|l| Some((fs::metadata(l).ok()?, l.clone())));
     }
     let (parent, name) = match rel.rsplit_once('/') {
         Some((p, n)) => (p, n),
@@ -308,7 +311,7 @@ pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<fs::Metadata> {
     for l in lowers {
         if let Ok(m) = fs::symlink_metadata(l.join(rel)) {
             let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
-            return (!whiteout).then_some(m);
+            return (!whiteout).then(|| (m, l.clone()));
         }
         if l.join(parent).join(format!(".wh.{name}")).exists() {
             return None;
@@ -317,102 +320,249 @@ pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<fs::Metadata> {
     None
 }
 
-/// Writes items into `upper` (a fresh directory), creating the parents
-/// they need with the image's metadata (`lowers`, top first).
-pub fn materialize(upper: &Path, lowers: &[PathBuf], items: &[Item]) -> Result<(), String> {
-    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
-    let mut dirs: Vec<(PathBuf, i64)> = Vec::new();
-    for it in items {
-        ensure_parents(upper, lowers, &it.dst)?;
-        let p = upper.join(&it.dst);
-        match &it.kind {
-            Kind::Dir => {
-                if !p.is_dir() {
-                    fs::create_dir(&p).map_err(|e| io("mkdir", &p, e))?;
-                }
-                dirs.push((p.clone(), it.mtime));
-            }
-            Kind::File(src) => {
-                let _ = fs::remove_file(&p);
-                fs::copy(src, &p).map_err(|e| io("copy to", &p, e))?;
-            }
-            Kind::Inline(c) => {
-                let _ = fs::remove_file(&p);
-                fs::write(&p, c).map_err(|e| io("write", &p, e))?;
-            }
-            Kind::Symlink(t) => {
-                let _ = fs::remove_file(&p);
-                std::os::unix::fs::symlink(t, &p).map_err(|e| io("symlink", &p, e))?;
-            }
-            Kind::Tar(src) => {
-                fs::create_dir_all(&p).map_err(|e| io("mkdir", &p, e))?;
-                let f = fs::File::open(src).map_err(|e| io("open", src, e))?;
-                let mut r = std::io::BufReader::new(f);
-                let gz = {
-                    use std::io::BufRead;
-                    let b = r.fill_buf().map_err(|e| io("read", src, e))?;
-                    b.len() >= 2 && b[0] == 0x1f && b[1] == 0x8b
-                };
-                let input: Box<dyn Read> = if gz {
-                    Box::new(flate2::read::GzDecoder::new(r))
-                } else {
-                    Box::new(r)
-                };
-                let mut a = tar::Archive::new(input);
-                a.set_preserve_permissions(true);
-                a.set_preserve_ownerships(true);
-                a.set_overwrite(true);
-                a.unpack(&p).map_err(|e| io("extract into", &p, e))?;
-                continue;
-            }
-        }
-        std::os::unix::fs::lchown(&p, Some(it.uid), Some(it.gid))
-            .map_err(|e| io("chown", &p, e))?;
-        if !matches!(it.kind, Kind::Symlink(_)) {
-            fs::set_permissions(&p, fs::Permissions::from_mode(it.mode))
-                .map_err(|e| io("chmod", &p, e))?;
-        }
-        set_mtime(&p, it.mtime);
-    }
-    // Directory times last: writing into a directory changes its mtime.
-    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (p, t) in dirs {
-        set_mtime(&p, t);
-    }
-    Ok(())
+/// The metadata of a path in a stack of layers (see [`lower_entry`]).
+pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<fs::Metadata> {
+    lower_entry(lowers, rel).map(|(m, _)| m)
 }
 
-fn set_mtime(p: &Path, secs: i64) {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    let t = TimeSpec::new(secs, 0);
-    let _ = utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &t,
-        &t,
-        UtimensatFlags::NoFollowSymlink,
-    );
-}
-
-fn ensure_parents(upper: &Path, lowers: &[PathBuf], rel: &str) -> Result<(), String> {
-    let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
-    let mut cur = String::new();
-    for s in segs.iter().take(segs.len().saturating_sub(1)) {
-        cur = rel_join(&cur, s);
-        let p = upper.join(&cur);
-        if p.is_dir() {
+/// Resolves the symlinks of a destination path inside the image (as a
+/// container would see them, never leaving its root): `usr/bin/x` for
+/// `bin/x` when `/bin` links to `usr/bin`. The last component is kept
+/// as is when `keep_last`.
+pub fn resolve_in_image(lowers: &[PathBuf], rel: &str, keep_last: bool) -> String {
+    let mut todo: Vec<String> = rel
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .rev()
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(seg) = todo.pop() {
+        if seg == ".." {
+            done.pop();
             continue;
         }
-        fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
-        let (mode, uid, gid) = match lower_meta(lowers, &cur) {
-            Some(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
-            _ => (0o755, 0, 0),
-        };
-        std::os::unix::fs::lchown(&p, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {}: {e}", p.display()))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("chmod {}: {e}", p.display()))?;
+        if seg == "." {
+            continue;
+        }
+        let cand = format!("{}/{seg}", done.join("/"));
+        let last = todo.is_empty();
+        match lower_entry(lowers, &cand) {
+            Some((m, layer)) if m.file_type().is_symlink() && !(last && keep_last) && hops < 40 => {
+                hops += 1;
+                let target =
+                    fs::read_link(layer.join(cand.trim_start_matches('/'))).unwrap_or_default();
+                let t = target.to_string_lossy().into_owned();
+                if t.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(
+                    t.split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .rev(),
+                );
+            }
+            _ => done.push(seg),
+        }
+    }
+    done.join("/")
+}
+
+/// Writes the items as a layer tar to `w`, preceded by the parent
+/// directories they need (with the image's metadata when the image has
+/// them, `lowers` top first; else 0755 root). Nothing touches the disk
+/// but the sources' reads: the store extracts the stream once.
+pub fn write_tar<W: Write>(w: W, lowers: &[PathBuf], items: &[Item]) -> Result<(), String> {
+    let mut b = tar::Builder::new(w);
+    b.follow_symlinks(false);
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let fail = |what: &str, p: &str, e: std::io::Error| format!("{what} {p}: {e}");
+    for it in items {
+        let segs: Vec<&str> = it.dst.split('/').filter(|s| !s.is_empty()).collect();
+        let mut cur = String::new();
+        for s in segs.iter().take(segs.len().saturating_sub(1)) {
+            cur = rel_join(&cur, s);
+            if dirs.contains(&cur) {
+                continue;
+            }
+            let (mode, uid, gid, mtime) = match lower_meta(lowers, &cur) {
+                Some(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+                _ => (0o755, 0, 0, now_secs()),
+            };
+            let mut h = header(tar::EntryType::Directory, mode, uid, gid, mtime, 0);
+            b.append_data(&mut h, format!("{cur}/"), std::io::empty())
+                .map_err(|e| fail("write", &cur, e))?;
+            dirs.insert(cur.clone());
+        }
+        if it.dst.is_empty() {
+            continue;
+        }
+        match &it.kind {
+            Kind::Dir => {
+                if dirs.insert(it.dst.clone()) {
+                    let mut h = header(
+                        tar::EntryType::Directory,
+                        it.mode,
+                        it.uid,
+                        it.gid,
+                        it.mtime,
+                        0,
+                    );
+                    b.append_data(&mut h, format!("{}/", it.dst), std::io::empty())
+                        .map_err(|e| fail("write", &it.dst, e))?;
+                }
+            }
+            Kind::File(src) => {
+                let f = fs::File::open(src).map_err(|e| fail("open", &src.to_string_lossy(), e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| fail("stat", &src.to_string_lossy(), e))?
+                    .len();
+                let mut h = header(
+                    tar::EntryType::Regular,
+                    it.mode,
+                    it.uid,
+                    it.gid,
+                    it.mtime,
+                    len,
+                );
+                b.append_data(&mut h, &it.dst, f.take(len))
+                    .map_err(|e| fail("copy", &src.to_string_lossy(), e))?;
+            }
+            Kind::Inline(c) => {
+                let mut h = header(
+                    tar::EntryType::Regular,
+                    it.mode,
+                    it.uid,
+                    it.gid,
+                    it.mtime,
+                    c.len() as u64,
+                );
+                b.append_data(&mut h, &it.dst, &c[..])
+                    .map_err(|e| fail("write", &it.dst, e))?;
+            }
+            Kind::Symlink(t) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, it.uid, it.gid, it.mtime, 0);
+                b.append_link(&mut h, &it.dst, t)
+                    .map_err(|e| fail("write", &it.dst, e))?;
+            }
+            Kind::Tar(src) => {
+                dirs.insert(it.dst.clone());
+                append_archive(&mut b, src, &it.dst)?;
+            }
+        }
+    }
+    b.into_inner()
+        .map_err(|e| format!("write the layer: {e}"))?;
+    Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn header(
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid.into());
+    h.set_gid(gid.into());
+    h.set_mtime(mtime.max(0) as u64);
+    h.set_size(size);
+    h
+}
+
+/// ADD of a local archive: its entries, moved under `dest` (plain or
+/// gzip-compressed tar).
+fn append_archive<W: Write>(b: &mut tar::Builder<W>, src: &Path, dest: &str) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("ADD {}: {e}", src.display());
+    let f = fs::File::open(src).map_err(fail)?;
+    let mut r = std::io::BufReader::new(f);
+    let gz = {
+        use std::io::BufRead;
+        let head = r.fill_buf().map_err(fail)?;
+        head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
+    };
+    let input: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(r))
+    } else {
+        Box::new(r)
+    };
+    let mut a = tar::Archive::new(input);
+    for e in a.entries().map_err(fail)? {
+        let mut e = e.map_err(fail)?;
+        let path = e.path().map_err(fail)?.to_string_lossy().into_owned();
+        let rel = ignore::clean(&path);
+        if rel.starts_with("..") {
+            return Err(format!(
+                "ADD {}: entry {path} leaves the archive",
+                src.display()
+            ));
+        }
+        let target = rel_join(dest, &rel);
+        let mut h = e.header().clone();
+        match h.entry_type() {
+            tar::EntryType::Directory => {
+                b.append_data(&mut h, format!("{target}/"), std::io::empty())
+                    .map_err(fail)?;
+            }
+            tar::EntryType::Symlink => {
+                let t = e
+                    .link_name()
+                    .map_err(fail)?
+                    .unwrap_or_default()
+                    .into_owned();
+                b.append_link(&mut h, &target, t).map_err(fail)?;
+            }
+            tar::EntryType::Link => {
+                let t = e.link_name().map_err(fail)?.unwrap_or_default();
+                let t = rel_join(dest, &ignore::clean(&t.to_string_lossy()));
+                b.append_link(&mut h, &target, t).map_err(fail)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, &target, &mut e).map_err(fail)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                b.append_data(&mut h, &target, std::io::empty())
+                    .map_err(fail)?;
+            }
+            _ => {} // PAX and GNU records are applied by the reader
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_follow_the_image_symlinks_inside_its_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (top, base) = (d.path().join("top"), d.path().join("base"));
+        fs::create_dir_all(base.join("usr/bin")).unwrap();
+        fs::create_dir_all(&top).unwrap();
+        std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/../../etc", top.join("esc")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/tool", top.join("last")).unwrap();
+        let lowers = vec![top, base];
+        assert_eq!(resolve_in_image(&lowers, "bin/x", false), "usr/bin/x");
+        assert_eq!(resolve_in_image(&lowers, "esc/passwd", false), "etc/passwd");
+        assert_eq!(resolve_in_image(&lowers, "last", false), "usr/bin/tool");
+        assert_eq!(resolve_in_image(&lowers, "last", true), "last");
+        assert_eq!(resolve_in_image(&lowers, "new/dir", false), "new/dir");
+    }
 }

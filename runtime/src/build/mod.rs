@@ -893,22 +893,50 @@ impl<'a> Builder<'a> {
                 if let Some(id) = self.cached(st, &key) {
                     return self.advance(st, id);
                 }
-                let tmp = tempdir_in(&self.store.root().join("tmp"))
-                    .map_err(|e| err(format!("cannot make a temporary directory: {e}")))?;
-                let upper = tmp.path().join("upper");
-                std::fs::create_dir(&upper).map_err(|e| err(format!("mkdir: {e}")))?;
-                copy::materialize(&upper, &prepared.lowers, &prepared.items).map_err(err)?;
-                drop(prepared.mount);
-                let id = self.store.commit(
+                // The tar is made on a thread and read by the store
+                // through a pipe: the files are read once and written once.
+                let (r, w) =
+                    nix::unistd::pipe().map_err(|e| err(format!("cannot make a pipe: {e}")))?;
+                let PreparedCopy {
+                    items,
+                    lowers,
+                    mount,
+                    ..
+                } = prepared;
+                let writer = std::thread::spawn(move || {
+                    // A store that stops reading gives EPIPE here, not a
+                    // SIGPIPE that would end the build without clean-up.
+                    let mut pipe_sig = nix::sys::signal::SigSet::empty();
+                    pipe_sig.add(nix::sys::signal::Signal::SIGPIPE);
+                    let _ = pipe_sig.thread_block();
+                    let w = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::from(w));
+                    copy::write_tar(w, &lowers, &items)
+                });
+                let mut reader = std::fs::File::from(r);
+                let stored = self.store.commit_tar(
                     parent.as_deref(),
-                    &upper,
+                    &mut reader,
+                    &format!("the layer of {}", step.text),
                     &CommitMeta {
                         created_by: Some(created_by),
                         config: Some(Value::Object(st.config.clone())),
                         ..Default::default()
                     },
                     None,
-                )?;
+                );
+                drop(reader);
+                let written = writer
+                    .join()
+                    .unwrap_or_else(|_| Err("the layer writer panicked".into()));
+                drop(mount);
+                let id = match (stored, written) {
+                    (Ok(id), Ok(())) => id,
+                    // A writer error explains a cut stream; a closed pipe
+                    // means the store gave up first and says why.
+                    (Ok(_), Err(w)) => return Err(err(w)),
+                    (Err(_), Err(w)) if !w.contains("Broken pipe") => return Err(err(w)),
+                    (Err(s), _) => return Err(s.into()),
+                };
                 self.store.cache_record(&key, &id)?;
                 self.say(&format!("--> {}", id.short()));
                 self.advance(st, id)
@@ -1030,10 +1058,7 @@ impl<'a> Builder<'a> {
         } else {
             format!("{workdir}/{dest_raw}")
         };
-        let dest = ignore::clean(&dest_abs);
-        if dest.starts_with("..") {
-            return Err(err(format!("destination {dest_raw} is outside the image")));
-        }
+        let dest = copy::resolve_in_image(&lowers, &ignore::clean(&dest_abs), false);
         let ends_slash = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
         // Resolve the sources.
         let mut resolved = Vec::new();
