@@ -391,6 +391,11 @@ fn bad_inputs_name_the_line_and_leave_nothing_behind() {
     // Steps that succeeded before a failure stay as cache, untagged and
     // not listed.
     assert_eq!(images_before, env.ok(&["images", "-q"]));
+    // A bad tag is refused before anything is built.
+    let r = build(&env, &ctx, "FROM busybox\nRUN true\n", &["-t", "Bad Name"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("-t Bad Name"), "{}", r.stderr);
+    assert!(!r.stdout.contains("STEP"), "{}", r.stdout);
     // A context that is not a directory; an undeclared build arg warns.
     let r = env.run(&["build", ctx.join("a.txt").to_str().unwrap()]);
     assert_eq!(r.code, 125);

@@ -3,12 +3,13 @@
 //!
 //! Map: [`parse`] (the file → stages of steps, with the `parse-dockerfile`
 //! crate) → [`Builder::build`] (which stages the target needs, each stage's
-//! steps in order) → per step: a metadata change (a new config, no layer:
-//! [`strata_layerdb::Store::amend`]), a RUN ([`run`]: a container on the
-//! FUSE rootfs whose upper directory becomes a layer, as `commit` makes
-//! one) or a COPY/ADD ([`copy`]: files written into a fresh upper
-//! directory, committed the same way). [`expand`] does Docker's variable
-//! expansion, [`ignore`] the `.dockerignore` rules and source globs.
+//! steps in order) → per step: a metadata change (`meta`: a new config,
+//! no layer, [`strata_layerdb::Store::amend`]), a RUN (`run`: a container
+//! on the FUSE rootfs whose upper directory becomes a layer, as `commit`
+//! makes one) or a COPY/ADD ([`copy`]: a tar of the sources streamed into
+//! [`strata_layerdb::Store::commit_tar`]). [`expand`] does Docker's
+//! variable expansion, [`ignore`] the `.dockerignore` rules and source
+//! globs.
 //!
 //! The cache: a step's key is the SHA-256 of its parent image ID (which
 //! covers the parent's config and so its chainID) and what the step does
@@ -25,6 +26,7 @@
 pub mod copy;
 pub mod expand;
 pub mod ignore;
+mod meta;
 pub mod parse;
 mod run;
 
@@ -33,12 +35,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use strata_layerdb::{CommitMeta, Digest, ImageId, Store};
 
 use crate::container::Registry;
-use parse::{CmdForm, Containerfile, CopySpec, Health, Instr, Source, StageDef, Step};
+use parse::{CmdForm, Containerfile, CopySpec, Instr, Source, StageDef, Step};
 
 /// Why a build failed. Every message names the line of the Containerfile
 /// where it can.
@@ -184,52 +186,12 @@ fn sha(parts: &[&str]) -> Digest {
     Digest::from_bytes(h.finalize().into())
 }
 
-fn nop(text: &str) -> String {
+pub(super) fn nop(text: &str) -> String {
     format!("/bin/sh -c #(nop)  {text}")
 }
 
-fn json_list(v: &[String]) -> String {
+pub(super) fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_default()
-}
-
-/// Parses `30s`, `1m30s`, `500ms`, `1h` into nanoseconds.
-fn duration_ns(s: &str) -> Option<u64> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let n: f64 = num.parse().ok()?;
-        num.clear();
-        let mult = match unit.as_str() {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += n * mult;
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return None;
-    }
-    Some(total as u64)
 }
 
 impl<'a> Builder<'a> {
@@ -273,6 +235,13 @@ impl<'a> Builder<'a> {
                 })?
             }
         };
+        for t in &opts.tags {
+            strata_layerdb::ImageName::parse(
+                t,
+                strata_layerdb::reference::DefaultDomain::Localhost,
+            )
+            .map_err(|e| BuildError::Setup(format!("-t {t}: {e}")))?;
+        }
         let cf = parse::parse(&text)?;
         let ignore = [".containerignore", ".dockerignore"]
             .iter()
@@ -549,69 +518,11 @@ impl<'a> Builder<'a> {
         let esc = self.cf.escape;
         let cfg_before = st.config.clone();
         let vars = |n: &str| st.var(n);
-        let word = |s: &str| expand::word(s, esc, &vars).map_err(|e| err(e.0));
-        let words = |s: &str| expand::words(s, esc, &vars).map_err(|e| err(e.0));
         // Metadata steps: the new config and the history text.
         let mut cfg = st.config.clone();
         let mut author = None;
+        let mut cmd_set = st.cmd_set;
         let meta: Option<String> = match &step.instr {
-            Instr::Env(raw) | Instr::Label(raw) => {
-                let is_env = matches!(step.instr, Instr::Env(_));
-                let ws = words(raw)?;
-                let pairs: Vec<(String, String)> = match ws.first() {
-                    Some(w) if !w.contains('=') => {
-                        let rest = raw
-                            .trim_start()
-                            .split_once(char::is_whitespace)
-                            .map(|(_, r)| r.trim())
-                            .unwrap_or("");
-                        if rest.is_empty() {
-                            return Err(err(format!("{w} needs a value (KEY=VALUE or KEY VALUE)")));
-                        }
-                        vec![(w.clone(), word(rest)?)]
-                    }
-                    _ => ws
-                        .iter()
-                        .map(|w| match w.split_once('=') {
-                            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                            _ => Err(err(format!("{w:?} is not KEY=VALUE"))),
-                        })
-                        .collect::<Result<_, _>>()?,
-                };
-                if pairs.is_empty() {
-                    return Err(err("needs at least one KEY=VALUE".into()));
-                }
-                for (k, v) in &pairs {
-                    if is_env {
-                        let env = cfg.entry("Env").or_insert_with(|| json!([]));
-                        if let Some(a) = env.as_array_mut() {
-                            let p = format!("{k}=");
-                            a.retain(|e| !e.as_str().is_some_and(|s| s.starts_with(&p)));
-                            a.push(Value::from(format!("{k}={v}")));
-                        }
-                    } else {
-                        let l = cfg.entry("Labels").or_insert_with(|| json!({}));
-                        if let Some(o) = l.as_object_mut() {
-                            o.insert(k.clone(), Value::from(v.clone()));
-                        }
-                    }
-                }
-                let shown: Vec<String> = pairs
-                    .iter()
-                    .map(|(k, v)| {
-                        if is_env {
-                            format!("{k}={v}")
-                        } else {
-                            format!("{k}={}", serde_json::to_string(v).unwrap_or_default())
-                        }
-                    })
-                    .collect();
-                Some(nop(&format!(
-                    "{} {}",
-                    if is_env { "ENV" } else { "LABEL" },
-                    shown.join(" ")
-                )))
-            }
             Instr::Arg(raw) => {
                 let decl = self.arg_decl(raw, step.line, &step.text, &|n| st.var(n))?;
                 let mut shown = Vec::new();
@@ -625,164 +536,26 @@ impl<'a> Builder<'a> {
                 }
                 Some(nop(&format!("ARG {}", shown.join(" "))))
             }
-            Instr::Workdir(raw) => {
-                let w = word(raw)?;
-                let cur = cfg
-                    .get("WorkingDir")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("/")
-                    .to_string();
-                let joined = if w.starts_with('/') {
-                    w
-                } else {
-                    format!("{cur}/{w}")
-                };
-                let clean = format!("/{}", ignore::clean(&joined));
-                cfg.insert("WorkingDir".into(), Value::from(clean.clone()));
-                Some(nop(&format!("WORKDIR {clean}")))
-            }
-            Instr::User(raw) => {
-                let u = word(raw)?;
-                cfg.insert("User".into(), Value::from(u.clone()));
-                Some(nop(&format!("USER {u}")))
-            }
-            Instr::Cmd(c) | Instr::Entrypoint(c) => {
-                let is_cmd = matches!(step.instr, Instr::Cmd(_));
-                let v = match c {
-                    CmdForm::Exec(v) => v.clone(),
-                    CmdForm::Shell(s) => {
-                        let mut v = st.shell();
-                        v.push(s.clone());
-                        v
-                    }
-                };
-                if is_cmd {
-                    cfg.insert("Cmd".into(), json!(v));
-                    st.cmd_set = true;
-                } else {
-                    cfg.insert("Entrypoint".into(), json!(v));
-                    if !st.cmd_set {
-                        cfg.remove("Cmd");
-                    }
-                }
-                Some(nop(&format!(
-                    "{} {}",
-                    if is_cmd { "CMD" } else { "ENTRYPOINT" },
-                    json_list(&v)
-                )))
-            }
-            Instr::Expose(raw) => {
-                let mut ports = Vec::new();
-                for r in raw {
-                    for p in words(r)? {
-                        let p = if p.contains('/') {
-                            p.to_lowercase()
-                        } else {
-                            format!("{p}/tcp")
-                        };
-                        let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
-                        let ok = !num.is_empty()
-                            && num.split('-').all(|n| n.parse::<u16>().is_ok())
-                            && matches!(proto, "tcp" | "udp" | "sctp");
-                        if !ok {
-                            return Err(err(format!("invalid port {p:?}")));
-                        }
-                        ports.push(p);
-                    }
-                }
-                let e = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
-                if let Some(o) = e.as_object_mut() {
-                    for p in &ports {
-                        o.insert(p.clone(), json!({}));
-                    }
-                }
-                Some(nop(&format!("EXPOSE {}", ports.join(" "))))
-            }
-            Instr::Volume(raw) => {
-                let mut vols = Vec::new();
-                for r in raw {
-                    let v = word(r)?;
-                    if v.is_empty() {
-                        return Err(err("VOLUME needs a path".into()));
-                    }
-                    vols.push(v);
-                }
-                let e = cfg.entry("Volumes").or_insert_with(|| json!({}));
-                if let Some(o) = e.as_object_mut() {
-                    for v in &vols {
-                        o.insert(v.clone(), json!({}));
-                    }
-                }
-                Some(nop(&format!("VOLUME {}", json_list(&vols))))
-            }
-            Instr::StopSignal(raw) => {
-                let s = word(raw)?;
-                if crate::commands::parse_signal(&s).is_err() {
-                    return Err(err(format!("invalid signal {s:?}")));
-                }
-                cfg.insert("StopSignal".into(), Value::from(s.clone()));
-                Some(nop(&format!("STOPSIGNAL {s}")))
-            }
-            Instr::Shell(v) => {
-                if v.is_empty() {
-                    return Err(err(
-                        "SHELL needs a JSON array: SHELL [\"/bin/sh\", \"-c\"]".into()
-                    ));
-                }
-                cfg.insert("Shell".into(), json!(v));
-                Some(nop(&format!("SHELL {}", json_list(v))))
-            }
-            Instr::Healthcheck(h) => {
-                let hc = match h {
-                    Health::None => json!({"Test": ["NONE"]}),
-                    Health::Cmd(opts, c) => {
-                        let test: Vec<String> = match c {
-                            CmdForm::Exec(v) => std::iter::once("CMD".to_string())
-                                .chain(v.iter().cloned())
-                                .collect(),
-                            CmdForm::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
-                        };
-                        let mut o = Map::new();
-                        o.insert("Test".into(), json!(test));
-                        for (k, v) in opts {
-                            let key = match k.as_str() {
-                                "interval" => "Interval",
-                                "timeout" => "Timeout",
-                                "start-period" => "StartPeriod",
-                                "start-interval" => "StartInterval",
-                                "retries" => {
-                                    let n: u64 = v
-                                        .parse()
-                                        .map_err(|_| err(format!("--retries={v}: not a number")))?;
-                                    o.insert("Retries".into(), json!(n));
-                                    continue;
-                                }
-                                _ => return Err(err(format!("unknown flag --{k}"))),
-                            };
-                            let ns = duration_ns(v)
-                                .ok_or_else(|| err(format!("--{k}={v}: not a duration")))?;
-                            o.insert(key.into(), json!(ns));
-                        }
-                        Value::Object(o)
-                    }
-                };
-                cfg.insert("Healthcheck".into(), hc.clone());
-                Some(nop(&format!("HEALTHCHECK {hc}")))
-            }
-            Instr::Onbuild(t) => {
-                let e = cfg.entry("OnBuild").or_insert_with(|| json!([]));
-                if let Some(a) = e.as_array_mut() {
-                    a.push(Value::from(t.clone()));
-                }
-                Some(nop(&format!("ONBUILD {t}")))
-            }
-            Instr::Maintainer(m) => {
-                author = Some(m.clone());
-                Some(nop(&format!("MAINTAINER {m}")))
-            }
             Instr::Run(_) | Instr::Copy(_) => None,
+            other => {
+                let word_s = |s: &str| expand::word(s, esc, &vars).map_err(|e| e.0);
+                let words_s = |s: &str| expand::words(s, esc, &vars).map_err(|e| e.0);
+                let shell = st.shell();
+                meta::apply(
+                    other,
+                    &mut meta::Edit {
+                        cfg: &mut cfg,
+                        cmd_set: &mut cmd_set,
+                        author: &mut author,
+                        shell: &shell,
+                        word: &word_s,
+                        words: &words_s,
+                    },
+                )
+                .map_err(err)?
+            }
         };
+        st.cmd_set = cmd_set;
         let parent = st.image.map(|i| i.to_string());
         let parent_key = parent.clone().unwrap_or_else(|| "scratch".into());
         if let Some(created_by) = meta {
@@ -1218,18 +991,4 @@ pub(crate) fn tempdir_in(dir: &Path) -> std::io::Result<TempDir> {
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&p)?;
     Ok(TempDir(p))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(duration_ns("30s"), Some(30_000_000_000));
-        assert_eq!(duration_ns("1m30s"), Some(90_000_000_000));
-        assert_eq!(duration_ns("500ms"), Some(500_000_000));
-        assert_eq!(duration_ns("5"), None);
-        assert_eq!(duration_ns("x"), None);
-    }
 }
