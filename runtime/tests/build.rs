@@ -92,6 +92,11 @@ echo heredoc-run > /hd
 echo base=$BASE who=$WHO >> /hd
 EOF
 RUN rm /bin/vi
+RUN cat <<EOF > /cmd-heredoc && cat <<-'X' >> /cmd-heredoc
+who=$WHO
+EOF
+	literal $WHO
+X
 SHELL ["/bin/sh", "-c"]
 WORKDIR sub
 WORKDIR dir
@@ -147,7 +152,7 @@ fn build_runs_every_instruction_and_the_image_has_them() {
         "unused stage ran: {}",
         r.stdout
     );
-    assert!(r.stdout.contains("[2/2] STEP 25/25: CMD"), "{}", r.stdout);
+    assert!(r.stdout.contains("[2/2] STEP 26/26: CMD"), "{}", r.stdout);
     assert_eq!(env.ok(&["run", "--rm", "all"]), "65534\n/sub/dir\n");
     let out = env.ok(&[
         "run",
@@ -159,13 +164,13 @@ fn build_runs_every_instruction_and_the_image_has_them() {
         "all",
         "sh",
         "-c",
-        "cat /from-builder/artifact /from-builder/exec /inline.txt /hd /extracted/t/f; \
+        "cat /from-builder/artifact /from-builder/exec /inline.txt /hd /extracted/t/f /cmd-heredoc; \
          stat -c '%n %a %u %g' /owned /globbed/g1.txt /globbed/g2.txt; ls /copied-dir; \
          ls /bin/vi 2>&1; echo $PATH $HOME_DIR $ALT",
     ]);
     assert_eq!(
         out,
-        "built\nexec-form\nhello you\nheredoc-run\nbase=busybox who=you\nin tar\n\
+        "built\nexec-form\nhello you\nheredoc-run\nbase=busybox who=you\nin tar\nwho=you\nliteral $WHO\n\
          /owned 600 65534 65534\n/globbed/g1.txt 644 0 0\n/globbed/g2.txt 644 0 0\n\
          keep.log\nx\nls: /bin/vi: No such file or directory\n\
          /usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /home/me set\n"
@@ -202,8 +207,8 @@ fn build_runs_every_instruction_and_the_image_has_them() {
     assert!(hist.contains(" in /owned"), "{hist}");
     assert_eq!(
         diff_ids(&env, "all").len(),
-        1 + 8,
-        "base + 6 COPY/ADD + 2 RUN"
+        1 + 9,
+        "base + 6 COPY/ADD + 3 RUN"
     );
     // Only the result is listed; the steps' images need -a.
     assert_eq!(env.ok(&["images", "-q"]).lines().count(), 2);

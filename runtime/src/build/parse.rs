@@ -332,8 +332,169 @@ fn instr(
     })
 }
 
-/// Parses a Containerfile's text; `file` names it in errors.
-pub fn parse(text: &str) -> Result<Containerfile, BuildError> {
+/// A Containerfile whose `RUN cmd <<EOF` heredocs were rewritten for the
+/// parser crate, which only takes a heredoc that starts an instruction:
+/// `RUN cmd <<EOF` + body + `EOF` becomes `RUN <<STRATA_RUN_HEREDOC`, the
+/// original command line, the body and its delimiter, and
+/// `STRATA_RUN_HEREDOC`: a script that the shell runs with the heredoc
+/// in it, as BuildKit does. Line numbers are mapped back.
+struct Rewritten {
+    text: String,
+    /// Original 1-based line of each line of `text` (index = line - 1).
+    lines: Vec<usize>,
+    /// The original display text of rewritten RUNs, by their new line.
+    shown: std::collections::HashMap<usize, String>,
+}
+
+const WRAP: &str = "STRATA_RUN_HEREDOC";
+
+impl Rewritten {
+    fn orig_line(&self, new_line: usize) -> usize {
+        self.lines
+            .get(new_line.saturating_sub(1))
+            .copied()
+            .unwrap_or(new_line)
+    }
+}
+
+/// The delimiters of the heredocs a shell command line opens (`<<EOF`,
+/// `<<-'EOF'`, `<< "EOF"`), with whether tabs are stripped (`<<-`).
+fn heredoc_delims(cmd: &str) -> Vec<(String, bool)> {
+    let b = cmd.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] == b'<' && b[i + 1] == b'<' && b.get(i + 2) != Some(&b'<') {
+            let mut j = i + 2;
+            let strip = b.get(j) == Some(&b'-');
+            if strip {
+                j += 1;
+            }
+            while b.get(j) == Some(&b' ') {
+                j += 1;
+            }
+            let quote = match b.get(j) {
+                Some(q @ (b'\'' | b'"')) => {
+                    j += 1;
+                    Some(*q)
+                }
+                _ => None,
+            };
+            let start = j;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                j += 1;
+            }
+            if j > start && quote.is_none_or(|q| b.get(j) == Some(&q)) {
+                out.push((cmd[start..j].to_string(), strip));
+            }
+            i = j.max(i + 2);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn rewrite_run_heredocs(text: &str) -> Rewritten {
+    let escape = if text
+        .lines()
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .any(|l| l.replace(' ', "").eq_ignore_ascii_case("#escape=`"))
+    {
+        '`'
+    } else {
+        '\\'
+    };
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut out = Rewritten {
+        text: String::new(),
+        lines: Vec::new(),
+        shown: Default::default(),
+    };
+    let emit = |out: &mut Rewritten, l: &str, orig: usize| {
+        out.text.push_str(l);
+        out.text.push('\n');
+        out.lines.push(orig);
+    };
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        let t = l.trim_start();
+        let is_run = t.len() > 4
+            && t[..3].eq_ignore_ascii_case("RUN")
+            && t.as_bytes()[3].is_ascii_whitespace();
+        if is_run {
+            // The logical line: continuations joined.
+            let mut end = i;
+            while end + 1 < lines.len() && lines[end].trim_end().ends_with(escape) {
+                end += 1;
+            }
+            let cmd_lines = &lines[i..=end];
+            let cmd = cmd_lines.join("\n");
+            let after_kw = t[3..].trim_start();
+            // A heredoc that starts the command the parser crate takes as
+            // it is; with RUN flags, its error about them stands.
+            let delims = if after_kw.starts_with("<<") || after_kw.starts_with("--") {
+                Vec::new()
+            } else {
+                heredoc_delims(&cmd)
+            };
+            // Find every body; give up (leave the text as is) if one is
+            // not closed.
+            let mut j = end + 1;
+            let mut ok = !delims.is_empty();
+            for (d, strip) in &delims {
+                loop {
+                    match lines.get(j) {
+                        None => {
+                            ok = false;
+                            break;
+                        }
+                        Some(b) => {
+                            j += 1;
+                            let b = if *strip {
+                                b.trim_start_matches('\t')
+                            } else {
+                                b
+                            };
+                            if b.trim_end_matches('\r') == d {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if !ok {
+                    break;
+                }
+            }
+            if ok {
+                let indent = &l[..l.len() - t.len()];
+                let new_line = out.lines.len() + 1;
+                out.shown.insert(new_line, display_text(&cmd, 0, escape));
+                emit(&mut out, &format!("{indent}RUN <<{WRAP}"), i + 1);
+                let first = &t[3..];
+                emit(&mut out, first.trim_start(), i + 1);
+                for (k, cl) in lines.iter().enumerate().take(j).skip(i + 1) {
+                    emit(&mut out, cl, k + 1);
+                }
+                emit(&mut out, WRAP, j);
+                i = j;
+                continue;
+            }
+        }
+        emit(&mut out, l, i + 1);
+        i += 1;
+    }
+    if !text.ends_with('\n') {
+        out.text.pop();
+    }
+    out
+}
+
+/// Parses a Containerfile's text.
+pub fn parse(original: &str) -> Result<Containerfile, BuildError> {
+    let rw = rewrite_run_heredocs(original);
+    let text = rw.text.as_str();
     let df = pd::parse(text).map_err(|e| {
         let msg = e.to_string();
         let msg = match msg.rfind(" at line ") {
@@ -346,7 +507,7 @@ pub fn parse(text: &str) -> Result<Containerfile, BuildError> {
             msg
         };
         BuildError::Parse {
-            line: e.line(),
+            line: rw.orig_line(e.line()),
             msg,
         }
     })?;
@@ -386,8 +547,13 @@ pub fn parse(text: &str) -> Result<Containerfile, BuildError> {
     };
     for i in &df.instructions {
         let start = kw_start(i);
-        let line = line_of(text, start);
-        let shown = display_text(text, start, escape);
+        let new_line = line_of(text, start);
+        let line = rw.orig_line(new_line);
+        let shown = rw
+            .shown
+            .get(&new_line)
+            .cloned()
+            .unwrap_or_else(|| display_text(text, start, escape));
         match i {
             pd::Instruction::From(f) => {
                 if let Some((k, _)) = flags(&f.options).into_iter().find(|(k, _)| k != "platform") {
@@ -481,6 +647,30 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = parse("FROM busybox\nRUN --mount=type=cache,target=/x true\n").unwrap_err();
         assert!(e.to_string().contains("BuildKit"), "{e}");
+    }
+
+    #[test]
+    fn heredocs_after_a_command_become_a_script() {
+        let cf = parse(
+            "FROM busybox\nRUN cat <<EOF > /f && \\\n  cat <<-'X' >> /f\nhello $HOME\nEOF\n\tbye\nX\nRUN echo after\n",
+        )
+        .unwrap();
+        let steps = &cf.stages[0].steps;
+        assert_eq!(steps[0].line, 2);
+        assert_eq!(steps[0].text, "RUN cat <<EOF > /f && cat <<-'X' >> /f");
+        assert_eq!(
+            steps[0].instr,
+            Instr::Run(CmdForm::Shell(
+                "cat <<EOF > /f && \\\n  cat <<-'X' >> /f\nhello $HOME\nEOF\n\tbye\nX\n".into()
+            ))
+        );
+        assert_eq!(
+            (steps[1].line, steps[1].text.as_str()),
+            (8, "RUN echo after")
+        );
+        // An unclosed heredoc is left to the parser, whose error names the line.
+        let e = parse("FROM busybox\nRUN cat <<EOF\nFROB x\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 3: unknown instruction 'FROB'");
     }
 
     #[test]
