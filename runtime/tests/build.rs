@@ -401,6 +401,14 @@ fn bad_inputs_name_the_line_and_leave_nothing_behind() {
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("-t Bad Name"), "{}", r.stderr);
     assert!(!r.stdout.contains("STEP"), "{}", r.stdout);
+    let r = build(
+        &env,
+        &ctx,
+        "FROM busybox\nRUN true\n",
+        &["--network", "bridge"],
+    );
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("--network bridge"), "{}", r.stderr);
     // A context that is not a directory; an undeclared build arg warns.
     let r = env.run(&["build", ctx.join("a.txt").to_str().unwrap()]);
     assert_eq!(r.code, 125);

@@ -235,6 +235,15 @@ impl<'a> Builder<'a> {
                 })?
             }
         };
+        if let Some(n) = opts
+            .network
+            .as_deref()
+            .filter(|n| !matches!(*n, "host" | "none"))
+        {
+            return Err(BuildError::Setup(format!(
+                "--network {n}: RUN steps support host and none"
+            )));
+        }
         for t in &opts.tags {
             strata_layerdb::ImageName::parse(
                 t,
