@@ -366,11 +366,30 @@ pub struct CommitMeta {
     pub changes: Vec<ConfigChange>,
     /// Creation time; now when `None`.
     pub created: Option<String>,
+    /// A whole runtime `config` object (what `strata build` computed) that
+    /// replaces the parent's before `changes` apply; `None` keeps the
+    /// parent's.
+    pub config: Option<Value>,
 }
 
-/// The config of `parent` with one more layer (commit). Every field of the
-/// parent is kept.
-pub(crate) fn child_config(parent: &[u8], diff: DiffId, meta: &CommitMeta) -> Result<Value> {
+/// The config of an image with no layers and no history (`FROM scratch`).
+pub(crate) fn scratch_config() -> Value {
+    json!({
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    })
+}
+
+/// The config of `parent` with one more layer (commit), or with only one
+/// more history entry marked `empty_layer` when `diff` is `None` (a
+/// metadata step of `strata build`). Every field of the parent is kept.
+pub(crate) fn child_config(
+    parent: &[u8],
+    diff: Option<DiffId>,
+    meta: &CommitMeta,
+) -> Result<Value> {
     let mut v: Value = serde_json::from_slice(parent).map_err(|source| Error::Json {
         what: "parent image config".into(),
         source,
@@ -383,6 +402,9 @@ pub(crate) fn child_config(parent: &[u8], diff: DiffId, meta: &CommitMeta) -> Re
     root.insert("created".into(), Value::from(created.clone()));
     if let Some(a) = &meta.author {
         root.insert("author".into(), Value::from(a.clone()));
+    }
+    if let Some(c) = &meta.config {
+        root.insert("config".into(), c.clone());
     }
     {
         let cfg = obj(root, "config");
@@ -399,9 +421,11 @@ pub(crate) fn child_config(parent: &[u8], diff: DiffId, meta: &CommitMeta) -> Re
         if !ids.is_array() {
             *ids = Value::Array(Vec::new());
         }
-        ids.as_array_mut()
-            .expect("array")
-            .push(Value::from(diff.to_string()));
+        if let Some(diff) = diff {
+            ids.as_array_mut()
+                .expect("array")
+                .push(Value::from(diff.to_string()));
+        }
     }
     let mut h = Map::new();
     h.insert("created".into(), Value::from(created));
@@ -413,6 +437,9 @@ pub(crate) fn child_config(parent: &[u8], diff: DiffId, meta: &CommitMeta) -> Re
     }
     if let Some(c) = &meta.comment {
         h.insert("comment".into(), Value::from(c.clone()));
+    }
+    if diff.is_none() {
+        h.insert("empty_layer".into(), Value::from(true));
     }
     let hist = root
         .entry("history")

@@ -13,7 +13,8 @@
 //!   [`Store::commit`] (upper directory → layer + image), [`export_dir`]
 //!   (flat tar of any tree), [`Store::images`], [`Store::inspect`],
 //!   [`Store::history`], [`Store::tag`], [`Store::untag`], [`Store::remove`],
-//!   [`Store::resolve`], [`Store::lower_dirs`], [`Store::check`].
+//!   [`Store::resolve`], [`Store::lower_dirs`], [`Store::check`];
+//!   [`Store::amend`] and the build cache ([`buildcache`]) for `strata build`.
 //!
 //! # Layer identity: why a tar-split record
 //!
@@ -40,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod buildcache;
 pub mod check;
 pub mod commit;
 pub mod config;

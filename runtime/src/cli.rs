@@ -205,6 +205,8 @@ pub enum Command {
         /// The container.
         container: String,
     },
+    /// Build an image from a Containerfile or Dockerfile.
+    Build(BuildArgs),
     /// Image commands.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -396,6 +398,38 @@ pub struct RunArgs {
         value_name = "IMAGE [COMMAND [ARG...]]"
     )]
     pub args: Vec<String>,
+}
+
+/// `strata build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The Containerfile (`-` for stdin; default Containerfile or
+    /// Dockerfile in the context).
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// NAME[:TAG] for the image (repeatable).
+    #[arg(short, long)]
+    pub tag: Vec<String>,
+    /// Set a build argument (KEY=VALUE, or KEY to copy the host's).
+    #[arg(long)]
+    pub build_arg: Vec<String>,
+    /// Build this stage (and what it needs), not the last one.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use the layer cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Write the image ID to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Print only the image ID.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The network of RUN steps: host (default) or none.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// The build context directory.
+    pub context: PathBuf,
 }
 
 /// `strata exec`.

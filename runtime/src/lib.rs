@@ -12,13 +12,15 @@
 //! flags), [`supervisor`] (mount, fork init, wait, record), [`rootfs`]
 //! (mounts inside the container, through the [`sys::Syscall`] seam),
 //! [`process`] (user, cwd, exec), [`attach`] (terminals and signals),
-//! [`diff`], [`format`] (docker-style output).
+//! [`diff`], [`format`] (docker-style output), [`build`] (`strata build`:
+//! Containerfiles, the layer cache).
 //!
 //! Invariant: no `unsafe` outside [`sys`].
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod attach;
+pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod container;

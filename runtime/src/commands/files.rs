@@ -36,6 +36,7 @@ pub fn commit(
         author,
         changes,
         created: None,
+        config: None,
     };
     let running = c.running_init()?;
     if let Some(init) = &running {

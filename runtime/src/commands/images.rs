@@ -11,6 +11,11 @@ pub(super) fn split_name(n: &str) -> (String, String) {
 
 pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
     let mut list = ctx.store.images()?;
+    if !a.all {
+        // Untagged images of build steps, as docker hides them.
+        let steps = ctx.store.cache_intermediate_images()?;
+        list.retain(|i| !i.names.is_empty() || !steps.contains(&i.id));
+    }
     list.sort_by_key(|i| std::cmp::Reverse(i.created.as_deref().and_then(parse_rfc3339)));
     if a.quiet {
         for i in &list {

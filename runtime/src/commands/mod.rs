@@ -287,6 +287,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             println!("{container}");
             Ok(0)
         }
+        Command::Build(a) => build(&ctx, &a),
         Command::Image(ImageCommand::Mount { image, dir }) => {
             let info = ctx.store.inspect(&image)?;
             let dir = match dir {
@@ -343,6 +344,46 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(supervisor::serve_mount(mounts::options(lowers, up), &dir))
         }
     }
+}
+
+/// `build`: the build module does the work; a failed RUN exits with its
+/// code.
+fn build(ctx: &Ctx, a: &crate::cli::BuildArgs) -> Result<i32> {
+    use crate::build::{BuildError, BuildOptions, Builder};
+    let opts = BuildOptions {
+        context: a.context.clone(),
+        file: a.file.clone(),
+        tags: a.tag.clone(),
+        build_args: a.build_arg.clone(),
+        target: a.target.clone(),
+        no_cache: a.no_cache,
+        quiet: a.quiet,
+        network: a.network.clone(),
+    };
+    let what = match &a.file {
+        Some(f) if f.as_os_str() == "-" => "the Containerfile on stdin".to_string(),
+        Some(f) => f.display().to_string(),
+        None => "the Containerfile".to_string(),
+    };
+    let r = Builder::new(&ctx.store, &ctx.reg, &ctx.root, &opts).and_then(Builder::build);
+    let r = match r {
+        Ok(r) => r,
+        Err(BuildError::RunFailed { line, text, code }) => {
+            return Err(Exit {
+                code,
+                message: format!(
+                    "building {what}: line {line}: {text}: the command exited with code {code}"
+                ),
+            }
+            .into())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("building {what}"))),
+    };
+    if let Some(f) = &a.iidfile {
+        fs::write(f, r.id.to_string()).with_context(|| format!("write {}", f.display()))?;
+    }
+    println!("{}", r.id);
+    Ok(0)
 }
 
 fn parse_changes(v: &[String]) -> Result<Vec<ConfigChange>> {

@@ -60,7 +60,7 @@ pub(super) fn system_df(ctx: &Ctx) -> Result<i32> {
 pub(super) fn system_prune(ctx: &Ctx, force: bool, all: bool) -> Result<i32> {
     if !force {
         eprint!(
-            "WARNING! This will remove all stopped containers and {} images.\nAre you sure you want to continue? [y/N] ",
+            "WARNING! This will remove all stopped containers, the build cache and {} images.\nAre you sure you want to continue? [y/N] ",
             if all { "all unused" } else { "dangling" }
         );
         let mut answer = String::new();
@@ -81,6 +81,8 @@ pub(super) fn system_prune(ctx: &Ctx, force: bool, all: bool) -> Result<i32> {
         reclaimed += sz;
         println!("{}", c.id());
     }
+    let entries = ctx.store.cache_clear()?;
+    println!("Deleted build cache entries: {entries}");
     println!("Deleted Images:");
     let used: std::collections::BTreeSet<_> =
         ctx.reg.list()?.iter().map(|c| c.config.image_id).collect();

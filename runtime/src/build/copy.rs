@@ -1,0 +1,568 @@
+//! COPY and ADD: which files a step copies (with the metadata they will
+//! have in the image), the digest that is their cache key, and the layer
+//! tar ([`write_tar`]) that [`strata_layerdb::Store::commit_tar`]
+//! extracts once, so copied files are written to disk one time.
+//!
+//! The digest covers each entry's destination path, type, mode, owner
+//! (after `--chown`/`--chmod`) and content (or link target), never its
+//! mtime, as Docker documents: a `touch` is still a cache hit.
+//!
+//! Parent directories of a destination that exist in the image are
+//! written with the image's mode and owner, as a copy-up would; new ones
+//! are 0755 root.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::ignore::{self, Ignore};
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file copied from `src`.
+    File(PathBuf),
+    /// A directory.
+    Dir,
+    /// A symlink to this target.
+    Symlink(PathBuf),
+    /// A file with this content (a heredoc).
+    Inline(Vec<u8>),
+    /// A tar archive (ADD) extracted into the destination directory.
+    Tar(PathBuf),
+}
+
+/// One entry a COPY writes.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Destination, relative to the image root, no leading `/`.
+    pub dst: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits (with setuid/setgid/sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time kept from the source (seconds).
+    pub mtime: i64,
+}
+
+/// Where sources are read from: the build context (with its ignore file)
+/// or the root of a stage or image (`--from`).
+pub struct SourceRoot<'a> {
+    /// The directory.
+    pub dir: &'a Path,
+    /// The ignore rules (context only).
+    pub ignore: Option<&'a Ignore>,
+    /// Whether owners are kept from the source (`--from`) rather than
+    /// set to root (the context).
+    pub keep_owner: bool,
+}
+
+/// `--chown` and `--chmod`, resolved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// uid and gid.
+    pub owner: Option<(u32, u32)>,
+    /// Permission bits.
+    pub mode: Option<u32>,
+}
+
+/// Where a COPY writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The destination, relative to the image root.
+    pub dest: &'a str,
+    /// Whether it is a directory (sources go inside it).
+    pub is_dir: bool,
+    /// ADD: local tar archives are extracted.
+    pub add: bool,
+    /// `--chown`, `--chmod`.
+    pub overrides: Overrides,
+}
+
+fn rel_join(a: &str, b: &str) -> String {
+    ignore::clean(&format!("{a}/{b}"))
+}
+
+impl SourceRoot<'_> {
+    fn excluded(&self, rel: &str) -> bool {
+        self.ignore.is_some_and(|i| i.excludes(rel))
+    }
+
+    /// The relative paths (files, dirs, links) under `rel`, depth first,
+    /// minus excluded ones.
+    fn walk(&self, rel: &str, out: &mut Vec<(String, fs::Metadata)>) -> Result<(), String> {
+        let dir = self.dir.join(rel);
+        let rd = fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for n in names {
+            let child = rel_join(rel, &n.to_string_lossy());
+            let p = self.dir.join(&child);
+            let md = fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let excluded = self.excluded(&child);
+            if md.is_dir() {
+                if excluded && !self.ignore.is_some_and(Ignore::has_exceptions) {
+                    continue;
+                }
+                if !excluded {
+                    out.push((child.clone(), md));
+                }
+                self.walk(&child, out)?;
+            } else if !excluded {
+                out.push((child, md));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves one source (a path or glob, already expanded) to the
+    /// top-level entries it names.
+    pub fn resolve(&self, src: &str) -> Result<Vec<(String, fs::Metadata)>, String> {
+        let rel = ignore::clean(src);
+        if rel == ".." || rel.starts_with("../") {
+            return Err(format!("{src} is outside the build context"));
+        }
+        if ignore::has_glob(&rel) {
+            let mut all = Vec::new();
+            self.walk("", &mut all)?;
+            let hits: Vec<_> = all
+                .into_iter()
+                .filter(|(p, _)| ignore::matches_path(&rel, p))
+                .collect();
+            if hits.is_empty() {
+                return Err(format!("no source files match {src}"));
+            }
+            return Ok(hits);
+        }
+        let p = self.dir.join(&rel);
+        match fs::symlink_metadata(&p) {
+            Ok(_) if !rel.is_empty() && self.excluded(&rel) => Err(format!(
+                "{src} is excluded by the ignore file (.dockerignore/.containerignore)"
+            )),
+            Ok(md) => Ok(vec![(rel, md)]),
+            Err(_) => Err(format!("{src}: no such file or directory")),
+        }
+    }
+
+    fn item(&self, rel: &str, md: &fs::Metadata, dst: String, o: Overrides) -> Item {
+        let p = self.dir.join(rel);
+        let kind = if md.is_dir() {
+            Kind::Dir
+        } else if md.file_type().is_symlink() {
+            Kind::Symlink(fs::read_link(&p).unwrap_or_default())
+        } else {
+            Kind::File(p)
+        };
+        let (uid, gid) = o.owner.unwrap_or(if self.keep_owner {
+            (md.uid(), md.gid())
+        } else {
+            (0, 0)
+        });
+        Item {
+            dst,
+            mode: if matches!(kind, Kind::Symlink(_)) {
+                0o777
+            } else {
+                o.mode.unwrap_or(md.mode() & 0o7777)
+            },
+            kind,
+            uid,
+            gid,
+            mtime: md.mtime(),
+        }
+    }
+
+    /// The items one resolved source gives at `dest` (relative to the
+    /// image root). A directory's content goes into `dest`; a file goes to
+    /// `dest/NAME` when `dest_is_dir`, else to `dest`.
+    pub fn items(
+        &self,
+        rel: &str,
+        md: &fs::Metadata,
+        t: &Target<'_>,
+        out: &mut Vec<Item>,
+    ) -> Result<(), String> {
+        let (dest, dest_is_dir, add, o) = (t.dest, t.is_dir, t.add, t.overrides);
+        if md.is_dir() {
+            if !dest.is_empty() {
+                let mut d = self.item(rel, md, dest.to_string(), o);
+                d.mode = o.mode.unwrap_or(0o755);
+                d.uid = o.owner.map(|x| x.0).unwrap_or(0);
+                d.gid = o.owner.map(|x| x.1).unwrap_or(0);
+                out.push(d);
+            }
+            let mut all = Vec::new();
+            self.walk(rel, &mut all)?;
+            for (p, m) in all {
+                let below = p.strip_prefix(rel).unwrap_or(&p).trim_start_matches('/');
+                out.push(self.item(&p, &m, rel_join(dest, below), o));
+            }
+            return Ok(());
+        }
+        let name = Path::new(rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if add && md.is_file() && is_tar(&self.dir.join(rel)) {
+            out.push(Item {
+                dst: dest.to_string(),
+                kind: Kind::Tar(self.dir.join(rel)),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: md.mtime(),
+            });
+            return Ok(());
+        }
+        let dst = if dest_is_dir {
+            rel_join(dest, &name)
+        } else {
+            dest.to_string()
+        };
+        out.push(self.item(rel, md, dst, o));
+        Ok(())
+    }
+}
+
+/// Whether a file is a tar archive, plain or gzip-compressed (what ADD
+/// extracts).
+fn is_tar(p: &Path) -> bool {
+    let mut buf = [0u8; 512];
+    let Ok(mut f) = fs::File::open(p) else {
+        return false;
+    };
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    (n >= 2 && buf[0] == 0x1f && buf[1] == 0x8b) || (n == 512 && &buf[257..262] == b"ustar")
+}
+
+fn hash_file(p: &Path, h: &mut Sha256) -> Result<(), String> {
+    let mut f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// The digest of what a COPY writes: paths, types, modes, owners and
+/// contents; not mtimes.
+pub fn digest(items: &[Item]) -> Result<String, String> {
+    let mut h = Sha256::new();
+    for it in items {
+        h.update(it.dst.as_bytes());
+        h.update(format!("\0{:o}\0{}\0{}\0", it.mode, it.uid, it.gid).as_bytes());
+        match &it.kind {
+            Kind::File(p) => {
+                h.update(b"f");
+                hash_file(p, &mut h)?;
+            }
+            Kind::Tar(p) => {
+                h.update(b"t");
+                hash_file(p, &mut h)?;
+            }
+            Kind::Dir => h.update(b"d"),
+            Kind::Symlink(t) => {
+                h.update(b"l");
+                h.update(t.as_os_str().as_encoded_bytes());
+            }
+            Kind::Inline(c) => {
+                h.update(b"i");
+                h.update(c);
+            }
+        }
+        h.update(b"\n");
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Looks a path up in a stack of layer directories (top first): the
+/// metadata of the entry that wins and the layer it is in, or `None` when
+/// it is absent or whited out. Symlinks are not followed.
+fn lower_entry(lowers: &[PathBuf], rel: &str) -> Option<(fs::Metadata, PathBuf)> {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return lowers
+            .first()
+            .and_then(|l| Some((fs::metadata(l).ok()?, l.clone())));
+    }
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", rel),
+    };
+    for l in lowers {
+        if let Ok(m) = fs::symlink_metadata(l.join(rel)) {
+            let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
+            return (!whiteout).then(|| (m, l.clone()));
+        }
+        if l.join(parent).join(format!(".wh.{name}")).exists() {
+            return None;
+        }
+    }
+    None
+}
+
+/// The metadata of a path in a stack of layers (see [`lower_entry`]).
+pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<fs::Metadata> {
+    lower_entry(lowers, rel).map(|(m, _)| m)
+}
+
+/// Resolves the symlinks of a destination path inside the image (as a
+/// container would see them, never leaving its root): `usr/bin/x` for
+/// `bin/x` when `/bin` links to `usr/bin`. The last component is kept
+/// as is when `keep_last`.
+pub fn resolve_in_image(lowers: &[PathBuf], rel: &str, keep_last: bool) -> String {
+    let mut todo: Vec<String> = rel
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .rev()
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(seg) = todo.pop() {
+        if seg == ".." {
+            done.pop();
+            continue;
+        }
+        if seg == "." {
+            continue;
+        }
+        let cand = format!("{}/{seg}", done.join("/"));
+        let last = todo.is_empty();
+        match lower_entry(lowers, &cand) {
+            Some((m, layer)) if m.file_type().is_symlink() && !(last && keep_last) && hops < 40 => {
+                hops += 1;
+                let target =
+                    fs::read_link(layer.join(cand.trim_start_matches('/'))).unwrap_or_default();
+                let t = target.to_string_lossy().into_owned();
+                if t.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(
+                    t.split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .rev(),
+                );
+            }
+            _ => done.push(seg),
+        }
+    }
+    done.join("/")
+}
+
+/// Writes the items as a layer tar to `w`, preceded by the parent
+/// directories they need (with the image's metadata when the image has
+/// them, `lowers` top first; else 0755 root). Nothing touches the disk
+/// but the sources' reads: the store extracts the stream once.
+pub fn write_tar<W: Write>(w: W, lowers: &[PathBuf], items: &[Item]) -> Result<(), String> {
+    let mut b = tar::Builder::new(w);
+    b.follow_symlinks(false);
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let fail = |what: &str, p: &str, e: std::io::Error| format!("{what} {p}: {e}");
+    for it in items {
+        let segs: Vec<&str> = it.dst.split('/').filter(|s| !s.is_empty()).collect();
+        let mut cur = String::new();
+        for s in segs.iter().take(segs.len().saturating_sub(1)) {
+            cur = rel_join(&cur, s);
+            if dirs.contains(&cur) {
+                continue;
+            }
+            let (mode, uid, gid, mtime) = match lower_meta(lowers, &cur) {
+                Some(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+                _ => (0o755, 0, 0, now_secs()),
+            };
+            let mut h = header(tar::EntryType::Directory, mode, uid, gid, mtime, 0);
+            b.append_data(&mut h, format!("{cur}/"), std::io::empty())
+                .map_err(|e| fail("write", &cur, e))?;
+            dirs.insert(cur.clone());
+        }
+        if it.dst.is_empty() {
+            continue;
+        }
+        match &it.kind {
+            Kind::Dir => {
+                if dirs.insert(it.dst.clone()) {
+                    let mut h = header(
+                        tar::EntryType::Directory,
+                        it.mode,
+                        it.uid,
+                        it.gid,
+                        it.mtime,
+                        0,
+                    );
+                    b.append_data(&mut h, format!("{}/", it.dst), std::io::empty())
+                        .map_err(|e| fail("write", &it.dst, e))?;
+                }
+            }
+            Kind::File(src) => {
+                let f = fs::File::open(src).map_err(|e| fail("open", &src.to_string_lossy(), e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| fail("stat", &src.to_string_lossy(), e))?
+                    .len();
+                let mut h = header(
+                    tar::EntryType::Regular,
+                    it.mode,
+                    it.uid,
+                    it.gid,
+                    it.mtime,
+                    len,
+                );
+                b.append_data(&mut h, &it.dst, f.take(len))
+                    .map_err(|e| fail("copy", &src.to_string_lossy(), e))?;
+            }
+            Kind::Inline(c) => {
+                let mut h = header(
+                    tar::EntryType::Regular,
+                    it.mode,
+                    it.uid,
+                    it.gid,
+                    it.mtime,
+                    c.len() as u64,
+                );
+                b.append_data(&mut h, &it.dst, &c[..])
+                    .map_err(|e| fail("write", &it.dst, e))?;
+            }
+            Kind::Symlink(t) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, it.uid, it.gid, it.mtime, 0);
+                b.append_link(&mut h, &it.dst, t)
+                    .map_err(|e| fail("write", &it.dst, e))?;
+            }
+            Kind::Tar(src) => {
+                dirs.insert(it.dst.clone());
+                append_archive(&mut b, src, &it.dst)?;
+            }
+        }
+    }
+    b.into_inner()
+        .map_err(|e| format!("write the layer: {e}"))?;
+    Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn header(
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid.into());
+    h.set_gid(gid.into());
+    h.set_mtime(mtime.max(0) as u64);
+    h.set_size(size);
+    h
+}
+
+/// ADD of a local archive: its entries, moved under `dest` (plain or
+/// gzip-compressed tar).
+fn append_archive<W: Write>(b: &mut tar::Builder<W>, src: &Path, dest: &str) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("ADD {}: {e}", src.display());
+    let f = fs::File::open(src).map_err(fail)?;
+    let mut r = std::io::BufReader::new(f);
+    let gz = {
+        use std::io::BufRead;
+        let head = r.fill_buf().map_err(fail)?;
+        head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
+    };
+    let input: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(r))
+    } else {
+        Box::new(r)
+    };
+    let mut a = tar::Archive::new(input);
+    for e in a.entries().map_err(fail)? {
+        let mut e = e.map_err(fail)?;
+        let path = e.path().map_err(fail)?.to_string_lossy().into_owned();
+        let rel = ignore::clean(&path);
+        if rel.starts_with("..") {
+            return Err(format!(
+                "ADD {}: entry {path} leaves the archive",
+                src.display()
+            ));
+        }
+        let target = rel_join(dest, &rel);
+        let mut h = e.header().clone();
+        match h.entry_type() {
+            tar::EntryType::Directory => {
+                b.append_data(&mut h, format!("{target}/"), std::io::empty())
+                    .map_err(fail)?;
+            }
+            tar::EntryType::Symlink => {
+                let t = e
+                    .link_name()
+                    .map_err(fail)?
+                    .unwrap_or_default()
+                    .into_owned();
+                b.append_link(&mut h, &target, t).map_err(fail)?;
+            }
+            tar::EntryType::Link => {
+                let t = e.link_name().map_err(fail)?.unwrap_or_default();
+                let t = rel_join(dest, &ignore::clean(&t.to_string_lossy()));
+                b.append_link(&mut h, &target, t).map_err(fail)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, &target, &mut e).map_err(fail)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                b.append_data(&mut h, &target, std::io::empty())
+                    .map_err(fail)?;
+            }
+            _ => {} // PAX and GNU records are applied by the reader
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_follow_the_image_symlinks_inside_its_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (top, base) = (d.path().join("top"), d.path().join("base"));
+        fs::create_dir_all(base.join("usr/bin")).unwrap();
+        fs::create_dir_all(&top).unwrap();
+        std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
+        std::os::unix::fs::symlink("/../../etc", top.join("esc")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/tool", top.join("last")).unwrap();
+        let lowers = vec![top, base];
+        assert_eq!(resolve_in_image(&lowers, "bin/x", false), "usr/bin/x");
+        assert_eq!(resolve_in_image(&lowers, "esc/passwd", false), "etc/passwd");
+        assert_eq!(resolve_in_image(&lowers, "last", false), "usr/bin/tool");
+        assert_eq!(resolve_in_image(&lowers, "last", true), "last");
+        assert_eq!(resolve_in_image(&lowers, "new/dir", false), "new/dir");
+    }
+}
