@@ -228,7 +228,14 @@ impl Mounted {
                 .overlay
                 .stats_pruned
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let extra = format!("{:<16} {pruned:>10}\n", "pruned");
+            let peak = self
+                .overlay
+                .stats_peak_nodes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let extra = format!(
+                "{:<16} {pruned:>10}\n{:<16} {peak:>10}\n",
+                "pruned", "peak nodes"
+            );
             if let Err(e) = self.overlay.stats.append_to(file, &self.mountpoint, &extra) {
                 tracing::warn!(file = %file.display(), %e, "cannot write the request counts");
             }

@@ -92,6 +92,8 @@ pub struct Overlay {
     pub(crate) stats: crate::stats::OpStats,
     /// Node ids the pruner asked the kernel to drop.
     pub(crate) stats_pruned: std::sync::atomic::AtomicU64,
+    /// The most nodes live at once.
+    pub(crate) stats_peak_nodes: std::sync::atomic::AtomicUsize,
     /// The key of the hash that numbers listing offsets.
     pub(crate) cookie_keys: std::hash::RandomState,
     /// The doorbell of the node pruning thread, once started.
@@ -133,6 +135,7 @@ impl Overlay {
             notifier: std::sync::OnceLock::new(),
             stats: crate::stats::OpStats::new(opts.stats.is_some()),
             stats_pruned: Default::default(),
+            stats_peak_nodes: Default::default(),
             pruner: std::sync::OnceLock::new(),
             cookie_keys: std::hash::RandomState::new(),
             stat_window: Default::default(),
@@ -250,8 +253,10 @@ impl Overlay {
 
     /// Rings the pruner if the node table is over its limit.
     pub fn check_node_limit(&self) {
+        let live = self.nodes.len();
+        self.stats_peak_nodes.fetch_max(live, Ordering::Relaxed);
         if let Some(p) = self.pruner.get() {
-            if self.nodes.len() > self.max_nodes() {
+            if live > self.max_nodes() {
                 p.ring();
             }
         }
