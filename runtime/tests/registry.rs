@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{Env, Run};
-use registry_support::{fixture, have, http, put_blob, put_manifest, sha256, Fault, Proxy, Registry};
+use registry_support::{
+    fixture, have, http, put_blob, put_manifest, sha256, Fault, Proxy, Registry,
+};
 
 const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -37,7 +39,11 @@ fn ok(root: &Path, args: &[&str]) -> String {
 /// A store with busybox-c1 (two layers, the base shared with busybox).
 fn env_with_c1() -> Env {
     let e = Env::new();
-    e.ok(&["load", "-i", fixture("busybox-c1-docker-archive.tar").to_str().unwrap()]);
+    e.ok(&[
+        "load",
+        "-i",
+        fixture("busybox-c1-docker-archive.tar").to_str().unwrap(),
+    ]);
     e
 }
 
@@ -75,20 +81,41 @@ fn push_then_pull_keeps_ids_and_digests_and_moves_only_missing_blobs() {
     let id = image_id(&a, "localhost/busybox-c1");
     let dest = format!("{}/strata/c1:v1", proxy.addr);
     let df = a.dir.path().join("digest");
-    a.ok(&["push", "--digestfile", df.to_str().unwrap(), "localhost/busybox-c1", &dest]);
+    a.ok(&[
+        "push",
+        "--digestfile",
+        df.to_str().unwrap(),
+        "localhost/busybox-c1",
+        &dest,
+    ]);
     let digest = std::fs::read_to_string(&df).unwrap();
     assert!(digest.starts_with("sha256:"), "{digest}");
-    assert!(proxy.log().iter().any(|l| l.starts_with("PATCH ")), "chunked upload: {:?}", proxy.log());
+    assert!(
+        proxy.log().iter().any(|l| l.starts_with("PATCH ")),
+        "chunked upload: {:?}",
+        proxy.log()
+    );
 
     // A second push of the same image uploads nothing.
     proxy.clear();
     a.ok(&["push", "localhost/busybox-c1", &dest]);
-    assert!(!proxy.log().iter().any(|l| l.starts_with("PATCH ")), "{:?}", proxy.log());
+    assert!(
+        !proxy.log().iter().any(|l| l.starts_with("PATCH ")),
+        "{:?}",
+        proxy.log()
+    );
     // To another repository of the registry: the layers are mounted.
     proxy.clear();
-    a.ok(&["push", "localhost/busybox-c1", &format!("{}/strata/other:1", proxy.addr)]);
+    a.ok(&[
+        "push",
+        "localhost/busybox-c1",
+        &format!("{}/strata/other:1", proxy.addr),
+    ]);
     let log = proxy.log();
-    assert!(log.iter().any(|l| l.contains("mount=")), "cross-repository mount: {log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("mount=")),
+        "cross-repository mount: {log:?}"
+    );
     assert!(!log.iter().any(|l| l.starts_with("PATCH ")), "{log:?}");
 
     // Pull into another store that has busybox (the shared base layer).
@@ -96,7 +123,12 @@ fn push_then_pull_keeps_ids_and_digests_and_moves_only_missing_blobs() {
     proxy.clear();
     let out = b.ok(&["pull", &dest]);
     assert_eq!(out.trim(), id, "pull prints the image ID, podman's");
-    assert_eq!(blob_gets(&proxy), 2, "config and the one missing layer: {:?}", proxy.log());
+    assert_eq!(
+        blob_gets(&proxy),
+        2,
+        "config and the one missing layer: {:?}",
+        proxy.log()
+    );
     assert_eq!(
         b.inspect(&dest, "{{.RootFS.Layers}}"),
         a.inspect("localhost/busybox-c1", "{{.RootFS.Layers}}")
@@ -110,21 +142,40 @@ fn push_then_pull_keeps_ids_and_digests_and_moves_only_missing_blobs() {
     assert_eq!(b.ok(&["pull", "-q", &by_digest]).trim(), id);
     let images = b.ok(&["images", "--digests"]);
     assert!(images.contains(&digest), "{images}");
-    assert_eq!(b.ok(&["run", "--rm", &by_digest, "cat", "/root/file"]), "data\n");
+    assert_eq!(
+        b.ok(&["run", "--rm", &by_digest, "cat", "/root/file"]),
+        "data\n"
+    );
     assert_clean(&b.root);
 
     // zstd layers in an OCI manifest, and a Docker schema 2 manifest.
     let z = format!("{}/strata/z:1", reg.addr);
-    a.ok(&["push", "--compression-format", "zstd", "localhost/busybox-c1", &z]);
+    a.ok(&[
+        "push",
+        "--compression-format",
+        "zstd",
+        "localhost/busybox-c1",
+        &z,
+    ]);
     let v2 = format!("{}/strata/v2:1", reg.addr);
     a.ok(&["push", "--format", "v2s2", "localhost/busybox-c1", &v2]);
-    let m = http(&reg.addr, "GET", "/v2/strata/z/manifests/1", &[("Accept", MT_OCI_MANIFEST)], b"").unwrap();
+    let m = http(
+        &reg.addr,
+        "GET",
+        "/v2/strata/z/manifests/1",
+        &[("Accept", MT_OCI_MANIFEST)],
+        b"",
+    )
+    .unwrap();
     assert!(String::from_utf8_lossy(&m.body).contains("tar+zstd"));
     let m = http(
         &reg.addr,
         "GET",
         "/v2/strata/v2/manifests/1",
-        &[("Accept", "application/vnd.docker.distribution.manifest.v2+json")],
+        &[(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )],
         b"",
     )
     .unwrap();
@@ -132,7 +183,18 @@ fn push_then_pull_keeps_ids_and_digests_and_moves_only_missing_blobs() {
     let c = tempfile::tempdir_in("/var/tmp").unwrap();
     assert_eq!(ok(c.path(), &["pull", "-q", &z]).trim(), id);
     assert_eq!(ok(c.path(), &["pull", "-q", &v2]).trim(), id);
-    let r = strata(c.path(), &["push", "--format", "v2s2", "--compression-format", "zstd", &z, &z]);
+    let r = strata(
+        c.path(),
+        &[
+            "push",
+            "--format",
+            "v2s2",
+            "--compression-format",
+            "zstd",
+            &z,
+            &z,
+        ],
+    );
     assert_ne!(r.code, 0);
     assert_clean(c.path());
 }
@@ -170,7 +232,10 @@ impl Podman {
     fn ok(&self, args: &[&str]) -> String {
         let o = Command::new("podman")
             .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"))
+            .env(
+                "CONTAINERS_STORAGE_CONF",
+                self.dir.path().join("storage.conf"),
+            )
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -188,15 +253,26 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = Command::new("podman")
             .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.dir.path().join("storage.conf"))
+            .env(
+                "CONTAINERS_STORAGE_CONF",
+                self.dir.path().join("storage.conf"),
+            )
             .args(["rm", "-af"])
             .output();
     }
 }
 
 fn skopeo(args: &[&str]) -> String {
-    let o = Command::new("skopeo").args(args).stdin(Stdio::null()).output().unwrap();
-    assert!(o.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("skopeo")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -224,32 +300,60 @@ fn skopeo_and_podman_read_what_strata_pushes_and_the_reverse() {
     // strata push → skopeo inspect, podman pull + run.
     let dest = format!("{}/interop/from-strata:1", reg.addr);
     a.ok(&["push", "localhost/busybox-c1", &dest]);
-    let cfg = json(&skopeo(&["inspect", "--tls-verify=false", "--config", &format!("docker://{dest}")]));
+    let cfg = json(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        &format!("docker://{dest}"),
+    ]));
     assert_eq!(cfg["rootfs"]["diff_ids"], serde_json::json!(diffs));
-    let raw = json(&skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{dest}")]));
+    let raw = json(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{dest}"),
+    ]));
     assert_eq!(raw["config"]["digest"], format!("sha256:{id}"));
     let p = Podman::new();
     p.ok(&["pull", "-q", "--tls-verify=false", &dest]);
     assert_eq!(p.ok(&["run", "--rm", &dest, "cat", "/root/file"]), "data\n");
-    assert_eq!(p.ok(&["image", "inspect", "-f", "{{.Id}}", &dest]).trim(), id);
+    assert_eq!(
+        p.ok(&["image", "inspect", "-f", "{{.Id}}", &dest]).trim(),
+        id
+    );
 
     // podman push (its own compression) → strata pull + run.
     let from_podman = format!("{}/interop/from-podman:1", reg.addr);
     p.ok(&["push", "--tls-verify=false", &dest, &from_podman]);
     let b = Env::new();
     assert_eq!(b.ok(&["pull", "-q", &from_podman]).trim(), id);
-    assert_eq!(b.ok(&["run", "--rm", &from_podman, "cat", "/root/file"]), "data\n");
+    assert_eq!(
+        b.ok(&["run", "--rm", &from_podman, "cat", "/root/file"]),
+        "data\n"
+    );
 
     // skopeo copy of podman's OCI archive → strata pull.
     let from_skopeo = format!("{}/interop/from-skopeo:1", reg.addr);
     skopeo(&[
         "copy",
         "--dest-tls-verify=false",
-        &format!("oci-archive:{}", fixture("busybox-c1-oci-archive.tar").display()),
+        &format!(
+            "oci-archive:{}",
+            fixture("busybox-c1-oci-archive.tar").display()
+        ),
         &format!("docker://{from_skopeo}"),
     ]);
-    let raw = json(&skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{from_skopeo}")]));
-    let skopeo_id = raw["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let raw = json(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{from_skopeo}"),
+    ]));
+    let skopeo_id = raw["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     assert_eq!(b.ok(&["pull", "-q", &from_skopeo]).trim(), skopeo_id);
     assert_clean(&b.root);
 }
@@ -262,18 +366,42 @@ fn a_multi_platform_index_gives_the_platform_asked_for() {
     let a = env_with_c1();
     let amd = format!("{}/multi/img:amd64", reg.addr);
     a.ok(&["push", "localhost/busybox-c1", &amd]);
-    let m = http(&reg.addr, "GET", "/v2/multi/img/manifests/amd64", &[("Accept", MT_OCI_MANIFEST)], b"").unwrap();
+    let m = http(
+        &reg.addr,
+        "GET",
+        "/v2/multi/img/manifests/amd64",
+        &[("Accept", MT_OCI_MANIFEST)],
+        b"",
+    )
+    .unwrap();
     let amd_manifest = m.body.clone();
     // The arm64 image: the same layers under a config that says arm64.
     let mut manifest = json(&String::from_utf8_lossy(&amd_manifest));
     let cd = manifest["config"]["digest"].as_str().unwrap().to_string();
-    let cfg = http(&reg.addr, "GET", &format!("/v2/multi/img/blobs/{cd}"), &[], b"").unwrap().body;
-    let arm_cfg = String::from_utf8(cfg).unwrap().replace("\"amd64\"", "\"arm64\"").into_bytes();
+    let cfg = http(
+        &reg.addr,
+        "GET",
+        &format!("/v2/multi/img/blobs/{cd}"),
+        &[],
+        b"",
+    )
+    .unwrap()
+    .body;
+    let arm_cfg = String::from_utf8(cfg)
+        .unwrap()
+        .replace("\"amd64\"", "\"arm64\"")
+        .into_bytes();
     let arm_cd = put_blob(&reg.addr, "multi/img", &arm_cfg);
     manifest["config"]["digest"] = arm_cd.clone().into();
     manifest["config"]["size"] = arm_cfg.len().into();
     let arm_manifest = serde_json::to_vec(&manifest).unwrap();
-    let arm_md = put_manifest(&reg.addr, "multi/img", "arm64", MT_OCI_MANIFEST, &arm_manifest);
+    let arm_md = put_manifest(
+        &reg.addr,
+        "multi/img",
+        "arm64",
+        MT_OCI_MANIFEST,
+        &arm_manifest,
+    );
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": MT_OCI_INDEX,
@@ -284,18 +412,30 @@ fn a_multi_platform_index_gives_the_platform_asked_for() {
              "platform": {"os": "linux", "architecture": "amd64"}},
         ]
     });
-    put_manifest(&reg.addr, "multi/img", "multi", MT_OCI_INDEX, &serde_json::to_vec(&index).unwrap());
+    put_manifest(
+        &reg.addr,
+        "multi/img",
+        "multi",
+        MT_OCI_INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    );
     let name = format!("{}/multi/img:multi", reg.addr);
     let s = tempfile::tempdir_in("/var/tmp").unwrap();
     let host = ok(s.path(), &["pull", "-q", &name]);
     if std::env::consts::ARCH == "x86_64" {
         assert_eq!(host.trim(), image_id(&a, "localhost/busybox-c1"));
     }
-    let arm = ok(s.path(), &["pull", "-q", "--platform", "linux/arm64", &name]);
+    let arm = ok(
+        s.path(),
+        &["pull", "-q", "--platform", "linux/arm64", &name],
+    );
     assert_eq!(format!("sha256:{}", arm.trim()), arm_cd);
     let r = strata(s.path(), &["pull", "--platform", "linux/s390x", &name]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("linux/arm64/v8") && r.stderr.contains("linux/amd64"), "{r:?}");
+    assert!(
+        r.stderr.contains("linux/arm64/v8") && r.stderr.contains("linux/amd64"),
+        "{r:?}"
+    );
     assert_clean(s.path());
 }
 
@@ -318,7 +458,15 @@ fn faults_end_in_a_clean_error_or_a_resumed_pull() {
     let name = format!("{}/faults/c1:1", reg.addr);
     a.ok(&["push", "localhost/busybox-c1", &name]);
     let m = json(&String::from_utf8_lossy(
-        &http(&reg.addr, "GET", "/v2/faults/c1/manifests/1", &[("Accept", MT_OCI_MANIFEST)], b"").unwrap().body,
+        &http(
+            &reg.addr,
+            "GET",
+            "/v2/faults/c1/manifests/1",
+            &[("Accept", MT_OCI_MANIFEST)],
+            b"",
+        )
+        .unwrap()
+        .body,
     ));
     let config = m["config"]["digest"].as_str().unwrap().to_string();
     let top = m["layers"][1]["digest"].as_str().unwrap().to_string();
@@ -329,9 +477,16 @@ fn faults_end_in_a_clean_error_or_a_resumed_pull() {
     let root = s.path();
     let id = image_id(&a, "localhost/busybox-c1");
     let check_empty = |what: &str| {
-        assert_eq!(ok(root, &["images", "-q"]).trim(), "", "{what}: nothing stored");
+        assert_eq!(
+            ok(root, &["images", "-q"]).trim(),
+            "",
+            "{what}: nothing stored"
+        );
         assert!(
-            std::fs::read_dir(root.join("layers")).unwrap().next().is_none(),
+            std::fs::read_dir(root.join("layers"))
+                .unwrap()
+                .next()
+                .is_none(),
             "{what}: no layer stored"
         );
         assert_clean(root);
@@ -348,7 +503,10 @@ fn faults_end_in_a_clean_error_or_a_resumed_pull() {
     proxy.add("GET", &top, Fault::Cut(top_size / 3), 2);
     pull_ok("cut twice");
     assert!(
-        proxy.log().iter().any(|l| l.contains(&top) && l.contains(" bytes=")),
+        proxy
+            .log()
+            .iter()
+            .any(|l| l.contains(&top) && l.contains(" bytes=")),
         "{:?}",
         proxy.log()
     );
@@ -385,15 +543,33 @@ fn faults_end_in_a_clean_error_or_a_resumed_pull() {
     check_empty("errors");
     // Unknown tag and repository.
     proxy.clear();
-    fails_with(root, &["pull", &format!("{}/faults/c1:nope", proxy.addr)], &["MANIFEST_UNKNOWN"]);
-    fails_with(root, &["pull", &format!("{}/faults/nothing:1", proxy.addr)], &["not found"]);
+    fails_with(
+        root,
+        &["pull", &format!("{}/faults/c1:nope", proxy.addr)],
+        &["MANIFEST_UNKNOWN"],
+    );
+    fails_with(
+        root,
+        &["pull", &format!("{}/faults/nothing:1", proxy.addr)],
+        &["not found"],
+    );
     fails_with(root, &["pull", "busybox"], &["docker.io/library/busybox"]);
     // A huge manifest, and one with 128 layers.
-    proxy.add("GET", "/manifests/", Fault::Replace(vec![b' '; 5 << 20], MT_OCI_MANIFEST.into()), 1);
+    proxy.add(
+        "GET",
+        "/manifests/",
+        Fault::Replace(vec![b' '; 5 << 20], MT_OCI_MANIFEST.into()),
+        1,
+    );
     fails_with(root, &["pull", &via], &["limit"]);
     let mut many = m.clone();
     many["layers"] = serde_json::Value::Array(vec![m["layers"][0].clone(); 128]);
-    proxy.add("GET", "/manifests/", Fault::Replace(serde_json::to_vec(&many).unwrap(), MT_OCI_MANIFEST.into()), 1);
+    proxy.add(
+        "GET",
+        "/manifests/",
+        Fault::Replace(serde_json::to_vec(&many).unwrap(), MT_OCI_MANIFEST.into()),
+        1,
+    );
     fails_with(root, &["pull", &via], &["128 layers"]);
     check_empty("bad manifests");
 
@@ -421,7 +597,11 @@ fn faults_end_in_a_clean_error_or_a_resumed_pull() {
     }))
     .unwrap();
     put_manifest(&reg.addr, "faults/evil", "1", MT_OCI_MANIFEST, &man);
-    fails_with(root, &["pull", &format!("{}/faults/evil:1", reg.addr)], &[&ld, "escape"]);
+    fails_with(
+        root,
+        &["pull", &format!("{}/faults/evil:1", reg.addr)],
+        &[&ld, "escape"],
+    );
     check_empty("hostile tar");
 }
 
@@ -442,7 +622,9 @@ fn login_and_logout_with_basic_auth_use_the_users_auth_files() {
             .env_remove("DOCKER_CONFIG");
         if let Some(i) = input {
             use std::io::Write;
-            c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             let mut ch = c.spawn().unwrap();
             ch.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
             return ch.wait_with_output().unwrap().into();
@@ -452,21 +634,36 @@ fn login_and_logout_with_basic_auth_use_the_users_auth_files() {
     let dest = format!("{}/private/c1:1", reg.addr);
     let r = with_env(&["push", "localhost/busybox-c1", &dest], None);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("unauthorized") && r.stderr.contains(&reg.addr), "{r:?}");
+    assert!(
+        r.stderr.contains("unauthorized") && r.stderr.contains(&reg.addr),
+        "{r:?}"
+    );
     assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
 
-    let r = with_env(&["login", "-u", "alice", "--password-stdin", &reg.addr], Some("wrong\n"));
+    let r = with_env(
+        &["login", "-u", "alice", "--password-stdin", &reg.addr],
+        Some("wrong\n"),
+    );
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("unauthorized") && r.stderr.contains(&reg.addr), "{r:?}");
+    assert!(
+        r.stderr.contains("unauthorized") && r.stderr.contains(&reg.addr),
+        "{r:?}"
+    );
     assert!(!authfile.exists(), "nothing written on a failed login");
 
-    let r = with_env(&["login", "-u", "alice", "--password-stdin", &reg.addr], Some("s3cret\n"));
+    let r = with_env(
+        &["login", "-u", "alice", "--password-stdin", &reg.addr],
+        Some("s3cret\n"),
+    );
     assert_eq!(r.code, 0, "{r:?}");
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::metadata(&authfile).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o600);
     let v = json(&std::fs::read_to_string(&authfile).unwrap());
-    assert_eq!(v["auths"][&reg.addr]["auth"], "YWxpY2U6czNjcmV0", "base64 of alice:s3cret");
+    assert_eq!(
+        v["auths"][&reg.addr]["auth"], "YWxpY2U6czNjcmV0",
+        "base64 of alice:s3cret"
+    );
     let r = with_env(&["push", "localhost/busybox-c1", &dest], None);
     assert_eq!(r.code, 0, "{r:?}");
     let r = with_env(&["pull", "-q", &dest], None);
@@ -483,7 +680,10 @@ fn login_and_logout_with_basic_auth_use_the_users_auth_files() {
     std::fs::create_dir_all(home.join(".docker")).unwrap();
     std::fs::write(
         home.join(".docker/config.json"),
-        format!(r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0"}}}}}}"#, reg.addr),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"YWxpY2U6czNjcmV0"}}}}}}"#,
+            reg.addr
+        ),
     )
     .unwrap();
     let r = with_env(&["pull", "-q", &dest], None);
@@ -514,9 +714,20 @@ fn concurrent_pulls_of_images_sharing_layers_store_each_layer_once() {
             .unwrap()
     };
     let (p1, p2) = (spawn(&one), spawn(&two));
-    let (o1, o2) = (p1.wait_with_output().unwrap(), p2.wait_with_output().unwrap());
-    assert!(o1.status.success(), "{}", String::from_utf8_lossy(&o1.stderr));
-    assert!(o2.status.success(), "{}", String::from_utf8_lossy(&o2.stderr));
+    let (o1, o2) = (
+        p1.wait_with_output().unwrap(),
+        p2.wait_with_output().unwrap(),
+    );
+    assert!(
+        o1.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o1.stderr)
+    );
+    assert!(
+        o2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o2.stderr)
+    );
     let layers = std::fs::read_dir(root.join("layers")).unwrap().count();
     assert_eq!(layers, 2, "the shared base layer is stored once");
     assert_clean(&root);
@@ -546,7 +757,10 @@ fn kill_9_during_a_pull_leaves_a_store_that_checks_and_a_second_pull_completes()
         .unwrap();
     let start = std::time::Instant::now();
     while proxy.log().iter().filter(|l| l.contains("/blobs/")).count() < 2 {
-        assert!(start.elapsed().as_secs() < 30, "the pull never reached the layers");
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the pull never reached the layers"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -561,6 +775,9 @@ fn kill_9_during_a_pull_leaves_a_store_that_checks_and_a_second_pull_completes()
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(ok(root, &["images", "-q"]).trim(), "");
     proxy.clear();
-    assert_eq!(ok(root, &["pull", "-q", &via]).trim(), image_id(&a, "localhost/busybox-c1"));
+    assert_eq!(
+        ok(root, &["pull", "-q", &via]).trim(),
+        image_id(&a, "localhost/busybox-c1")
+    );
     assert_clean(root);
 }

@@ -291,7 +291,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("sub/auth.json");
         fs::create_dir_all(f.parent().unwrap()).unwrap();
-        fs::write(&f, r#"{"auths":{"other.io":{"auth":"eDp5"}},"credHelpers":{}}"#).unwrap();
+        fs::write(
+            &f,
+            r#"{"auths":{"other.io":{"auth":"eDp5"}},"credHelpers":{}}"#,
+        )
+        .unwrap();
         let c = Credentials {
             username: "u".into(),
             password: "p:w".into(),
@@ -303,6 +307,9 @@ mod tests {
         let e = &v["auths"]["localhost:5000"];
         assert_eq!(decode(&f, e).unwrap(), Some(c));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

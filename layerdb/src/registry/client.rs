@@ -148,7 +148,9 @@ pub(crate) fn error_text(body: &str) -> String {
                 .map(|e| {
                     let code = e.get("code").and_then(Value::as_str).unwrap_or("");
                     let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
-                    format!("{code}: {msg}").trim_matches([' ', ':']).to_string()
+                    format!("{code}: {msg}")
+                        .trim_matches([' ', ':'])
+                        .to_string()
                 })
                 .collect()
         })
@@ -205,7 +207,10 @@ impl Client {
             Err(Error::Registry { message, .. })
                 if !plain && !tls_verify && message.starts_with("cannot connect") =>
             {
-                debug!(registry, "no TLS; trying plain HTTP as --tls-verify=false allows");
+                debug!(
+                    registry,
+                    "no TLS; trying plain HTTP as --tls-verify=false allows"
+                );
                 c.base = format!("http://{host}");
                 c.ping()?;
             }
@@ -305,7 +310,10 @@ impl Client {
                 let resp = match r.call() {
                     Ok(r) => r,
                     Err(ureq::Error::Status(code, resp)) => {
-                        return Err(Failure::Status(code, resp.into_string().unwrap_or_default()))
+                        return Err(Failure::Status(
+                            code,
+                            resp.into_string().unwrap_or_default(),
+                        ))
                     }
                     Err(ureq::Error::Transport(t)) => {
                         return Err(Failure::Transport(format!("token from {realm}: {t}")))

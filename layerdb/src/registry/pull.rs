@@ -284,7 +284,6 @@ impl<'a> BlobReader<'a> {
         self.body = Some(body);
         Ok(())
     }
-
 }
 
 impl Read for BlobReader<'_> {
@@ -302,7 +301,10 @@ impl Read for BlobReader<'_> {
             let res = match body.read(buf) {
                 Ok(0) if self.offset < self.size => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("connection closed after {} of {} bytes", self.offset, self.size),
+                    format!(
+                        "connection closed after {} of {} bytes",
+                        self.offset, self.size
+                    ),
                 )),
                 Ok(n) if self.offset + n as u64 > self.size => {
                     let e = self.client.err(format!(
@@ -400,11 +402,10 @@ impl Store {
             fetch_manifest(client, repo, &r.manifest_ref(), r.digest.as_ref())?;
         let mut mdigest = top;
         if mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST {
-            let idx: ImageIndex =
-                serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-                    what: format!("index {top} of {}", r.repo()),
-                    source,
-                })?;
+            let idx: ImageIndex = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                what: format!("index {top} of {}", r.repo()),
+                source,
+            })?;
             let want = opts.platform.clone().unwrap_or_else(Platform::host);
             let d = choose(client, &idx, &want)?;
             let dd = parse_digest(client, d.digest())?;
@@ -509,7 +510,7 @@ impl Store {
         let cancel = AtomicBool::new(false);
         let mut br = BlobReader::new(client, repo, digest, size, &cancel, progress);
         let mut bytes = Vec::with_capacity(size as usize);
-        let res = (&mut br).read_to_end(&mut bytes);
+        let res = br.read_to_end(&mut bytes);
         if let Err(e) = res {
             return Err(br
                 .failure
@@ -622,4 +623,3 @@ impl Store {
         Ok(p)
     }
 }
-

@@ -172,7 +172,10 @@ impl<'a> Upload<'a> {
         let digest = self.hasher.clone().finish();
         self.client
             .send(
-                Req::new("PUT", with_query(&self.location, &format!("digest={digest}"))),
+                Req::new(
+                    "PUT",
+                    with_query(&self.location, &format!("digest={digest}")),
+                ),
                 Some(&[]),
             )
             .map_err(|f| self.client.failure(&format!("blob {digest} (PUT)"), f))?;

@@ -129,7 +129,10 @@ pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         return rest.starts_with("::1]");
     } else {
-        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
     };
     host == "localhost"
         || host
@@ -164,7 +167,13 @@ mod tests {
 
     #[test]
     fn loopback_registries_may_use_http() {
-        for r in ["localhost", "localhost:5000", "127.0.0.1:41", "127.9.9.9", "[::1]:5000"] {
+        for r in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:41",
+            "127.9.9.9",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback(r), "{r}");
         }
         for r in ["quay.io", "10.0.0.1:5000", "localhost.example.com"] {

@@ -253,7 +253,14 @@ pub fn sha256(b: &[u8]) -> String {
 /// Uploads a blob monolithically; returns its digest.
 pub fn put_blob(addr: &str, repo: &str, bytes: &[u8]) -> String {
     let d = sha256(bytes);
-    let r = http(addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"").unwrap();
+    let r = http(
+        addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 202, "start upload: {r:?}");
     let loc = r.header("Location").unwrap().to_string();
     let path = loc
@@ -275,7 +282,13 @@ pub fn put_blob(addr: &str, repo: &str, bytes: &[u8]) -> String {
 }
 
 /// Puts a manifest or index; returns its digest.
-pub fn put_manifest(addr: &str, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
+pub fn put_manifest(
+    addr: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> String {
     let r = http(
         addr,
         "PUT",
@@ -284,7 +297,12 @@ pub fn put_manifest(addr: &str, repo: &str, reference: &str, media_type: &str, b
         bytes,
     )
     .unwrap();
-    assert_eq!(r.status, 201, "put manifest: {r:?} {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        201,
+        "put manifest: {r:?} {}",
+        String::from_utf8_lossy(&r.body)
+    );
     sha256(bytes)
 }
 
@@ -329,7 +347,12 @@ impl Proxy {
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (r2, l2, s2, up) = (rules.clone(), log.clone(), stop.clone(), upstream.to_string());
+        let (r2, l2, s2, up) = (
+            rules.clone(),
+            log.clone(),
+            stop.clone(),
+            upstream.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             for c in l.incoming() {
                 if s2.load(Ordering::SeqCst) {
@@ -403,7 +426,9 @@ fn serve(
             .find(|(n, _)| n.eq_ignore_ascii_case(k))
             .map(|(_, v)| v.clone())
     };
-    let len: usize = get("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = get("Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body)?;
     let range = get("Range").map(|r| format!(" {r}")).unwrap_or_default();
@@ -419,7 +444,11 @@ fn serve(
     };
     match &fault {
         Some(Fault::Status(code)) => {
-            let extra = if *code == 429 { "Retry-After: 1\r\n" } else { "" };
+            let extra = if *code == 429 {
+                "Retry-After: 1\r\n"
+            } else {
+                ""
+            };
             write!(
                 c,
                 "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
@@ -480,5 +509,7 @@ fn serve(
 
 /// The fixture images (saved by podman).
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name)
 }
