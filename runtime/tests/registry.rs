@@ -781,3 +781,32 @@ fn kill_9_during_a_pull_leaves_a_store_that_checks_and_a_second_pull_completes()
     );
     assert_clean(root);
 }
+
+#[test]
+fn bearer_token_challenges_are_answered_with_a_scoped_token() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let a = env_with_c1();
+    let proxy = Proxy::start(&reg.addr);
+    proxy.require_token("t0ken");
+    let dest = format!("{}/tok/c1:1", proxy.addr);
+    a.ok(&["push", "localhost/busybox-c1", &dest]);
+    let s = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert_eq!(
+        ok(s.path(), &["pull", "-q", &dest]).trim(),
+        image_id(&a, "localhost/busybox-c1")
+    );
+    let log = proxy.log();
+    assert!(
+        log.iter()
+            .any(|l| l
+                .starts_with("GET /token?service=test&scope=repository%3Atok%2Fc1%3Apull%2Cpush")),
+        "a push token: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("GET /token?service=test&scope=repository%3Atok%2Fc1%3Apull")),
+        "a pull token: {log:?}"
+    );
+}

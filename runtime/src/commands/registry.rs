@@ -57,6 +57,16 @@ impl Bars {
     }
 }
 
+impl Drop for Bars {
+    fn drop(&mut self) {
+        // The bars stay, as docker's do; what is printed next starts on a
+        // line of its own.
+        if !self.bars.lock().expect("not poisoned").is_empty() {
+            eprintln!();
+        }
+    }
+}
+
 impl Progress for Bars {
     fn queued(&self, d: &Digest, size: u64) {
         self.bar(d, size);

@@ -336,11 +336,19 @@ pub struct Proxy {
     pub addr: String,
     rules: Arc<Mutex<Vec<Rule>>>,
     log: Arc<Mutex<Vec<String>>>,
+    bearer: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
+    /// Makes the proxy a Bearer-token registry: requests without
+    /// `Authorization: Bearer TOKEN` get a 401 challenge whose realm is the
+    /// proxy's `/token`, which hands out TOKEN.
+    pub fn require_token(&self, token: &str) {
+        *self.bearer.lock().unwrap() = Some(token.to_string());
+    }
+
     pub fn start(upstream: &str) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -353,6 +361,8 @@ impl Proxy {
             stop.clone(),
             upstream.to_string(),
         );
+        let bearer: Arc<Mutex<Option<String>>> = Arc::default();
+        let (b2, a2) = (bearer.clone(), addr.clone());
         let thread = std::thread::spawn(move || {
             for c in l.incoming() {
                 if s2.load(Ordering::SeqCst) {
@@ -360,8 +370,9 @@ impl Proxy {
                 }
                 let Ok(c) = c else { continue };
                 let (r3, l3, up) = (r2.clone(), l2.clone(), up.clone());
+                let tok = b2.lock().unwrap().clone().map(|t| (a2.clone(), t));
                 std::thread::spawn(move || {
-                    let _ = serve(c, &up, &r3, &l3);
+                    let _ = serve(c, &up, &r3, &l3, tok);
                 });
             }
         });
@@ -369,6 +380,7 @@ impl Proxy {
             addr,
             rules,
             log,
+            bearer,
             stop,
             thread: Some(thread),
         }
@@ -409,6 +421,7 @@ fn serve(
     upstream: &str,
     rules: &Mutex<Vec<Rule>>,
     log: &Mutex<Vec<String>>,
+    bearer: Option<(String, String)>,
 ) -> std::io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut r = BufReader::new(c.try_clone()?);
@@ -433,6 +446,25 @@ fn serve(
     r.read_exact(&mut body)?;
     let range = get("Range").map(|r| format!(" {r}")).unwrap_or_default();
     log.lock().unwrap().push(format!("{method} {path}{range}"));
+    if let Some((me, token)) = &bearer {
+        if path.starts_with("/token") {
+            let b = format!("{{\"token\":\"{token}\"}}");
+            write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            )?;
+            return Ok(());
+        }
+        if get("Authorization") != Some(format!("Bearer {token}")) {
+            write!(
+                c,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"test\"\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )?;
+            return Ok(());
+        }
+    }
     let fault = {
         let mut rs = rules.lock().unwrap();
         rs.iter_mut()
@@ -469,7 +501,7 @@ fn serve(
     let mut u = TcpStream::connect(upstream)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     for (k, v) in &headers {
-        if !k.eq_ignore_ascii_case("Connection") {
+        if !k.eq_ignore_ascii_case("Connection") && !k.eq_ignore_ascii_case("Authorization") {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
     }
