@@ -810,3 +810,44 @@ fn bearer_token_challenges_are_answered_with_a_scoped_token() {
         "a pull token: {log:?}"
     );
 }
+
+#[test]
+fn a_big_layer_goes_up_in_chunks_and_comes_back_identical() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let e = Env::new();
+    // 12 MiB that do not compress: three or four chunks of 4 MiB.
+    let mut data = vec![0u8; 12 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.append_data(&mut h, "big", &data[..]).unwrap();
+    let tarball = e.dir.path().join("big.tar");
+    std::fs::write(&tarball, t.into_inner().unwrap()).unwrap();
+    e.ok(&["import", tarball.to_str().unwrap(), "big"]);
+    let proxy = Proxy::start(&reg.addr);
+    let dest = format!("{}/big/img:1", proxy.addr);
+    e.ok(&["push", "localhost/big", &dest]);
+    let patches = proxy
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("PATCH "))
+        .count();
+    assert!(patches >= 3, "chunked: {:?}", proxy.log());
+    let s = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert_eq!(
+        ok(s.path(), &["pull", "-q", &dest]).trim(),
+        image_id(&e, "localhost/big")
+    );
+    assert_clean(s.path());
+}

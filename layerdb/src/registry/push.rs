@@ -6,14 +6,16 @@
 //! registry that has it. Otherwise the layer's tar is rebuilt from the
 //! store (its diffID checked on the way), compressed, and uploaded in
 //! chunks of [`PushOptions::chunk_size`] (`PATCH` with `Content-Range`,
-//! then `PUT ?digest=`): memory stays at one chunk per layer in flight,
-//! whatever the layer's size. The config and the manifest go last, so a
+//! then `PUT ?digest=`) by a second thread while the next chunk is
+//! compressed: memory stays at three chunks per layer in flight, whatever
+//! the layer's size. The config and the manifest go last, so a
 //! failed push leaves no tag pointing at missing blobs.
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
@@ -23,6 +25,7 @@ use super::reference::Reference;
 use super::{BlobRecord, Progress, MT_DOCKER_MANIFEST};
 use crate::error::{Error, Result};
 use crate::ids::{Digest, Hasher};
+use crate::reference::{DefaultDomain, ImageName};
 use crate::store::{HashingReader, LayerInfo, Store};
 
 /// The manifest format pushed.
@@ -67,7 +70,7 @@ impl Default for PushOptions {
             format: ManifestFormat::Oci,
             compression: LayerCompression::Gzip,
             jobs: 3,
-            chunk_size: 8 << 20,
+            chunk_size: 4 << 20,
         }
     }
 }
@@ -115,19 +118,83 @@ struct LayerDone {
     uploaded: bool,
 }
 
-/// A chunked upload in progress: a `Write` that sends a `PATCH` per full
-/// chunk, hashing and counting what it sends.
-struct Upload<'a> {
-    client: &'a Client,
-    location: String,
+/// The compressor's side of a chunked upload: a `Write` that hashes what
+/// it is given and hands each full chunk to the uploader thread
+/// ([`send_chunks`]), so compression and the network overlap.
+struct Chunker {
+    tx: Option<SyncSender<Vec<u8>>>,
     buf: Vec<u8>,
     chunk: usize,
-    offset: u64,
     hasher: Hasher,
-    key: Digest,
-    progress: &'a dyn Progress,
-    cancel: &'a AtomicBool,
-    failure: Option<Error>,
+    size: u64,
+}
+
+impl Chunker {
+    fn pass(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+        let tx = self.tx.as_ref().expect("not finished");
+        tx.send(full)
+            .map_err(|_| io::Error::other("the upload stopped"))
+    }
+
+    /// Hands over the last chunk and ends the stream; returns the blob's
+    /// digest and size.
+    fn finish(mut self) -> io::Result<(Digest, u64)> {
+        if !self.buf.is_empty() {
+            self.pass()?;
+        }
+        self.tx = None;
+        Ok((self.hasher.finish(), self.size))
+    }
+}
+
+impl Write for Chunker {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= self.chunk {
+            self.pass()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The uploader thread: one `PATCH` with `Content-Range` per chunk
+/// received. Returns the upload's last location.
+fn send_chunks(
+    client: &Client,
+    mut location: String,
+    rx: Receiver<Vec<u8>>,
+    key: &Digest,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<String> {
+    let mut offset = 0u64;
+    for buf in rx {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(client.err("cancelled: another blob failed"));
+        }
+        let end = offset + buf.len() as u64 - 1;
+        let resp = client
+            .send(
+                Req::new("PATCH", location.clone())
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Content-Range", format!("{offset}-{end}")),
+                Some(&buf),
+            )
+            .map_err(|f| client.failure("blob upload (PATCH)", f))?;
+        if let Some(l) = resp.header("Location") {
+            location = client.resolve_location(l);
+        }
+        progress.advanced(key, buf.len() as u64);
+        offset += buf.len() as u64;
+    }
+    Ok(location)
 }
 
 fn with_query(loc: &str, q: &str) -> String {
@@ -135,70 +202,6 @@ fn with_query(loc: &str, q: &str) -> String {
         format!("{loc}&{q}")
     } else {
         format!("{loc}?{q}")
-    }
-}
-
-impl<'a> Upload<'a> {
-    fn send_chunk(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        if self.cancel.load(Ordering::SeqCst) {
-            return Err(self.client.err("cancelled: another blob failed"));
-        }
-        let end = self.offset + self.buf.len() as u64 - 1;
-        let resp = self
-            .client
-            .send(
-                Req::new("PATCH", self.location.clone())
-                    .header("Content-Type", "application/octet-stream")
-                    .header("Content-Range", format!("{}-{end}", self.offset)),
-                Some(&self.buf),
-            )
-            .map_err(|f| self.client.failure("blob upload (PATCH)", f))?;
-        if let Some(l) = resp.header("Location") {
-            self.location = self.client.resolve_location(l);
-        }
-        self.progress.advanced(&self.key, self.buf.len() as u64);
-        self.offset += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// Sends the rest and closes the upload; returns the blob's digest and
-    /// size.
-    fn finish(mut self) -> Result<(Digest, u64)> {
-        self.send_chunk()?;
-        let digest = self.hasher.clone().finish();
-        self.client
-            .send(
-                Req::new(
-                    "PUT",
-                    with_query(&self.location, &format!("digest={digest}")),
-                ),
-                Some(&[]),
-            )
-            .map_err(|f| self.client.failure(&format!("blob {digest} (PUT)"), f))?;
-        Ok((digest, self.offset))
-    }
-}
-
-impl Write for Upload<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.hasher.update(data);
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.chunk {
-            if let Err(e) = self.send_chunk() {
-                let msg = e.to_string();
-                self.failure = Some(e);
-                return Err(io::Error::other(msg));
-            }
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -254,13 +257,18 @@ impl Store {
             ));
         }
         let info = self.inspect(image)?;
+        // Without a destination: the name the user typed if it names a
+        // registry, else the image's first such name.
+        let typed = ImageName::parse(image, DefaultDomain::Localhost)
+            .ok()
+            .map(|n| n.to_string())
+            .filter(|n| info.names.contains(n));
         let dest = match destination {
             Some(d) => d.to_string(),
-            None => info
-                .names
-                .iter()
+            None => typed
+                .into_iter()
+                .chain(info.names.iter().cloned())
                 .find(|n| !n.starts_with("localhost/"))
-                .cloned()
                 .ok_or_else(|| Error::InvalidReference {
                     reference: image.to_string(),
                     reason: "its name names no registry; give a destination: \
@@ -476,34 +484,42 @@ impl Store {
             None => start_upload(client, repo, None)?.expect("no mount asked"),
         };
         progress.started(&key, layer.tar_size);
-        let mut up = Upload {
-            client,
-            location,
-            buf: Vec::with_capacity(opts.chunk_size.min(64 << 20)),
-            chunk: opts.chunk_size.max(1),
-            offset: 0,
-            hasher: Hasher::new(),
-            key,
-            progress,
-            cancel,
-            failure: None,
-        };
         let what = format!("layer {}", layer.diff_id);
         let mut tar = HashingReader::new(self.layer_tar(&layer.chain_id)?);
-        let copied = match opts.compression {
-            LayerCompression::Gzip => {
-                let mut gz = flate2::write::GzEncoder::new(&mut up, flate2::Compression::fast());
-                io::copy(&mut tar, &mut gz).and_then(|_| gz.finish().map(|_| ()))
+        let chunk = opts.chunk_size.max(1);
+        // One chunk being filled, one queued, one on the wire.
+        let (tx, rx) = sync_channel::<Vec<u8>>(1);
+        let (compressed, sent) = std::thread::scope(|s| {
+            let uploader = s.spawn(|| send_chunks(client, location, rx, &key, progress, cancel));
+            let mut up = Chunker {
+                tx: Some(tx),
+                buf: Vec::with_capacity(chunk),
+                chunk,
+                hasher: Hasher::new(),
+                size: 0,
+            };
+            let compressed = match opts.compression {
+                LayerCompression::Gzip => {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(&mut up, flate2::Compression::fast());
+                    io::copy(&mut tar, &mut gz).and_then(|_| gz.finish().map(|_| ()))
+                }
+                LayerCompression::Zstd => {
+                    zstd::stream::write::Encoder::new(&mut up, 3).and_then(|mut z| {
+                        io::copy(&mut tar, &mut z).and_then(|_| z.finish().map(|_| ()))
+                    })
+                }
             }
-            LayerCompression::Zstd => zstd::stream::write::Encoder::new(&mut up, 3)
-                .and_then(|mut z| io::copy(&mut tar, &mut z).and_then(|_| z.finish().map(|_| ()))),
-        };
-        if let Err(e) = copied {
-            return Err(up
-                .failure
-                .take()
-                .unwrap_or_else(|| Error::stream(what.clone(), e)));
-        }
+            .and_then(|()| up.finish());
+            // On an error `up` is dropped here, which ends the uploader.
+            (
+                compressed,
+                uploader.join().expect("the uploader does not panic"),
+            )
+        });
+        // The uploader's error is the cause when both failed.
+        let location = sent?;
+        let (digest, size) = compressed.map_err(|e| Error::stream(what.clone(), e))?;
         let (d, _) = tar.finish().map_err(|e| Error::stream(what.clone(), e))?;
         if d != layer.diff_id.0 {
             return Err(Error::LayerMissing {
@@ -511,7 +527,12 @@ impl Store {
                 reason: format!("its content no longer hashes to {}", layer.diff_id),
             });
         }
-        let (digest, size) = up.finish()?;
+        client
+            .send(
+                Req::new("PUT", with_query(&location, &format!("digest={digest}"))),
+                Some(&[]),
+            )
+            .map_err(|f| client.failure(&format!("blob {digest} (PUT)"), f))?;
         progress.finished(&key, "Pushed");
         Ok(LayerDone {
             digest,
