@@ -62,7 +62,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: None,
             tls_verify: true,
-            jobs: 3,
+            jobs: 4,
         }
     }
 }
