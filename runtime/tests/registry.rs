@@ -851,3 +851,22 @@ fn a_big_layer_goes_up_in_chunks_and_comes_back_identical() {
     );
     assert_clean(s.path());
 }
+
+#[test]
+fn a_loopback_registry_that_speaks_tls_is_used_without_certificate_checks() {
+    let Some(reg) = Registry::start_tls() else {
+        return;
+    };
+    let e = env_with_c1();
+    let dest = format!("{}/tls/c1:1", reg.addr);
+    e.ok(&["push", "localhost/busybox-c1", &dest]);
+    let s = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert_eq!(
+        ok(s.path(), &["pull", "-q", "--tls-verify=false", &dest]).trim(),
+        image_id(&e, "localhost/busybox-c1")
+    );
+    assert_clean(s.path());
+    // It speaks only TLS: plain HTTP gets 400 there.
+    let r = http(&reg.addr, "GET", "/v2/", &[], b"").unwrap();
+    assert_eq!(r.status, 400);
+}

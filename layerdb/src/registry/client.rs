@@ -10,9 +10,11 @@
 //! each, written here against the spec.
 //!
 //! Policy kept here:
-//! - Scheme: plain HTTP for loopback registries ([`is_loopback`]); HTTPS
-//!   otherwise, with certificate checks unless `tls_verify` is false, in
-//!   which case a registry that does not speak TLS is tried in HTTP.
+//! - Scheme: HTTPS with certificate checks, unless the registry is
+//!   insecure: a loopback one ([`is_loopback`], as docker treats them) or
+//!   any with `tls_verify` false. An insecure registry gets HTTPS without
+//!   certificate checks when it speaks TLS, else plain HTTP (one probe of
+//!   `/v2/` decides).
 //! - Retries: 429 (after `Retry-After`, at most 30 s), 500/502/503/504 and
 //!   connection errors are retried [`ATTEMPTS`] times with doubling
 //!   backoff; every other status is an error at once.
@@ -190,11 +192,32 @@ impl Client {
             None => auth::lookup(registry)?,
         };
         let host = api_host(registry);
-        let plain = is_loopback(registry);
-        let mut c = Client {
-            agent: agent(tls_verify),
+        // Loopback registries are insecure, as in docker: TLS without
+        // certificate checks if they speak it, else plain HTTP.
+        let insecure = !tls_verify || is_loopback(registry);
+        let agent = agent(!insecure);
+        let base = if insecure {
+            let https = format!("https://{host}");
+            // A loopback server answers a TLS hello at once (or closes);
+            // one that waits is not speaking TLS.
+            let wait = if is_loopback(registry) { 5 } else { 30 };
+            let probe = agent
+                .get(&format!("{https}/v2/"))
+                .timeout(Duration::from_secs(wait));
+            match probe.call() {
+                Ok(_) | Err(ureq::Error::Status(..)) => https,
+                Err(ureq::Error::Transport(t)) => {
+                    debug!(registry, %t, "no TLS; using plain HTTP");
+                    format!("http://{host}")
+                }
+            }
+        } else {
+            format!("https://{host}")
+        };
+        let c = Client {
+            agent,
             registry: registry.to_string(),
-            base: format!("{}://{host}", if plain { "http" } else { "https" }),
+            base,
             creds,
             scopes: scopes
                 .iter()
@@ -203,19 +226,7 @@ impl Client {
             authorization: Mutex::new(None),
             backoff: Duration::from_millis(250),
         };
-        match c.ping() {
-            Err(Error::Registry { message, .. })
-                if !plain && !tls_verify && message.starts_with("cannot connect") =>
-            {
-                debug!(
-                    registry,
-                    "no TLS; trying plain HTTP as --tls-verify=false allows"
-                );
-                c.base = format!("http://{host}");
-                c.ping()?;
-            }
-            r => r?,
-        }
+        c.ping()?;
         Ok(c)
     }
 

@@ -56,6 +56,18 @@ impl Registry {
     /// Starts one, with htpasswd Basic auth if `user` is given. `None` when
     /// docker-registry is not installed (outside CI).
     pub fn start(user: Option<(&str, &str)>) -> Option<Registry> {
+        Registry::start_with(user, false)
+    }
+
+    /// Starts one that speaks only TLS, with a self-signed certificate.
+    pub fn start_tls() -> Option<Registry> {
+        if !have("openssl", "openssl") {
+            return None;
+        }
+        Registry::start_with(None, true)
+    }
+
+    fn start_with(user: Option<(&str, &str)>, tls: bool) -> Option<Registry> {
         if !have(REGISTRY_BIN, "docker-registry") {
             return None;
         }
@@ -85,6 +97,31 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
+        if tls {
+            let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&crt)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl: {out:?}");
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                crt.display(),
+                key.display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let child = Command::new(REGISTRY_BIN)
@@ -99,7 +136,8 @@ impl Registry {
         let start = Instant::now();
         loop {
             if let Ok(resp) = http(&r.addr, "GET", "/v2/", &[], b"") {
-                if resp.status == 200 || resp.status == 401 {
+                // A TLS registry answers plain HTTP with 400.
+                if resp.status == 200 || resp.status == 401 || (tls && resp.status == 400) {
                     break;
                 }
             }
@@ -425,6 +463,11 @@ fn serve(
 ) -> std::io::Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut r = BufReader::new(c.try_clone()?);
+    if r.fill_buf()?.first() == Some(&0x16) {
+        // A TLS hello: this proxy speaks plain HTTP only; close, as a
+        // server that does not speak TLS would fail the handshake.
+        return Ok(());
+    }
     let head = read_head(&mut r)?;
     if head.is_empty() {
         return Ok(());
