@@ -148,9 +148,35 @@ pub(super) fn push(ctx: &Ctx, a: &PushArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Asks on the terminal (stdin), without echo for a password.
+fn prompt(label: &str, hide: bool) -> Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    eprint!("{label}: ");
+    let saved = if hide {
+        let t = tcgetattr(&stdin).context("read the terminal's settings")?;
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("turn echo off")?;
+        Some(t)
+    } else {
+        None
+    };
+    let mut s = String::new();
+    let r = stdin.lock().read_line(&mut s);
+    if let Some(t) = saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
+        eprintln!();
+    }
+    r.context("read from the terminal")?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
 pub(super) fn login(a: &LoginArgs) -> Result<i32> {
+    let tty = std::io::stdin().is_terminal();
     let username = match &a.username {
         Some(u) => u.clone(),
+        None if tty && !a.password_stdin => prompt("Username", false)?,
         None => bail!("give the user name with -u USER"),
     };
     let password = match (&a.password, a.password_stdin) {
@@ -163,6 +189,7 @@ pub(super) fn login(a: &LoginArgs) -> Result<i32> {
                 .context("read the password from stdin")?;
             s.trim_end_matches(['\n', '\r']).to_string()
         }
+        (None, false) if tty => prompt("Password", true)?,
         (None, false) => bail!("give the password with --password-stdin (or -p PASSWORD)"),
     };
     let creds = Credentials { username, password };
