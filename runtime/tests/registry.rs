@@ -322,6 +322,32 @@ fn skopeo_and_podman_read_what_strata_pushes_and_the_reverse() {
         id
     );
 
+    // Docker schema 2 and zstd layers read by the other tools.
+    let v2 = format!("{}/interop/v2s2:1", reg.addr);
+    a.ok(&["push", "--format", "v2s2", "localhost/busybox-c1", &v2]);
+    let raw = json(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{v2}"),
+    ]));
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let zst = format!("{}/interop/zstd:1", reg.addr);
+    a.ok(&[
+        "push",
+        "--compression-format",
+        "zstd",
+        "localhost/busybox-c1",
+        &zst,
+    ]);
+    for n in [&v2, &zst] {
+        p.ok(&["pull", "-q", "--tls-verify=false", n]);
+        assert_eq!(p.ok(&["run", "--rm", n, "cat", "/root/file"]), "data\n");
+    }
+
     // podman push (its own compression) → strata pull + run.
     let from_podman = format!("{}/interop/from-podman:1", reg.addr);
     p.ok(&["push", "--tls-verify=false", &dest, &from_podman]);
