@@ -794,9 +794,20 @@ fn kill_9_during_a_pull_leaves_a_store_that_checks_and_a_second_pull_completes()
     child.wait().unwrap();
     // Only temp debris can be left: check finds nothing else, repairs it.
     let r = strata(root, &["system", "check"]);
+    let debris = format!("leftover temporary data {}", root.join("tmp").display());
     for l in r.stdout.lines().filter(|l| !l.starts_with("checked")) {
-        assert!(l.contains("tmp"), "only tmp/ debris after kill -9: {r:?}");
+        assert!(
+            l.starts_with(&debris),
+            "only tmp/ debris after kill -9: {r:?}"
+        );
     }
+    assert!(
+        std::fs::read_dir(root.join("layers"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no layer half-stored"
+    );
     let r = strata(root, &["system", "check", "--repair"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(ok(root, &["images", "-q"]).trim(), "");
