@@ -13,11 +13,14 @@
 //!
 //! Files go before directories (a directory cannot be dropped while the
 //! kernel caches names inside it), the least recently used first. The
-//! thread never runs inside a request handler.
+//! thread never runs inside a request handler, and it is started only when
+//! the table first outgrows its limit: a process that mounts, then forks
+//! (the runtime's supervisor clones the container's init before serving)
+//! must have no other thread at that moment.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -31,37 +34,44 @@ pub const DEFAULT_MAX_NODES: usize = 64 * 1024;
 /// Node ids per notification (the kernel reads them in batches of 512).
 const BATCH: usize = 512;
 
-/// The pruning thread's doorbell.
+/// The pruning thread's doorbell; the thread starts at the first ring.
 #[derive(Debug)]
 pub struct Pruner {
-    bell: SyncSender<()>,
+    ov: Weak<Overlay>,
+    limit: usize,
+    bell: OnceLock<SyncSender<()>>,
 }
 
 impl Pruner {
     /// Asks for a pruning round (never blocks; rings at most once).
     pub fn ring(&self) {
-        let _ = self.bell.try_send(());
+        let bell = self.bell.get_or_init(|| {
+            let (bell, rx) = sync_channel(1);
+            let (weak, limit) = (self.ov.clone(), self.limit);
+            let spawned = std::thread::Builder::new()
+                .name("strata-prune".into())
+                .spawn(move || run(weak, rx, limit));
+            if let Err(e) = spawned {
+                warn!(%e, "cannot start the node pruning thread; the node table is unbounded");
+            }
+            bell
+        });
+        let _ = bell.try_send(());
     }
 }
 
-/// Starts the pruning thread of `ov` (once its notifier is set); it ends
-/// with the filesystem.
+/// Arms the pruning of `ov` (once its notifier is set); the thread starts
+/// when the table first outgrows its limit and ends with the filesystem.
 pub fn start(ov: &Arc<Overlay>) {
     let limit = ov.max_nodes();
     if limit == 0 {
         return;
     }
-    let (bell, rx) = sync_channel(1);
-    if ov.pruner.set(Pruner { bell }).is_err() {
-        return;
-    }
-    let weak = Arc::downgrade(ov);
-    let spawned = std::thread::Builder::new()
-        .name("strata-prune".into())
-        .spawn(move || run(weak, rx, limit));
-    if let Err(e) = spawned {
-        warn!(%e, "cannot start the node pruning thread; the node table is unbounded");
-    }
+    let _ = ov.pruner.set(Pruner {
+        ov: Arc::downgrade(ov),
+        limit,
+        bell: OnceLock::new(),
+    });
 }
 
 fn run(weak: Weak<Overlay>, rx: Receiver<()>, limit: usize) {

@@ -159,6 +159,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// A registry refused a request, failed, or sent something unusable.
+    #[error("registry {registry}: {message}")]
+    Registry {
+        /// The registry (`localhost:5000`, `quay.io`).
+        registry: String,
+        /// What went wrong, naming the manifest or blob.
+        message: String,
+    },
+
+    /// A registry refused the credentials (or wanted some and had none).
+    #[error("registry {registry}: unauthorized: {message}")]
+    Unauthorized {
+        /// The registry.
+        registry: String,
+        /// What it said, and what to do.
+        message: String,
+    },
+
+    /// One blob of an image could not be fetched, verified or stored; the
+    /// image was refused and the store is as it was.
+    #[error("blob {digest}: {error}")]
+    Blob {
+        /// The blob's digest (compressed layer or config).
+        digest: Digest,
+        /// Why (printed inline: one line for the user).
+        error: Box<Error>,
+    },
+
     /// Something valid that this implementation does not handle.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -7,6 +7,8 @@
 //!   or an explicit path; see [`Store::default_root`]) holding layers
 //!   extracted one directory per chainID (overlay-form whiteouts, ready for
 //!   `lowerdir`), image configs as their exact bytes, and tags.
+//! - [`Store::pull`], [`Store::push`], [`registry::login`] (feature
+//!   `registry`, on by default): the OCI distribution API, see [`registry`].
 //! - [`Store::import`] (rootfs tarball, plain/gzip/zstd, any reader),
 //!   [`Store::load`] / [`Store::load_reader`] (docker-archive, OCI layout dir
 //!   or tar), [`Store::save`] / [`Store::save_oci_dir`] (docker-archive, OCI),
@@ -51,6 +53,8 @@ pub(crate) mod fsutil;
 pub mod ids;
 pub mod pack;
 pub mod reference;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod store;
 pub(crate) mod sys;
 pub(crate) mod tarfmt;

@@ -479,6 +479,19 @@ impl Store {
                 return Ok(id);
             }
         }
+        #[cfg(feature = "registry")]
+        if let Some((name, digest)) = r.split_once('@') {
+            let digests = self.read_repo_digests()?;
+            for d in [DefaultDomain::Localhost, DefaultDomain::DockerHub] {
+                if let Ok(n) = ImageName::parse(name, d) {
+                    if let Some(id) = digests.get(&format!("{}@{digest}", n.repo())) {
+                        if self.image_dir(id).join("image.json").exists() {
+                            return Ok(*id);
+                        }
+                    }
+                }
+            }
+        }
         let tags = self.read_tags()?;
         for cand in ImageName::candidates(r) {
             if let Some(id) = tags.get(&cand.to_string()) {

@@ -207,6 +207,17 @@ pub enum Command {
     },
     /// Build an image from a Containerfile or Dockerfile.
     Build(BuildArgs),
+    /// Pull an image from a registry.
+    Pull(PullArgs),
+    /// Push an image to a registry.
+    Push(PushArgs),
+    /// Log in to a registry (credentials go to podman's auth.json).
+    Login(LoginArgs),
+    /// Log out of a registry.
+    Logout {
+        /// The registry.
+        registry: String,
+    },
     /// Image commands.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -303,9 +314,74 @@ pub struct ImagesArgs {
     /// Do not truncate IDs.
     #[arg(long)]
     pub no_trunc: bool,
+    /// Show repo digests.
+    #[arg(long)]
+    pub digests: bool,
     /// `json` or a template (`{{.Repository}}:{{.Tag}}`).
     #[arg(long)]
     pub format: Option<String>,
+}
+
+/// `strata pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// OS/ARCH[/VARIANT] to pick from a multi-platform image.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Check TLS certificates (false: also allow plain HTTP).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Print only the image ID.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// REGISTRY/NAME[:TAG|@sha256:DIGEST]
+    pub image: String,
+}
+
+/// `strata push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Check TLS certificates (false: also allow plain HTTP).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Manifest format: oci or v2s2.
+    #[arg(long, default_value = "oci")]
+    pub format: String,
+    /// Layer compression: gzip or zstd.
+    #[arg(long, default_value = "gzip")]
+    pub compression_format: String,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Write the pushed manifest's digest to this file.
+    #[arg(long)]
+    pub digestfile: Option<PathBuf>,
+    /// The local image.
+    pub image: String,
+    /// REGISTRY/NAME[:TAG] (default: the image's name).
+    pub destination: Option<String>,
+}
+
+/// `strata login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The user name.
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (prefer --password-stdin).
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The auth file to write (default $REGISTRY_AUTH_FILE or podman's).
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+    /// Check TLS certificates (false: also allow plain HTTP).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// The registry.
+    pub registry: String,
 }
 
 /// `strata import`.

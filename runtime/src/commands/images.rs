@@ -43,7 +43,15 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
                 None => ("<none>".into(), "<none>".into()),
             };
             let created = i.created.as_deref().and_then(parse_rfc3339);
+            let digest = ctx
+                .store
+                .repo_digests(&i.id)?
+                .into_iter()
+                .find(|d| d.starts_with(&format!("{repo}@")))
+                .and_then(|d| d.split_once('@').map(|(_, d)| d.to_string()))
+                .unwrap_or_else(|| "<none>".into());
             rows.push(json!({
+                "Digest": digest,
                 "Repository": repo,
                 "Tag": tag,
                 "ID": if a.no_trunc { i.id.to_string() } else { i.id.short() },
@@ -65,15 +73,26 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             }
         }
         None => {
-            let mut t = Table::new(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]);
+            let mut head = vec!["REPOSITORY", "TAG"];
+            if a.digests {
+                head.push("DIGEST");
+            }
+            head.extend(["IMAGE ID", "CREATED", "SIZE"]);
+            let mut t = Table::new(&head);
             for r in &rows {
-                t.row(vec![
+                let mut row: Vec<String> = vec![
                     r["Repository"].as_str().unwrap_or("").into(),
                     r["Tag"].as_str().unwrap_or("").into(),
+                ];
+                if a.digests {
+                    row.push(r["Digest"].as_str().unwrap_or("").into());
+                }
+                row.extend([
                     r["ID"].as_str().unwrap_or("").into(),
                     r["CreatedSince"].as_str().unwrap_or("").into(),
                     human_size(r["Size"].as_u64().unwrap_or(0)),
                 ]);
+                t.row(row);
             }
             print!("{}", t.render());
         }

@@ -8,12 +8,14 @@ mod exec;
 mod files;
 mod images;
 mod lifecycle;
+mod registry;
 mod system;
 
 use exec::*;
 use files::*;
 use images::*;
 use lifecycle::*;
+use registry::*;
 use system::*;
 
 use std::fs;
@@ -288,6 +290,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Build(a) => build(&ctx, &a),
+        Command::Pull(a) => pull(&ctx, &a),
+        Command::Push(a) => push(&ctx, &a),
+        Command::Login(a) => login(&a),
+        Command::Logout { registry } => logout(&registry),
         Command::Image(ImageCommand::Mount { image, dir }) => {
             let info = ctx.store.inspect(&image)?;
             let dir = match dir {
