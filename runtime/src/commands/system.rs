@@ -112,9 +112,17 @@ pub(super) fn system_check(ctx: &Ctx, repair: bool) -> Result<i32> {
     let mut problems = 0;
     for p in &report.problems {
         let fixed = report.repaired.contains(p);
-        println!("{}{p}", if fixed { "repaired: " } else { "" });
-        if !fixed {
-            problems += 1;
+        // Debris of an operation that died (kill -9, power loss) is not
+        // damage: no image or layer refers to it. It is shown, and --repair
+        // removes it, but the store checks good.
+        let harmless = matches!(p, strata_layerdb::Problem::OrphanTemp { .. });
+        match (fixed, harmless) {
+            (true, _) => println!("repaired: {p}"),
+            (false, true) => println!("{p} (harmless; --repair removes it)"),
+            (false, false) => {
+                println!("{p}");
+                problems += 1;
+            }
         }
     }
     let _l = ctx.reg.lock()?;
