@@ -795,7 +795,10 @@ fn kill_9_during_a_pull_leaves_a_store_that_checks_and_a_second_pull_completes()
     // Only temp debris can be left: check passes, shows nothing else, and
     // --repair removes it.
     let r = strata(root, &["system", "check"]);
-    assert_eq!(r.code, 0, "a store with only debris of a killed pull checks good: {r:?}");
+    assert_eq!(
+        r.code, 0,
+        "a store with only debris of a killed pull checks good: {r:?}"
+    );
     let debris = format!("leftover temporary data {}", root.join("tmp").display());
     for l in r.stdout.lines().filter(|l| !l.starts_with("checked")) {
         assert!(
