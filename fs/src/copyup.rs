@@ -83,9 +83,9 @@ impl Overlay {
         if w.kind == Kind::Dir {
             w.layers.insert(0, upper);
         } else if meta {
-            w.layers = vec![upper, from];
+            w.layers = smallvec::smallvec![upper, from];
         } else {
-            w.layers = vec![upper];
+            w.layers = smallvec::smallvec![upper];
         }
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Overlay {
         }
         let path = self.nodes.path(node)?;
         self.copy_up_data_at(&path, s.layers[1])?;
-        node.state.write().layers = vec![upper];
+        node.state.write().layers = smallvec::smallvec![upper];
         Ok(())
     }
 

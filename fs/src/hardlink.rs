@@ -100,7 +100,7 @@ impl Overlay {
                 continue;
             }
             if let Some(node) = self.live_node(other) {
-                node.state.write().layers = vec![upper];
+                node.state.write().layers = smallvec::smallvec![upper];
             }
         }
         Ok(())
@@ -108,7 +108,10 @@ impl Overlay {
 
     /// Resolves a whole path through the merged view: the layers holding
     /// it and the stat of its top entry.
-    pub(crate) fn resolve_path(&self, path: &RelPath) -> Res<Option<(Vec<LayerIdx>, libc::stat)>> {
+    pub(crate) fn resolve_path(
+        &self,
+        path: &RelPath,
+    ) -> Res<Option<(crate::layers::Layers, libc::stat)>> {
         let root = self.nodes.get(NodeId::ROOT)?;
         let mut layers = root.state().layers;
         let mut cur = RelPath::root();

@@ -152,7 +152,7 @@ impl Overlay {
         register: &dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>,
     ) -> Res<Opened> {
         let fd = Arc::new(fd);
-        let mut io = node.io.lock();
+        let mut io = node.io();
         let mut mode = IoMode::Direct;
         let mut backing = None;
         // On a read-only mount nothing is ever copied up, so lower files
@@ -259,7 +259,7 @@ impl Overlay {
         let Some((_, h)) = self.handles.files.remove(&fh) else {
             return;
         };
-        let mut io = h.node.io.lock();
+        let mut io = h.node.io();
         match h.mode {
             IoMode::Direct => io.direct_opens = io.direct_opens.saturating_sub(1),
             IoMode::Passthrough => {

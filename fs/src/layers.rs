@@ -16,6 +16,10 @@ use crate::sys;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LayerIdx(pub u16);
 
+/// The layers an entry resolves to, top first: inline up to four (a file
+/// has one, a metacopy file two), so most nodes need no allocation.
+pub type Layers = smallvec::SmallVec<[LayerIdx; 4]>;
+
 impl std::fmt::Display for LayerIdx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "layer {}", self.0)

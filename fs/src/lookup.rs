@@ -28,7 +28,7 @@ pub struct Resolved {
     /// Its kind.
     pub kind: Kind,
     /// Layers holding it, top first (see [`NodeState::layers`]).
-    pub layers: Vec<LayerIdx>,
+    pub layers: crate::layers::Layers,
     /// Stat of the top entry.
     pub stat: libc::stat,
 }
@@ -141,7 +141,7 @@ impl Overlay {
                         };
                         found = Some(Resolved {
                             kind,
-                            layers: vec![l],
+                            layers: smallvec::smallvec![l],
                             stat,
                         });
                         // A metacopy file: its data is the next lower file.

@@ -161,7 +161,7 @@ impl Overlay {
             parent: parent.id,
             name: name.to_os_string(),
             kind,
-            layers: vec![upper],
+            layers: smallvec::smallvec![upper],
             unlinked: false,
         };
         let node = self.nodes.lookup_child(parent, name, state, ino);
@@ -208,7 +208,7 @@ impl Overlay {
             parent: crate::nodes::NodeId::NONE,
             name: Default::default(),
             kind: Kind::File,
-            layers: vec![upper],
+            layers: smallvec::smallvec![upper],
             unlinked: true,
         };
         let node = self
@@ -255,7 +255,7 @@ impl Overlay {
         let new = ppath.join(newname.as_bytes());
         let link_to = |dir: std::os::fd::BorrowedFd<'_>, at: &std::ffi::CStr| -> Res<()> {
             if unnamed {
-                let fd = node.io.lock().any_fd.clone().ok_or(Errno::ENOENT)?;
+                let fd = node.io().any_fd.clone().ok_or(Errno::ENOENT)?;
                 sys::link_fd(std::os::fd::AsFd::as_fd(&*fd), dir, at)
             } else {
                 let old = self.nodes.path(node)?;
@@ -290,7 +290,7 @@ impl Overlay {
             parent: newparent.id,
             name: newname.to_os_string(),
             kind: Kind::from_mode(st.st_mode),
-            layers: vec![upper],
+            layers: smallvec::smallvec![upper],
             unlinked: false,
         };
         let n = self.nodes.lookup_child(newparent, newname, state, node.ino);

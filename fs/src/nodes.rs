@@ -101,7 +101,7 @@ pub struct NodeState {
     pub kind: Kind,
     /// Layers holding it, top first. One layer for a non-directory; for a
     /// directory every layer merged into it (down to an opaque one).
-    pub layers: Vec<LayerIdx>,
+    pub layers: crate::layers::Layers,
     /// The name was removed while the kernel still holds the node.
     pub unlinked: bool,
 }
@@ -131,12 +131,13 @@ pub struct Node {
     lookups: AtomicU64,
     /// Where it resolved.
     pub state: RwLock<NodeState>,
-    /// Its open files' I/O mode.
-    pub io: Mutex<IoState>,
+    /// Its open files' I/O mode (allocated at the first open: most nodes
+    /// are never opened).
+    io: Mutex<Option<Box<IoState>>>,
     /// Serialises copy-up and other changes of this node's layers.
     pub change: Mutex<()>,
     /// Live child nodes by name (directories only).
-    pub children: Mutex<HashMap<OsString, NodeId>>,
+    children: Mutex<Option<Box<HashMap<OsString, NodeId>>>>,
     /// A listing of this directory left out file attributes.
     pub listed: std::sync::atomic::AtomicBool,
     /// The pruning epoch of its last use (see `crate::prune`).
@@ -166,6 +167,25 @@ impl Node {
         }
     }
 
+    /// Its open files' I/O state.
+    pub fn io(&self) -> parking_lot::MappedMutexGuard<'_, IoState> {
+        parking_lot::MutexGuard::map(self.io.lock(), |o| {
+            &mut **o.get_or_insert_with(Default::default)
+        })
+    }
+
+    /// Its live children by name (directories only).
+    pub fn children(&self) -> parking_lot::MappedMutexGuard<'_, HashMap<OsString, NodeId>> {
+        parking_lot::MutexGuard::map(self.children.lock(), |o| {
+            &mut **o.get_or_insert_with(Default::default)
+        })
+    }
+
+    /// A copy of its live children.
+    pub fn children_snapshot(&self) -> HashMap<OsString, NodeId> {
+        self.children.lock().as_deref().cloned().unwrap_or_default()
+    }
+
     /// The node's kind.
     pub fn kind(&self) -> Kind {
         self.state.read().kind
@@ -184,7 +204,7 @@ pub struct NodeTable {
 
 impl NodeTable {
     /// A table holding only the root, which resolves to `root_layers`.
-    pub fn new(root_ino: u64, root_layers: Vec<LayerIdx>) -> NodeTable {
+    pub fn new(root_ino: u64, root_layers: crate::layers::Layers) -> NodeTable {
         let t = NodeTable {
             nodes: DashMap::new(),
             listings: DashMap::new(),
@@ -202,9 +222,9 @@ impl NodeTable {
                 layers: root_layers,
                 unlinked: false,
             }),
-            io: Mutex::new(IoState::default()),
+            io: Mutex::new(None),
             change: Mutex::new(()),
-            children: Mutex::new(HashMap::new()),
+            children: Mutex::new(None),
             listed: Default::default(),
             used: AtomicU32::new(0),
             no_caps: Default::default(),
@@ -248,7 +268,9 @@ impl NodeTable {
                 continue;
             }
             let open = match n.io.try_lock() {
-                Some(io) => io.direct_opens + io.passthrough_opens > 0,
+                Some(io) => io
+                    .as_ref()
+                    .is_some_and(|io| io.direct_opens + io.passthrough_opens > 0),
                 None => true,
             };
             if open {
@@ -303,7 +325,7 @@ impl NodeTable {
 
     /// The live child `name` of `parent`, if the kernel holds one.
     pub fn child(&self, parent: &Node, name: &OsStr) -> Option<Arc<Node>> {
-        let id = *parent.children.lock().get(name)?;
+        let id = *parent.children().get(name)?;
         self.nodes.get(&id).map(|n| n.clone())
     }
 
@@ -317,7 +339,7 @@ impl NodeTable {
         state: NodeState,
         ino: u64,
     ) -> Arc<Node> {
-        let mut children = parent.children.lock();
+        let mut children = parent.children();
         if let Some(id) = children.get(name) {
             if let Some(n) = self.nodes.get(id).map(|n| n.clone()) {
                 let same = n.state.read().kind == state.kind;
@@ -350,9 +372,9 @@ impl NodeTable {
             ino,
             lookups: AtomicU64::new(1),
             state: RwLock::new(state),
-            io: Mutex::new(IoState::default()),
+            io: Mutex::new(None),
             change: Mutex::new(()),
-            children: Mutex::new(HashMap::new()),
+            children: Mutex::new(None),
             listed: Default::default(),
             used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
             no_caps: Default::default(),
@@ -370,7 +392,7 @@ impl NodeTable {
             s.name = name.to_os_string();
             s.unlinked = false;
         }
-        parent.children.lock().insert(name.to_os_string(), node.id);
+        parent.children().insert(name.to_os_string(), node.id);
         node.lookups.fetch_add(1, Ordering::Relaxed);
         self.nodes
             .get(&node.id)
@@ -407,7 +429,7 @@ impl NodeTable {
         };
         if parent != NodeId::NONE {
             if let Ok(p) = self.get(parent) {
-                let mut ch = p.children.lock();
+                let mut ch = p.children();
                 if ch.get(&name) == Some(&id) {
                     ch.remove(&name);
                 }
@@ -420,7 +442,7 @@ impl NodeTable {
     /// Detaches the child `name` of `parent` (its name is gone): the node, if
     /// live, keeps working through open files but has no path any more.
     pub fn detach_child(&self, parent: &Node, name: &OsStr) -> Option<Arc<Node>> {
-        let id = parent.children.lock().remove(name)?;
+        let id = parent.children().remove(name)?;
         let node = self.nodes.get(&id).map(|n| n.clone())?;
         let mut s = node.state.write();
         s.parent = NodeId::NONE;
@@ -431,7 +453,7 @@ impl NodeTable {
 
     /// Moves the live child `name` of `from` to `to_name` in `to` (rename).
     pub fn move_child(&self, from: &Node, name: &OsStr, to: &Node, to_name: &OsStr) {
-        let id = from.children.lock().remove(name);
+        let id = from.children().remove(name);
         if let Some(id) = id {
             if let Some(node) = self.nodes.get(&id).map(|n| n.clone()) {
                 {
@@ -439,7 +461,7 @@ impl NodeTable {
                     s.parent = to.id;
                     s.name = to_name.to_os_string();
                 }
-                to.children.lock().insert(to_name.to_os_string(), id);
+                to.children().insert(to_name.to_os_string(), id);
             }
         }
     }
@@ -448,10 +470,10 @@ impl NodeTable {
     /// to a whole subtree.
     pub fn descendants(&self, dir: &Node) -> Vec<Arc<Node>> {
         let mut out = Vec::new();
-        let mut stack: Vec<NodeId> = dir.children.lock().values().copied().collect();
+        let mut stack: Vec<NodeId> = dir.children().values().copied().collect();
         while let Some(id) = stack.pop() {
             if let Some(n) = self.nodes.get(&id).map(|n| n.clone()) {
-                stack.extend(n.children.lock().values().copied());
+                stack.extend(n.children().values().copied());
                 out.push(n);
             }
         }

@@ -104,7 +104,7 @@ impl Overlay {
     /// Builds the filesystem for an opened stack.
     pub fn new(stack: Stack, opts: MountOptions) -> Res<Overlay> {
         let privileged = nix::unistd::geteuid().is_root();
-        let root_layers: Vec<LayerIdx> = stack.all().collect();
+        let root_layers: crate::layers::Layers = stack.all().collect();
         let top = root_layers[0];
         let st = sys::stat_at(stack.fd(top), c".")?;
         let root_ino = stack.ino(top, st.st_ino);
@@ -114,7 +114,7 @@ impl Overlay {
         let ttl = Duration::from_secs_f64(opts.timeout_secs.unwrap_or(DEFAULT_TTL_SECS));
         let passthrough = opts.passthrough && privileged;
         let ov = Overlay {
-            nodes: NodeTable::new(root_ino, vec![]),
+            nodes: NodeTable::new(root_ino, crate::layers::Layers::new()),
             stack,
             handles: Handles::default(),
             whiteout_form: if privileged {
@@ -143,7 +143,7 @@ impl Overlay {
         };
         // The root merges every layer, as the kernel's overlayfs does (a
         // layer root is never opaque and never whited out).
-        let layers: Vec<LayerIdx> = ov.stack.all().collect();
+        let layers: crate::layers::Layers = ov.stack.all().collect();
         ov.nodes
             .get(crate::nodes::NodeId::ROOT)?
             .state
@@ -339,7 +339,7 @@ impl Overlay {
         if s.unlinked
             || s.parent == crate::nodes::NodeId::NONE && node.id != crate::nodes::NodeId::ROOT
         {
-            if let Some(fd) = node.io.lock().any_fd.clone() {
+            if let Some(fd) = node.io().any_fd.clone() {
                 return sys::fstat(std::os::fd::AsFd::as_fd(&*fd));
             }
             return Err(Errno::ENOENT);

@@ -29,7 +29,7 @@ use crate::nodes::NodeId;
 use crate::overlay::Overlay;
 
 /// Nodes kept at most by default.
-pub const DEFAULT_MAX_NODES: usize = 64 * 1024;
+pub const DEFAULT_MAX_NODES: usize = 112 * 1024;
 
 /// Node ids per notification (the kernel reads them in batches of 512).
 const BATCH: usize = 512;

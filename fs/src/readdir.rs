@@ -123,7 +123,7 @@ impl Overlay {
         };
         let mut out = vec![dot(".", node.ino), dot("..", parent_ino)];
         let entries = self.merged_entries(&path, &s.layers)?;
-        let children = node.children.lock().clone();
+        let children = node.children_snapshot();
         let merged = s.layers.len() > 1;
         for (name, layer, d_ino, kind) in entries {
             let name = OsString::from_vec(name);

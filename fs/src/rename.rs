@@ -146,8 +146,8 @@ impl Overlay {
         }
         // The node table follows.
         if exchange {
-            let a = parent.children.lock().remove(name);
-            let b = newparent.children.lock().remove(newname);
+            let a = parent.children().remove(name);
+            let b = newparent.children().remove(newname);
             for (id, p, n) in [(a, newparent, newname), (b, parent, name)] {
                 if let Some(id) = id {
                     if let Ok(node) = self.nodes.get(id) {
@@ -155,7 +155,7 @@ impl Overlay {
                         s.parent = p.id;
                         s.name = n.to_os_string();
                         drop(s);
-                        p.children.lock().insert(n.to_os_string(), id);
+                        p.children().insert(n.to_os_string(), id);
                     }
                 }
             }
@@ -177,9 +177,9 @@ impl Overlay {
             }
             self.materialize_dir(path, &r.layers)?;
             if let Some(c) = &child {
-                c.state.write().layers = vec![upper];
+                c.state.write().layers = smallvec::smallvec![upper];
                 for d in self.nodes.descendants(c) {
-                    d.state.write().layers = vec![upper];
+                    d.state.write().layers = smallvec::smallvec![upper];
                 }
             }
             return Ok(());
@@ -189,7 +189,7 @@ impl Overlay {
             if r.kind == Kind::File && r.layers.len() > 1 {
                 self.copy_up_data_at(path, r.layers[1])?;
                 if let Some(c) = &child {
-                    c.state.write().layers = vec![upper];
+                    c.state.write().layers = smallvec::smallvec![upper];
                 }
             }
             return Ok(());
@@ -200,7 +200,7 @@ impl Overlay {
         };
         self.copy_up_entry(r.layers[0], path, crate::copyup::CopyData::All, ino)?;
         if let Some(c) = &child {
-            c.state.write().layers = vec![upper];
+            c.state.write().layers = smallvec::smallvec![upper];
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ impl Overlay {
         }
         if unlinked {
             // Only an open fd reaches an unlinked file.
-            let fd = node.io.lock().any_fd.clone().ok_or(Errno::ENOENT)?;
+            let fd = node.io().any_fd.clone().ok_or(Errno::ENOENT)?;
             if ch.uid.is_some() || ch.gid.is_some() {
                 let uid = ch.uid.map(|u| self.disk_uid(u)).unwrap_or(u32::MAX);
                 let gid = ch.gid.map(|g| self.disk_gid(g)).unwrap_or(u32::MAX);

@@ -510,12 +510,11 @@ fn readlink_at_short(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<u8>, Errno>
 /// an entry relative to a layer fd (the magic link lands inside the layer; the
 /// last component is never followed).
 fn proc_path(dir: BorrowedFd<'_>, path: &CStr) -> CString {
-    let mut s = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
-    let p = path.to_bytes();
-    if p != b"." {
-        s.push(b'/');
-        s.extend_from_slice(p);
-    }
+    // Always a component after the magic link, "." for the layer's root:
+    // the `l*xattr` calls do not follow a final symlink, and the link
+    // itself (a procfs symlink) has no xattrs of the directory.
+    let mut s = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    s.extend_from_slice(path.to_bytes());
     CString::new(s).expect("no NUL in a CStr")
 }
 

@@ -800,3 +800,62 @@ on_both!(
     readdir_ino_of_copied_up_file_matches_stat,
     readdir_ino_of_copied_up_file_matches_stat
 );
+
+/// xattrs of the mount's root directory: set, read, listed, removed (they
+/// once reached the procfs magic link instead of the layer's root: EPERM
+/// on set, EOPNOTSUPP on read, which made `ls -l` stop asking for ACLs).
+fn xattrs_on_the_mount_root(backend: &Backend) {
+    let m = Layers::new().lower(|l| l.file("f", "x")).mount(backend);
+    let root = m.path();
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let p = c(root.to_str().unwrap());
+    let name = c("user.rootattr");
+    // SAFETY: valid C strings and buffers throughout.
+    unsafe {
+        assert_eq!(
+            libc::lsetxattr(p.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0),
+            0,
+            "setxattr on the root: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut buf = [0u8; 16];
+        let n = libc::lgetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        );
+        assert_eq!(
+            n,
+            1,
+            "getxattr on the root: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(buf[0], b'v');
+        let other = c("security.selinux");
+        let n = libc::lgetxattr(
+            p.as_ptr(),
+            other.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        );
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA),
+            "a missing xattr of the root"
+        );
+        let mut list = [0u8; 256];
+        let n = libc::llistxattr(p.as_ptr(), list.as_mut_ptr().cast(), list.len());
+        assert!(
+            n > 0,
+            "listxattr on the root: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(list[..n as usize]
+            .split(|b| *b == 0)
+            .any(|s| s == b"user.rootattr"));
+        assert_eq!(libc::lremovexattr(p.as_ptr(), name.as_ptr()), 0);
+    }
+}
+on_both!(xattrs_on_the_mount_root, xattrs_on_the_mount_root);
