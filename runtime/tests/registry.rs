@@ -912,3 +912,37 @@ fn a_loopback_registry_that_speaks_tls_is_used_without_certificate_checks() {
     let r = http(&reg.addr, "GET", "/v2/", &[], b"").unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// `strata build` pulls a base image named with its registry, as docker
+/// build does; a short name that is not in the store is still an error
+/// that says what to write.
+#[test]
+fn build_pulls_a_missing_base_named_with_its_registry() {
+    let Some(reg) = Registry::start(None) else {
+        return;
+    };
+    let a = Env::new();
+    let base = format!("{}/lib/busybox:1", reg.addr);
+    a.ok(&["push", "localhost/busybox", &base]);
+    let b = Env::new();
+    b.ok(&["rmi", "localhost/busybox"]);
+    let ctx = b.dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Containerfile"),
+        format!("FROM {base}\nRUN echo from-pulled-base > /x\n"),
+    )
+    .unwrap();
+    let out = b.ok(&["build", "-t", "child", ctx.to_str().unwrap()]);
+    assert!(out.contains(&format!("Pulling {base}")), "{out}");
+    assert_eq!(b.ok(&["run", "--rm", "child", "cat", "/x"]).trim(), "from-pulled-base");
+    assert_eq!(
+        b.inspect(&base, "{{.Id}}"),
+        a.inspect("localhost/busybox", "{{.Id}}"),
+        "the base is stored under its name with podman's image ID"
+    );
+    std::fs::write(ctx.join("Containerfile"), "FROM nosuchbase\n").unwrap();
+    let r = b.run(&["build", ctx.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("pull it first"), "{r:?}");
+}

@@ -458,11 +458,30 @@ impl<'a> Builder<'a> {
                     })?,
             )
         } else {
-            Some(self.store.resolve(base).map_err(|e| BuildError::Step {
+            let step_err = |msg: String| BuildError::Step {
                 line: stage.line,
                 text: stage.text.clone(),
-                msg: format!("{e} (strata build does not pull: load or import it first)"),
-            })?)
+                msg,
+            };
+            match self.store.resolve(base) {
+                Ok(id) => Some(id),
+                // As docker build: a base named with its registry is pulled.
+                Err(e) if names_a_registry(base) => {
+                    self.say(&format!("Pulling {base}"));
+                    let opts = strata_layerdb::registry::PullOptions::default();
+                    let pulled = self
+                        .store
+                        .pull(base, &opts, &strata_layerdb::registry::NoProgress)
+                        .map_err(|pe| step_err(format!("{e}, and pulling it failed: {pe}")))?;
+                    Some(pulled.id)
+                }
+                Err(e) => {
+                    return Err(step_err(format!(
+                        "{e} (load, import or pull it first; a name with its registry, \
+                         such as localhost:5000/NAME, is pulled)"
+                    )))
+                }
+            }
         };
         let config = match &image {
             Some(id) => self.runtime_config(id)?,
@@ -1000,4 +1019,14 @@ pub(crate) fn tempdir_in(dir: &Path) -> std::io::Result<TempDir> {
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&p)?;
     Ok(TempDir(p))
+}
+
+/// Whether an image name starts with a registry (`host.domain/...`,
+/// `host:port/...`), as docker tells a registry from a repository path;
+/// `localhost/NAME` is a local image.
+fn names_a_registry(name: &str) -> bool {
+    match name.split_once('/') {
+        Some((first, _)) => first != "localhost" && (first.contains('.') || first.contains(':')),
+        None => false,
+    }
 }
