@@ -935,7 +935,10 @@ fn build_pulls_a_missing_base_named_with_its_registry() {
     .unwrap();
     let out = b.ok(&["build", "-t", "child", ctx.to_str().unwrap()]);
     assert!(out.contains(&format!("Pulling {base}")), "{out}");
-    assert_eq!(b.ok(&["run", "--rm", "child", "cat", "/x"]).trim(), "from-pulled-base");
+    assert_eq!(
+        b.ok(&["run", "--rm", "child", "cat", "/x"]).trim(),
+        "from-pulled-base"
+    );
     assert_eq!(
         b.inspect(&base, "{{.Id}}"),
         a.inspect("localhost/busybox", "{{.Id}}"),
