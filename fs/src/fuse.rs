@@ -441,7 +441,16 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         self.guarded("read", || {
-            reply_or_err!(reply, self.ov.read(fh.0, offset, size), |d| reply.data(&d))
+            // The data goes out from the reading thread's buffer.
+            let mut reply = Some(reply);
+            let res = self.ov.read_with(fh.0, offset, size, |d| {
+                if let Some(r) = reply.take() {
+                    r.data(d)
+                }
+            });
+            if let (Err(e), Some(r)) = (res, reply.take()) {
+                r.error(errno(e));
+            }
         })
     }
 
