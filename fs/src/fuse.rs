@@ -148,6 +148,15 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_EXPORT_SUPPORT,
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            // The kernel enforces POSIX ACLs in its permission checks (as
+            // overlayfs does; without this, default_permissions looks at
+            // the mode bits only and an ACL that grants access is ignored)
+            // and caches them per inode, so `ls -l` asks once, not per
+            // call. The ACLs themselves are the layers' xattrs.
+            InitFlags::FUSE_POSIX_ACL,
+            // The umask comes with each create for us to apply: not where
+            // the directory has a default ACL, which then rules instead.
+            InitFlags::FUSE_DONT_MASK,
         ];
         for f in want {
             if caps.contains(f) {
@@ -272,7 +281,7 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -281,9 +290,10 @@ impl Filesystem for StrataFs {
                 rdev: rdev as u64,
                 file_type: mode & libc::S_IFMT,
             };
-            let res = self
-                .node(parent)
-                .and_then(|p| self.ov.create_entry(&p, name, mode, entry, &caller(req)));
+            let res = self.node(parent).and_then(|p| {
+                let mode = self.ov.creation_mode(&p, mode, umask);
+                self.ov.create_entry(&p, name, mode, entry, &caller(req))
+            });
             reply_or_err!(reply, res, |(n, attr, _)| reply.entry_node(
                 INodeNo(n.id.0),
                 &self.ov.ttl_for(&attr),
@@ -299,11 +309,12 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         self.guarded("mkdir", || {
             let res = self.node(parent).and_then(|p| {
+                let mode = self.ov.creation_mode(&p, mode, umask);
                 self.ov
                     .create_entry(&p, name, mode, NewEntry::Dir, &caller(req))
             });
@@ -750,13 +761,14 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         self.guarded("create", || {
             let made = self.node(parent).and_then(|p| {
                 let entry = NewEntry::File { flags };
+                let mode = self.ov.creation_mode(&p, mode, umask);
                 let (node, attr, fd) = self.ov.create_entry(&p, name, mode, entry, &caller(req))?;
                 Ok((node, attr, fd.ok_or(Errno::EIO)?))
             });
@@ -769,14 +781,15 @@ impl Filesystem for StrataFs {
         req: &Request,
         parent: INodeNo,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         self.guarded("tmpfile", || {
-            let made = self
-                .node(parent)
-                .and_then(|p| self.ov.create_tmpfile(&p, mode, flags, &caller(req)));
+            let made = self.node(parent).and_then(|p| {
+                let mode = self.ov.creation_mode(&p, mode, umask);
+                self.ov.create_tmpfile(&p, mode, flags, &caller(req))
+            });
             self.reply_created(made, reply)
         })
     }

@@ -52,6 +52,26 @@ impl Overlay {
         Ok(buf)
     }
 
+    /// The mode a new entry in `parent` is created with: the caller's
+    /// `umask` applies unless the directory has a default ACL, which the
+    /// layer's filesystem then applies instead (POSIX; with FUSE_DONT_MASK
+    /// the kernel leaves both to the server). Idempotent when the kernel
+    /// masked already.
+    pub fn creation_mode(&self, parent: &Node, mode: u32, umask: u32) -> u32 {
+        if umask & 0o777 == 0 {
+            return mode;
+        }
+        let default_acl = self.nodes.path(parent).is_ok_and(|p| {
+            let fd = self.stack.fd(parent.top());
+            sys::getxattr_at(fd, p.c(), c"system.posix_acl_default", &mut []).is_ok()
+        });
+        if default_acl {
+            mode
+        } else {
+            mode & !(umask & 0o7777)
+        }
+    }
+
     /// After a change of `name` on some node: what any node knew of its
     /// capabilities may be wrong (hard links share them).
     fn xattr_changed(&self, name: &OsStr) {

@@ -859,3 +859,62 @@ fn xattrs_on_the_mount_root(backend: &Backend) {
     }
 }
 on_both!(xattrs_on_the_mount_root, xattrs_on_the_mount_root);
+
+/// POSIX ACLs count, as in the kernel's overlayfs: an ACL entry grants
+/// another user access the mode bits do not, `setfacl` and `chmod` work
+/// through the mount, and a directory's default ACL decides a new entry's
+/// mode instead of the umask.
+fn posix_acls_are_enforced_and_inherited(backend: &Backend) {
+    use std::process::Command;
+    let m = Layers::new()
+        .lower(|l| l.file("secret", "s\n").mode("secret", 0o600).dir("shared"))
+        .mount(backend);
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(m.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let as_user = |uid: u32, cmd: &str| {
+        run(&format!(
+            "setpriv --reuid={uid} --regid={uid} --clear-groups sh -c '{cmd}'"
+        ))
+    };
+    assert!(
+        !as_user(4321, "cat secret").0,
+        "mode 600: uid 4321 may not read"
+    );
+    assert!(
+        run("setfacl -m u:4321:r secret").0,
+        "setfacl through the mount"
+    );
+    assert_eq!(
+        as_user(4321, "cat secret"),
+        (true, "s\n".to_string()),
+        "the ACL grants read"
+    );
+    assert!(!as_user(4322, "cat secret").0, "nobody else");
+    assert!(run("chmod 600 secret").0);
+    assert!(!as_user(4321, "cat secret").0, "chmod narrows the ACL mask");
+    assert!(run("setfacl -d -m u:4321:rwx shared").0);
+    assert!(run("umask 077; touch shared/new plain; mkdir shared/sub").0);
+    let modes = run("stat -c '%A %n' shared/new shared/sub plain").1;
+    assert_eq!(
+        modes, "-rw-rw-r-- shared/new\ndrwxrwxr-x shared/sub\n-rw------- plain\n",
+        "a default ACL rules instead of the umask; elsewhere the umask applies"
+    );
+    assert!(
+        as_user(4321, "echo w > shared/new").0,
+        "the inherited ACL grants write"
+    );
+}
+on_both!(
+    posix_acls_are_enforced_and_inherited,
+    posix_acls_are_enforced_and_inherited
+);
