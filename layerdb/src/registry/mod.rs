@@ -235,3 +235,44 @@ fn normalize_registry(r: &str) -> String {
         r => r.to_string(),
     }
 }
+
+/// Runs `work(i, cancel)` for every `i` in `0..n` on at most `threads`
+/// threads, results in index order. The first error cancels the rest
+/// (`cancel` turns true, for work in flight to notice) and is returned.
+pub(crate) fn in_parallel<T: Send>(
+    n: usize,
+    threads: usize,
+    work: impl Fn(usize, &std::sync::atomic::AtomicBool) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let cancel = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let done: Mutex<Vec<(usize, T)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n || cancel.load(Ordering::SeqCst) {
+                    break;
+                }
+                match work(i, &cancel) {
+                    Ok(t) => done.lock().expect("not poisoned").push((i, t)),
+                    Err(e) => {
+                        if !cancel.swap(true, Ordering::SeqCst) {
+                            *first_error.lock().expect("not poisoned") = Some(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    let mut done = done.into_inner().expect("not poisoned");
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, t)| t).collect())
+}

@@ -14,8 +14,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
@@ -539,35 +538,9 @@ impl Store {
         for j in jobs {
             progress.queued(&j.digest, j.size);
         }
-        let next = AtomicUsize::new(0);
-        let cancel = AtomicBool::new(false);
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let done: Mutex<Vec<(usize, PendingLayer)>> = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..n.clamp(1, jobs.len().max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= jobs.len() || cancel.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    match self.fetch_layer(client, repo, &jobs[i], &cancel, progress) {
-                        Ok(p) => done.lock().expect("not poisoned").push((i, p)),
-                        Err(e) => {
-                            if !cancel.swap(true, Ordering::SeqCst) {
-                                *first_error.lock().expect("not poisoned") = Some(e);
-                            }
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().expect("not poisoned") {
-            return Err(e);
-        }
-        let mut done = done.into_inner().expect("not poisoned");
-        done.sort_by_key(|(i, _)| *i);
-        Ok(done.into_iter().map(|(_, p)| p).collect())
+        super::in_parallel(jobs.len(), n, |i, cancel| {
+            self.fetch_layer(client, repo, &jobs[i], cancel, progress)
+        })
     }
 
     fn fetch_layer(

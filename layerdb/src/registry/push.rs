@@ -14,9 +14,8 @@
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
 
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
@@ -313,48 +312,22 @@ impl Store {
         scopes.extend(sources.iter().map(|s| (s.as_str(), "pull")));
         let client = Client::connect(&dest.registry, &scopes, opts.tls_verify, None)?;
 
-        let next = AtomicUsize::new(0);
-        let cancel = AtomicBool::new(false);
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let done: Mutex<Vec<(usize, LayerDone)>> = Mutex::new(Vec::new());
         for l in &info.layers {
             progress.queued(&l.diff_id.0, l.tar_size);
         }
-        std::thread::scope(|s| {
-            for _ in 0..opts.jobs.clamp(1, info.layers.len().max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= info.layers.len() || cancel.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let (k, from) = &known[i];
-                    let r = self.push_layer(
-                        &client,
-                        &repo,
-                        &info.layers[i],
-                        k.as_ref(),
-                        from.as_deref(),
-                        opts,
-                        &cancel,
-                        progress,
-                    );
-                    match r {
-                        Ok(d) => done.lock().expect("not poisoned").push((i, d)),
-                        Err(e) => {
-                            if !cancel.swap(true, Ordering::SeqCst) {
-                                *first_error.lock().expect("not poisoned") = Some(e);
-                            }
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().expect("not poisoned") {
-            return Err(e);
-        }
-        let mut done = done.into_inner().expect("not poisoned");
-        done.sort_by_key(|(i, _)| *i);
+        let done = super::in_parallel(info.layers.len(), opts.jobs, |i, cancel| {
+            let (k, from) = &known[i];
+            self.push_layer(
+                &client,
+                &repo,
+                &info.layers[i],
+                k.as_ref(),
+                from.as_deref(),
+                opts,
+                cancel,
+                progress,
+            )
+        })?;
 
         // The config.
         let cd = Digest::of(&info.config_bytes);
@@ -386,7 +359,7 @@ impl Store {
             .build()
             .map_err(spec_err)?;
         let mut layers = Vec::new();
-        for (_, d) in &done {
+        for d in &done {
             layers.push(
                 DescriptorBuilder::default()
                     .media_type(MediaType::from(lmt))
@@ -418,7 +391,7 @@ impl Store {
             .layers
             .iter()
             .zip(&done)
-            .map(|(l, (_, d))| BlobRecord {
+            .map(|(l, d)| BlobRecord {
                 diff_id: l.diff_id,
                 digest: d.digest,
                 media_type: lmt.to_string(),
@@ -432,7 +405,7 @@ impl Store {
             self.add_repo_digest_locked(&lock, &dest.repo(), &digest, &info.id)?;
         }
         self.record_blobs_locked(&lock, &recs)?;
-        let uploaded = done.iter().filter(|(_, d)| d.uploaded).count();
+        let uploaded = done.iter().filter(|d| d.uploaded).count();
         Ok(Pushed {
             destination: dest.to_string(),
             digest,
