@@ -203,6 +203,9 @@ pub struct NodeTable {
     pub listings: DashMap<NodeId, Arc<crate::readdir::Listing>>,
     next: AtomicU64,
     epoch: AtomicU32,
+    /// Live nodes: checked on every lookup, where counting the map's
+    /// shards would take each shard's lock.
+    live: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeTable {
@@ -213,6 +216,7 @@ impl NodeTable {
             listings: DashMap::new(),
             next: AtomicU64::new(2),
             epoch: AtomicU32::new(0),
+            live: std::sync::atomic::AtomicUsize::new(1),
         };
         let root = Node {
             id: NodeId::ROOT,
@@ -287,12 +291,12 @@ impl NodeTable {
 
     /// Number of live nodes.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Whether only the root is live.
     pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
+        self.len() <= 1
     }
 
     /// The path of a node relative to the layer roots, or `ENOENT` if its
@@ -383,6 +387,7 @@ impl NodeTable {
             no_caps: Default::default(),
         });
         self.nodes.insert(id, node.clone());
+        self.live.fetch_add(1, Ordering::Relaxed);
         node
     }
 
@@ -438,7 +443,9 @@ impl NodeTable {
                 }
             }
         }
-        self.nodes.remove(&id);
+        if self.nodes.remove(&id).is_some() {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
         self.listings.remove(&id);
     }
 

@@ -644,27 +644,24 @@ fn listxattr_at_short(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Resul
 
 /// All xattr names of an entry beneath `dir`.
 pub fn listxattr_vec(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<Vec<u8>>, Errno> {
-    // Most entries have few xattrs: one call into a small buffer first.
-    let mut small = [0u8; 512];
-    if let Ok(n) = listxattr_at(dir, path, &mut small) {
-        return Ok(small[..n]
-            .split(|b| *b == 0)
+    let names = |buf: &[u8]| {
+        buf.split(|b| *b == 0)
             .filter(|s| !s.is_empty())
             .map(<[u8]>::to_vec)
-            .collect());
+            .collect()
+    };
+    // Most entries have few xattrs: one call into a small buffer first.
+    let mut small = [0u8; 512];
+    match listxattr_at(dir, path, &mut small) {
+        Ok(n) => return Ok(names(&small[..n])),
+        Err(Errno::ERANGE) => {}
+        Err(e) => return Err(e),
     }
     loop {
         let size = listxattr_at(dir, path, &mut [])?;
         let mut buf = vec![0u8; size];
         match listxattr_at(dir, path, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf
-                    .split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(<[u8]>::to_vec)
-                    .collect());
-            }
+            Ok(n) => return Ok(names(&buf[..n])),
             Err(Errno::ERANGE) => continue,
             Err(e) => return Err(e),
         }
