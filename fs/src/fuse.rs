@@ -584,13 +584,17 @@ impl Filesystem for StrataFs {
                     let off = *off;
                     let dots = e.name == "." || e.name == "..";
                     let name_only = dots
-                        || (e.kind != crate::nodes::Kind::Dir
-                            && !with_file_attrs
-                            && self.ov.nodes.child(&dir, &e.name).is_none());
+                        || self.ov.nodes.child(&dir, &e.name).is_some()
+                        || (e.kind != crate::nodes::Kind::Dir && !with_file_attrs);
                     let full = if name_only {
                         // Node id 0: the kernel links no entry. For `.`
-                        // and `..` always; for a file nobody stats yet
-                        // (find, ls -f), no attributes to read from disk.
+                        // and `..` always. For a name the kernel already
+                        // holds a node for: its cached attributes are
+                        // right (every change goes through this mount),
+                        // and relinking would make the kernel drop the
+                        // ACLs it cached, which `ls -l` then asks again.
+                        // For a file nobody stats yet (find, ls -f): no
+                        // attributes to read from disk.
                         if !dots {
                             dir.listed.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
