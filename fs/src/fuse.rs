@@ -467,18 +467,24 @@ impl Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.guarded("write", || {
-            reply_or_err!(reply, self.ov.write(fh.0, offset, data), |n| reply
+            let writer = write_flags
+                .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+                .then(|| crate::io::Writer {
+                    gid: req.gid(),
+                    pid: req.pid(),
+                });
+            reply_or_err!(reply, self.ov.write(fh.0, offset, data, writer), |n| reply
                 .written(n as u32))
         })
     }

@@ -245,10 +245,35 @@ impl Overlay {
         })
     }
 
-    /// Writes `data` at `offset` of an open file.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<usize> {
+    /// Writes `data` at `offset` of an open file. `writer`: set when the
+    /// writer lacks CAP_FSETID (the kernel's FUSE_WRITE_KILL_SUIDGID); then
+    /// setuid goes, and setgid on a group executable file or one whose
+    /// group the writer is not in, as the kernel does before a write.
+    /// (Writes that come here are direct I/O; for passthrough writes the
+    /// kernel does it.)
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], writer: Option<Writer>) -> Res<usize> {
         let h = self.handles.file(fh)?;
         let fd = self.handle_fd(&h)?;
+        if let Some(writer) = writer {
+            let st = sys::fstat(fd.as_fd())?;
+            // The group as the kernel sees it.
+            let gid = self
+                .opts
+                .squash_gid
+                .unwrap_or_else(|| self.opts.gid_map.to_user(st.st_gid));
+            let mut kill = st.st_mode & libc::S_ISUID;
+            if st.st_mode & libc::S_ISGID != 0
+                && (st.st_mode & libc::S_IXGRP != 0 || !writer.in_group(gid))
+            {
+                kill |= libc::S_ISGID;
+            }
+            if kill != 0 {
+                sys::fchmod(fd.as_fd(), st.st_mode & 0o7777 & !kill)?;
+                // The kernel keeps the mode it cached: direct writes only
+                // make it drop size and times.
+                self.invalidate_attrs(&h.node);
+            }
+        }
         sys::pwrite(fd.as_fd(), data, offset)
     }
 
@@ -287,5 +312,32 @@ impl Overlay {
         if io.passthrough_opens == 0 && io.direct_opens == 0 {
             io.any_fd = None;
         }
+    }
+}
+
+/// Who writes, for the privilege bits a write drops.
+#[derive(Clone, Copy, Debug)]
+pub struct Writer {
+    /// The writer's (filesystem) gid.
+    pub gid: u32,
+    /// The writing process, for its supplementary groups.
+    pub pid: u32,
+}
+
+impl Writer {
+    /// Whether `gid` is the writer's gid or one of its supplementary groups
+    /// (from /proc; a process that is gone counts as not in the group, so
+    /// the bit is dropped, the safe side).
+    fn in_group(&self, gid: u32) -> bool {
+        if gid == self.gid {
+            return true;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
     }
 }

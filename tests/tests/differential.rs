@@ -935,6 +935,42 @@ fn privilege_bits_on_write_and_chown() {
     );
 }
 
+/// An unprivileged write drops setuid, and setgid with group execute, also
+/// when the file is open elsewhere: on strata that open makes the writer's
+/// I/O go through the server (direct I/O), which must drop them itself.
+#[test]
+fn unprivileged_write_drops_setuid_while_the_file_is_open() {
+    use std::os::unix::fs::MetadataExt;
+    let layers = Layers::new().lower(|l| {
+        l.file("suid_rw", "setuid, writable by all\n")
+            .mode("suid_rw", 0o6777)
+            .file("sgid_nox", "setgid without group execute\n")
+            .mode("sgid_nox", 0o2766)
+    });
+    fn write_while_held(r: &std::path::Path, name: &str) -> strata_tests::OpResult {
+        let held = std::fs::File::open(r.join(name)).map_err(|e| errno_of(&e))?;
+        let out = as_user(r, &format!("echo x >> {name}"))?;
+        let mode = std::fs::symlink_metadata(r.join(name))
+            .map_err(|e| errno_of(&e))?
+            .mode();
+        drop(held);
+        Ok(Out::Meta(format!("{out:?}, mode {mode:o}")))
+    }
+    differential(
+        &layers,
+        &[
+            Op::Custom("user appends to suid_rw, root holds it open", |r| {
+                write_while_held(r, "suid_rw")
+            }),
+            Op::Stat("suid_rw"),
+            Op::Custom("user appends to sgid_nox, root holds it open", |r| {
+                write_while_held(r, "sgid_nox")
+            }),
+            Op::Stat("sgid_nox"),
+        ],
+    );
+}
+
 /// Sockets in a lower layer (copy-up keeps them sockets) and new ones
 /// bound through the mount.
 #[test]
