@@ -165,6 +165,7 @@ impl Overlay {
             unlinked: false,
         };
         let node = self.nodes.lookup_child(parent, name, state, ino);
+        self.check_node_limit();
         let attr = self.attr_from_stat(&node, &st);
         Ok((node, attr, fd))
     }
@@ -214,6 +215,7 @@ impl Overlay {
         let node = self
             .nodes
             .insert_detached(state, self.stack.ino(upper, st.st_ino));
+        self.check_node_limit();
         let attr = self.attr_from_stat(&node, &st);
         Ok((node, attr, fd))
     }
@@ -294,6 +296,7 @@ impl Overlay {
             unlinked: false,
         };
         let n = self.nodes.lookup_child(newparent, newname, state, node.ino);
+        self.check_node_limit();
         // The old name's node is another FUSE inode: its link count and
         // ctime just changed.
         self.invalidate_attrs(node);

@@ -113,3 +113,31 @@ fn pruning_keeps_the_table_bounded_and_what_is_in_use_alive() {
         "expected the pruner to hand back thousands of nodes, it asked for {pruned}"
     );
 }
+
+/// Nodes made by create, mkdir and link count against the limit as well as
+/// looked-up ones: a create storm must not grow the table without bound.
+#[test]
+fn created_nodes_are_pruned_too() {
+    let mut m: Mounted = Layers::new().lower(|l| l.dir("d")).materialize(false);
+    let stats = m.root().join("stats");
+    m.set_extra_options(Some(&format!("max_nodes=500,stats={}", stats.display())));
+    m.mount_again(Backend::strata(), false);
+    for i in 0..FILES {
+        let dir = m.join(format!("d/s{}", i % 10));
+        if i < 10 {
+            fs::create_dir(&dir).unwrap();
+        }
+        fs::write(dir.join(format!("f{i}")), format!("new {i}\n")).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for i in (0..FILES).step_by(97) {
+        let p = m.join(format!("d/s{}/f{i}", i % 10));
+        assert_eq!(fs::read_to_string(&p).unwrap(), format!("new {i}\n"));
+    }
+    m.unmount();
+    let pruned = stats_pruned(&stats);
+    assert!(
+        pruned >= (FILES - 500) as u64,
+        "expected the pruner to hand back thousands of created nodes, it asked for {pruned}"
+    );
+}
