@@ -43,7 +43,14 @@ impl StrataFs {
     /// panic answered rather than taking the daemon down.
     fn guarded(&self, op: &'static str, f: impl FnOnce()) {
         let _t = self.ov.stats.start(op);
-        guarded(op, f);
+        // Once per request, before any other lock (see `Overlay::namespace`).
+        if matches!(op, "rename" | "unlink" | "rmdir") {
+            let _names = self.ov.namespace.write();
+            guarded(op, f);
+        } else {
+            let _names = self.ov.namespace.read();
+            guarded(op, f);
+        }
     }
 
     fn node(&self, ino: INodeNo) -> Res<Arc<Node>> {

@@ -215,15 +215,24 @@ impl Overlay {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
+        // Changes to this directory's names (create, unlink, rename) hold
+        // this lock while they change the disk and the node table together;
+        // a lookup must not resolve a name half-way through one, or it could
+        // give the kernel a node whose type no longer matches the disk
+        // (which the kernel then marks bad: EIO).
+        let _names = parent.change.lock();
         let ppath = self.nodes.path(parent)?;
         // The positive lookup cache: a live child's record is kept valid by
         // every change made through the mount.
         if let Some(child) = self.nodes.child(parent, name) {
             let top = self.stack.fd(child.top());
             if let Ok(st) = sys::stat_at(top, ppath.join(name.as_bytes()).c()) {
-                self.nodes.add_lookup(&child);
-                let attr = self.attr_from_stat(&child, &st);
-                return Ok((child, attr));
+                if Kind::from_mode(st.st_mode) == child.state.read().kind
+                    && self.nodes.try_add_lookup(&child)
+                {
+                    let attr = self.attr_from_stat(&child, &st);
+                    return Ok((child, attr));
+                }
             }
         }
         let r = self

@@ -350,14 +350,16 @@ impl NodeTable {
         if let Some(id) = children.get(name) {
             if let Some(n) = self.nodes.get(id).map(|n| n.clone()) {
                 let same = n.state.read().kind == state.kind;
-                if same {
+                // A node whose last count a FORGET is taking away right now
+                // is not reused: the kernel is dropping it, and its id would
+                // be gone from the table after the reply.
+                if same && self.try_add_lookup(&n) {
                     *n.state.write() = state;
-                    n.lookups.fetch_add(1, Ordering::Relaxed);
-                    n.used
-                        .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
                     return n;
                 }
-                n.state.write().parent = NodeId::NONE;
+                if !same {
+                    n.state.write().parent = NodeId::NONE;
+                }
             }
         }
         let node = self.insert_new(state, ino);
@@ -408,12 +410,28 @@ impl NodeTable {
             .expect("a live node")
     }
 
-    /// Adds one lookup count to a node (lookup cache hit, readdirplus,
-    /// link).
-    pub fn add_lookup(&self, node: &Node) {
-        node.lookups.fetch_add(1, Ordering::Relaxed);
+    /// Adds one lookup count to a node the kernel still holds; false, and
+    /// nothing added, when its count is already zero (a FORGET is removing
+    /// it): the caller must then make a new node.
+    pub fn try_add_lookup(&self, node: &Node) -> bool {
+        let mut cur = node.lookups.load(Ordering::Acquire);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match node.lookups.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
         node.used
             .store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        true
     }
 
     /// Drops `n` lookup counts; a node with none left is removed.
@@ -424,12 +442,19 @@ impl NodeTable {
         let Some(node) = self.nodes.get(&id).map(|n| n.clone()) else {
             return;
         };
-        let prev = node.lookups.fetch_sub(
-            n.min(node.lookups.load(Ordering::Relaxed)),
-            Ordering::AcqRel,
-        );
-        if prev > n {
-            return;
+        // Down to zero at most, atomically: once zero, no lookup takes the
+        // node again (`try_add_lookup`), so removing it below is safe.
+        let mut cur = node.lookups.load(Ordering::Acquire);
+        loop {
+            let left = cur.saturating_sub(n);
+            match node
+                .lookups
+                .compare_exchange_weak(cur, left, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if left > 0 => return,
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
         }
         let (parent, name) = {
             let s = node.state.read();

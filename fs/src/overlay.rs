@@ -98,6 +98,12 @@ pub struct Overlay {
     pub(crate) cookie_keys: std::hash::RandomState,
     /// The doorbell of the node pruning thread, once started.
     pub(crate) pruner: std::sync::OnceLock<crate::prune::Pruner>,
+    /// Held exclusively by the requests that move or remove names (rename,
+    /// unlink, rmdir) and shared by every other request: those turn nodes
+    /// into paths, and a path taken half-way through a rename can name
+    /// another file (of another type: the kernel then marks its inode bad
+    /// and answers EIO).
+    pub(crate) namespace: parking_lot::RwLock<()>,
 }
 
 impl Overlay {
@@ -137,6 +143,7 @@ impl Overlay {
             stats_pruned: Default::default(),
             stats_peak_nodes: Default::default(),
             pruner: std::sync::OnceLock::new(),
+            namespace: Default::default(),
             cookie_keys: std::hash::RandomState::new(),
             stat_window: Default::default(),
             opts,
