@@ -6,18 +6,21 @@ use nix::fcntl::RenameFlags;
 use crate::fixture::Layers;
 use crate::ops::Op;
 
-/// A small xorshift generator: deterministic, no dependency.
-struct Rng(u64);
+/// A small xorshift generator: deterministic, no dependency. The seed must
+/// not be zero.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn bits(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.bits() % (n as u64).max(1)) as usize
     }
     fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[self.below(from.len())]

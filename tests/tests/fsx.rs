@@ -9,30 +9,21 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 
+use strata_tests::random::Rng;
 use strata_tests::{Backend, Layers, Mounted};
 
 /// The file never grows past this.
 const MAX_LEN: u64 = 1 << 20;
 const OPS: usize = 1500;
 
-/// xorshift64: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// `Rng::below` for file offsets and sizes.
+fn below(rng: &mut Rng, n: u64) -> u64 {
+    rng.below(n as usize) as u64
 }
 
 fn initial() -> Vec<u8> {
     let mut rng = Rng(0x5eed);
-    (0..300_000).map(|_| rng.next() as u8).collect()
+    (0..300_000).map(|_| rng.bits() as u8).collect()
 }
 
 struct Check<'a> {
@@ -83,11 +74,11 @@ impl Check<'_> {
 
     fn write(&mut self, rng: &mut Rng) {
         let size = self.model.len() as u64;
-        let off = rng.below((size + 65_536).min(MAX_LEN));
-        let len = (1 + rng.below(65_535)).min(MAX_LEN - off).max(1) as usize;
-        let byte = rng.next() as u8;
+        let off = below(rng, (size + 65_536).min(MAX_LEN));
+        let len = (1 + below(rng, 65_535)).min(MAX_LEN - off).max(1) as usize;
+        let byte = rng.bits() as u8;
         let data: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
-        let res = if rng.below(3) == 0 {
+        let res = if below(rng, 3) == 0 {
             OpenOptions::new()
                 .write(true)
                 .open(self.m.join("f"))
@@ -106,9 +97,9 @@ impl Check<'_> {
     }
 
     fn read(&self, rng: &mut Rng) {
-        let off = rng.below(self.model.len() as u64 + 100);
-        let len = 1 + rng.below(70_000) as usize;
-        match rng.below(3) {
+        let off = below(rng, self.model.len() as u64 + 100);
+        let len = 1 + below(rng, 70_000) as usize;
+        match below(rng, 3) {
             0 => match &self.early {
                 Some(f) => self.check_read(f, "fd opened before the copy-up", off, len),
                 None => self.check_read(&self.late, "fd opened after the copy-up", off, len),
@@ -119,7 +110,7 @@ impl Check<'_> {
     }
 
     fn truncate(&mut self, rng: &mut Rng) {
-        let new = rng.below(MAX_LEN);
+        let new = below(rng, MAX_LEN);
         if let Err(e) = self.rw.set_len(new) {
             self.fail(format!("ftruncate({new}): {e}"));
         }
@@ -131,14 +122,14 @@ impl Check<'_> {
         if size == 0 {
             return;
         }
-        let off = rng.below(size as u64) as usize;
-        let len = (1 + rng.below(8191) as usize).min(size - off);
+        let off = below(rng, size as u64) as usize;
+        let len = (1 + below(rng, 8191) as usize).min(size - off);
         // SAFETY: the mapping lives within this call; nothing truncates the
         // file meanwhile.
         let mut map = unsafe { memmap2::MmapOptions::new().len(size).map_mut(&self.rw) }
             .unwrap_or_else(|e| self.fail(format!("mmap: {e}")));
         if write {
-            let byte = rng.next() as u8;
+            let byte = rng.bits() as u8;
             map[off..off + len].fill(byte);
             if let Err(e) = map.flush() {
                 self.fail(format!("msync: {e}"));
@@ -196,7 +187,7 @@ fn run(backend: Backend, seed: u64, extra: Option<&str>, early_reader: bool) {
     let mut rng = Rng(seed);
     for step in 0..OPS {
         c.step = step;
-        match rng.below(10) {
+        match below(&mut rng, 10) {
             0..=2 => c.write(&mut rng),
             3..=5 => c.read(&mut rng),
             6 => c.truncate(&mut rng),

@@ -15,25 +15,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use strata_tests::random::Rng;
 use strata_tests::{diff, snapshot, Backend, Layers, SnapOpts};
 
 const RUN: Duration = Duration::from_secs(4);
 const THREADS: u64 = 4;
-
-/// xorshift64: deterministic per thread, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn names() -> Vec<String> {
     let mut v = Vec::new();
@@ -123,6 +109,17 @@ fn expected(op: &str, e: Errno) -> bool {
 
 #[test]
 fn concurrent_changes_keep_the_view_consistent() {
+    run(None);
+}
+
+/// The same with metadata-only copy-up: chmod and xattr changes leave
+/// metacopy files that the writers and renames then bring up.
+#[test]
+fn concurrent_changes_with_metacopy() {
+    run(Some("metacopy=on"));
+}
+
+fn run(extra: Option<&str>) {
     let layers = Layers::new().lower(|mut l| {
         for n in ["x", "y", "z", "a", "b"] {
             l = l
@@ -132,7 +129,9 @@ fn concurrent_changes_keep_the_view_consistent() {
         }
         l.symlink("lo/s", "x")
     });
-    let m = layers.mount_strata();
+    let mut m = layers.materialize(false);
+    m.set_extra_options(extra);
+    m.mount_again(Backend::strata(), false);
     let names = names();
     let unexpected = Mutex::new(BTreeMap::<String, usize>::new());
     let ops = std::sync::atomic::AtomicUsize::new(0);
@@ -166,7 +165,6 @@ fn concurrent_changes_keep_the_view_consistent() {
     );
 
     let strata_view = snapshot(m.path(), SnapOpts::MERGED);
-    let mut m = m;
     m.unmount();
     m.mount_again(Backend::Kernel, true);
     let kernel_view = snapshot(m.path(), SnapOpts::MERGED);
