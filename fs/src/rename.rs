@@ -246,6 +246,7 @@ impl Overlay {
                 )?;
             }
         }
+        whiteout::remove_whiteouts(ufd, path)?;
         whiteout::set_opaque(ufd, path, self.opaque_form)?;
         let _ = NodeId::ROOT;
         Ok(())

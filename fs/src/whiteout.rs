@@ -184,3 +184,35 @@ pub fn swap_dir_onto_whiteout(
     }
     sys::unlink_at(from_dir, from, false)
 }
+
+/// Removes every whiteout directly inside the upper directory `path` (device
+/// and xattr forms, `.wh.NAME` files; not the opaque marker): once the
+/// directory is opaque nothing below it shows through, and the kernel's
+/// overlayfs lists a non-merged directory as it is on disk, so a whiteout
+/// left there would show up as a name that cannot be looked up.
+pub fn remove_whiteouts(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> {
+    let fd = sys::open_beneath(dir, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    for (name, _, dtype) in sys::read_dir_fd(fd)? {
+        if name == b"." || name == b".." || name == OPAQUE_MARKER {
+            continue;
+        }
+        let child = path.join(&name);
+        let gone = if name.starts_with(WH_PREFIX) {
+            true
+        } else if dtype == libc::DT_CHR || dtype == libc::DT_REG || dtype == libc::DT_UNKNOWN {
+            match sys::stat_at(dir, child.c()) {
+                Ok(st) => is_whiteout(dir, &child, &st),
+                Err(_) => false,
+            }
+        } else {
+            false
+        };
+        if gone {
+            match sys::unlink_at(dir, child.c(), false) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}

@@ -12,7 +12,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use strata_tests::fixture::materialize_single;
@@ -273,6 +273,41 @@ fn better_than_kernel_rename_lower_dir_with_whiteouts_inside() {
         .file("t/o/seen", "s\n")
         .file("s_out/f", "f\n")
         .file("s_out/top", "top\n");
+    assert_tree_and_portable(m, expected);
+}
+
+/// Deleting lower entries of a lower directory (whiteouts in the upper),
+/// then renaming the directory: the renamed directory is opaque, and the
+/// kernel lists an opaque directory as it is on disk, so no whiteout may be
+/// left inside it (the kernel would list a name it cannot look up).
+#[test]
+fn better_than_kernel_rename_lower_dir_after_deleting_inside() {
+    let layers = Layers::new().lower(|l| {
+        l.file("d/x", "x\n")
+            .file("d/y", "y\n")
+            .file("d/sub/p", "p\n")
+            .file("d/sub/q", "q\n")
+    });
+    let m = layers.mount_strata();
+    fs::remove_file(m.join("d/x")).unwrap();
+    fs::remove_file(m.join("d/sub/q")).unwrap();
+    rename(&m, "d", "e", RenameFlags::empty());
+    let expected = Layer::default().file("e/y", "y\n").file("e/sub/p", "p\n");
+    let mut stack = vec![m.upper().join("e")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let md = entry.metadata().unwrap();
+            assert!(
+                !(md.file_type().is_char_device() && md.rdev() == 0),
+                "a whiteout was left in the renamed, opaque tree: {}",
+                entry.path().display()
+            );
+            if md.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
     assert_tree_and_portable(m, expected);
 }
 
