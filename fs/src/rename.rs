@@ -177,9 +177,13 @@ impl Overlay {
             }
             self.materialize_dir(path, &r.layers)?;
             if let Some(c) = &child {
+                // No longer merged: directories stop reporting nlink 1, and
+                // the kernel must not keep the attributes it cached.
                 c.state.write().layers = smallvec::smallvec![upper];
+                self.invalidate_attrs(c);
                 for d in self.nodes.descendants(c) {
                     d.state.write().layers = smallvec::smallvec![upper];
+                    self.invalidate_attrs(&d);
                 }
             }
             return Ok(());

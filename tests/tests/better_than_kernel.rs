@@ -311,6 +311,25 @@ fn better_than_kernel_rename_lower_dir_after_deleting_inside() {
     assert_tree_and_portable(m, expected);
 }
 
+/// A merged subdirectory reports nlink 1 (as the kernel's overlayfs); once
+/// its parent is renamed, it is an opaque upper directory and reports its
+/// real link count, also when the kernel had cached the old attributes.
+#[test]
+fn better_than_kernel_rename_lower_dir_refreshes_cached_attributes() {
+    let layers = Layers::new().lower(|l| l.file("d/s/f", "f\n").dir("d/s/t"));
+    let m = layers.mount_strata();
+    fs::write(m.join("d/s/new"), "n\n").unwrap();
+    assert_eq!(fs::symlink_metadata(m.join("d/s")).unwrap().nlink(), 1);
+    rename(&m, "d", "e", RenameFlags::empty());
+    let real = fs::symlink_metadata(m.upper().join("e/s")).unwrap().nlink();
+    assert_eq!(real, 3, "e/s and its subdirectory t in the upper");
+    assert_eq!(
+        fs::symlink_metadata(m.join("e/s")).unwrap().nlink(),
+        real,
+        "e/s is no longer merged: the kernel must not keep the nlink it cached"
+    );
+}
+
 /// An fd opened read-only on a lower file before its directory is renamed
 /// sees data written through the new path.
 #[test]
