@@ -104,6 +104,11 @@ pub struct Overlay {
     /// another file (of another type: the kernel then marks its inode bad
     /// and answers EIO).
     pub(crate) namespace: parking_lot::RwLock<()>,
+    /// Inode numbers of files that have had several names. Each name is a
+    /// FUSE node of its own, and a write through one (an fd kept open on
+    /// a name since unlinked, say) changes the others behind the kernel's
+    /// back, so their attributes are never cached.
+    pub(crate) shared_inos: dashmap::DashSet<u64>,
 }
 
 impl Overlay {
@@ -144,6 +149,7 @@ impl Overlay {
             stats_peak_nodes: Default::default(),
             pruner: std::sync::OnceLock::new(),
             namespace: Default::default(),
+            shared_inos: Default::default(),
             cookie_keys: std::hash::RandomState::new(),
             stat_window: Default::default(),
             opts,
@@ -168,7 +174,9 @@ impl Overlay {
     /// names, whose other names are separate nodes the kernel would not
     /// know to refresh when one of them changes the link count.
     pub fn ttl_for(&self, attr: &FileAttr) -> Duration {
-        if attr.nlink > 1 && attr.kind != fuser::FileType::Directory {
+        if attr.kind != fuser::FileType::Directory
+            && (attr.nlink > 1 || self.shared_inos.contains(&attr.ino.0))
+        {
             Duration::ZERO
         } else {
             self.ttl
@@ -310,6 +318,9 @@ impl Overlay {
             (s.unlinked, s.layers.len() > 1)
         };
         let mut a = attr_of(st, node.ino);
+        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            self.shared_inos.insert(node.ino);
+        }
         a.uid = self
             .opts
             .squash_uid

@@ -334,6 +334,35 @@ fn open_unlinked_files(backend: &Backend) {
 }
 on_both!(open_unlinked_files, open_unlinked_files);
 
+/// Two names of one file, one unlinked while open: a write through that fd
+/// shows in the other name's size and data at once. (In strata each name is
+/// a node of its own; the kernel must not keep the other name's size.)
+fn write_through_an_unlinked_hard_link(backend: &Backend) {
+    let m = Layers::new().lower(|l| l.dir("d")).mount(backend);
+    fs::write(m.join("a"), "a").unwrap();
+    fs::hard_link(m.join("a"), m.join("b")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("b"))
+        .unwrap();
+    fs::remove_file(m.join("b")).unwrap();
+    assert_eq!(fs::symlink_metadata(m.join("a")).unwrap().len(), 1);
+    f.write_all_at(&[b'x'; 1000], 0).unwrap();
+    assert_eq!(
+        fs::symlink_metadata(m.join("a")).unwrap().len(),
+        1000,
+        "{}: the size of the other name after a write through the unlinked one",
+        m.backend().name()
+    );
+    assert_eq!(fs::read(m.join("a")).unwrap(), vec![b'x'; 1000]);
+    drop(f);
+}
+on_both!(
+    write_through_an_unlinked_hard_link,
+    write_through_an_unlinked_hard_link
+);
+
 /// mmap of a lower file (read-only, and read-write which copies up) and of
 /// an upper file: the mapping shows the data, stores reach the file and the
 /// upper layer, never the lower one.
