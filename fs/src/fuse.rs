@@ -597,8 +597,8 @@ impl Filesystem for StrataFs {
                     let off = *off;
                     let dots = e.name == "." || e.name == "..";
                     let name_only = dots
-                        || self.ov.nodes.child(&dir, &e.name).is_some()
-                        || (e.kind != crate::nodes::Kind::Dir && !with_file_attrs);
+                        || (e.kind != crate::nodes::Kind::Dir && !with_file_attrs)
+                        || self.ov.nodes.child(&dir, &e.name).is_some();
                     let full = if name_only {
                         // Node id 0: the kernel links no entry. For `.`
                         // and `..` always. For a name the kernel already

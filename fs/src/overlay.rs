@@ -318,7 +318,10 @@ impl Overlay {
             (s.unlinked, s.layers.len() > 1)
         };
         let mut a = attr_of(st, node.ino);
-        if st.st_nlink > 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        if st.st_nlink > 1
+            && st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            && !self.shared_inos.contains(&node.ino)
+        {
             self.shared_inos.insert(node.ino);
         }
         a.uid = self

@@ -14,7 +14,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
 
 use crate::layers::{remove_tree_contents, LayerIdx};
 use crate::lookup::{Resolved, NAME_MAX};
@@ -23,9 +22,6 @@ use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
 use crate::sys;
 use crate::whiteout::{self, WhiteoutForm};
-
-/// Serialises renames (they touch two directories and may move subtrees).
-pub static RENAME_LOCK: Mutex<()> = Mutex::new(());
 
 impl Overlay {
     /// Renames `name` in `parent` to `newname` in `newparent`.
@@ -52,7 +48,8 @@ impl Overlay {
         }
         self.ensure_upper(parent)?;
         self.ensure_upper(newparent)?;
-        let _rename = RENAME_LOCK.lock();
+        // No other request runs meanwhile: the FUSE dispatch holds
+        // `Overlay::namespace` exclusively for renames.
         let (_g1, _g2) = if parent.id == newparent.id {
             (Some(parent.change.lock()), None)
         } else if parent.id < newparent.id {

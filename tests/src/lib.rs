@@ -13,6 +13,7 @@ pub mod mount;
 pub mod ops;
 pub mod pattern;
 pub mod random;
+pub mod stats;
 pub mod sys;
 pub mod tree;
 

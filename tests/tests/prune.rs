@@ -24,14 +24,6 @@ fn layers() -> Layers {
     })
 }
 
-fn stats_pruned(path: &std::path::Path) -> u64 {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("pruned"))
-        .filter_map(|v| v.trim().parse::<u64>().ok())
-        .sum()
-}
-
 fn bind(src: &std::path::Path, dst: &std::path::Path) {
     let st = Command::new("mount")
         .arg("--bind")
@@ -107,7 +99,7 @@ fn pruning_keeps_the_table_bounded_and_what_is_in_use_alive() {
     drop(guard);
     drop(held);
     m.unmount();
-    let pruned = stats_pruned(&stats);
+    let pruned = strata_tests::stats::count(&stats, "pruned");
     assert!(
         pruned >= (FILES - 500) as u64,
         "expected the pruner to hand back thousands of nodes, it asked for {pruned}"
@@ -135,7 +127,7 @@ fn created_nodes_are_pruned_too() {
         assert_eq!(fs::read_to_string(&p).unwrap(), format!("new {i}\n"));
     }
     m.unmount();
-    let pruned = stats_pruned(&stats);
+    let pruned = strata_tests::stats::count(&stats, "pruned");
     assert!(
         pruned >= (FILES - 500) as u64,
         "expected the pruner to hand back thousands of created nodes, it asked for {pruned}"

@@ -45,16 +45,21 @@ fn name(d: &Dirent) -> String {
     String::from_utf8_lossy(&d.name).into_owned()
 }
 
+/// The names `read_dir` gives for `d`.
+fn names(d: &std::path::Path) -> BTreeSet<String> {
+    fs::read_dir(d)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Lists a directory with a small buffer while entries are created and
 /// removed between the calls: no entry may appear twice, every entry that
 /// existed throughout must appear once, nothing else may appear.
 fn readdir_small_buffer_while_changing(backend: &Backend) {
     let m = merged_dir().mount(backend);
     let d = m.join("d");
-    let initial: BTreeSet<String> = fs::read_dir(&d)
-        .expect("readdir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let initial = names(&d);
     assert_eq!(initial.len(), 3 * 60 - 10 + 20 + 40, "merged entries");
     // Remove every 5th name, in an order that mixes layers.
     let victims: Vec<String> = initial.iter().step_by(5).cloned().collect();
@@ -116,10 +121,7 @@ on_both!(
 fn readdir_two_listers_interleaved(backend: &Backend) {
     let m = merged_dir().mount(backend);
     let d = m.join("d");
-    let initial: BTreeSet<String> = fs::read_dir(&d)
-        .expect("readdir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let initial = names(&d);
     let victims: Vec<String> = initial.iter().skip(3).step_by(7).cloned().collect();
     let a = open_dir(&d);
     let mut seen: Vec<String> = Vec::new();

@@ -4,21 +4,11 @@
 
 use std::fs;
 
+use strata_tests::stats::count;
 use strata_tests::sys::lgetxattr;
 use strata_tests::{Backend, Layers, Mounted};
 
 const FILES: usize = 300;
-
-/// Requests of one operation the mount answered, from its stats file.
-fn count(stats: &std::path::Path, op: &str) -> u64 {
-    let text = fs::read_to_string(stats).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(op)).then(|| words.next()?.parse::<u64>().ok())?
-        })
-        .sum()
-}
 
 /// What `ls -l` does per entry: lstat, then ask for the ACL.
 fn ls_l(m: &Mounted) {

@@ -399,17 +399,12 @@ pub fn write_tar<W: Write>(w: W, lowers: &[PathBuf], items: &[Item]) -> Result<(
         if it.dst.is_empty() {
             continue;
         }
+        // The item's own metadata, for a given entry type and size.
+        let own = |kind, size| header(kind, it.mode, it.uid, it.gid, it.mtime, size);
         match &it.kind {
             Kind::Dir => {
                 if dirs.insert(it.dst.clone()) {
-                    let mut h = header(
-                        tar::EntryType::Directory,
-                        it.mode,
-                        it.uid,
-                        it.gid,
-                        it.mtime,
-                        0,
-                    );
+                    let mut h = own(tar::EntryType::Directory, 0);
                     b.append_data(&mut h, format!("{}/", it.dst), std::io::empty())
                         .map_err(|e| fail("write", &it.dst, e))?;
                 }
@@ -420,26 +415,12 @@ pub fn write_tar<W: Write>(w: W, lowers: &[PathBuf], items: &[Item]) -> Result<(
                     .metadata()
                     .map_err(|e| fail("stat", &src.to_string_lossy(), e))?
                     .len();
-                let mut h = header(
-                    tar::EntryType::Regular,
-                    it.mode,
-                    it.uid,
-                    it.gid,
-                    it.mtime,
-                    len,
-                );
+                let mut h = own(tar::EntryType::Regular, len);
                 b.append_data(&mut h, &it.dst, f.take(len))
                     .map_err(|e| fail("copy", &src.to_string_lossy(), e))?;
             }
             Kind::Inline(c) => {
-                let mut h = header(
-                    tar::EntryType::Regular,
-                    it.mode,
-                    it.uid,
-                    it.gid,
-                    it.mtime,
-                    c.len() as u64,
-                );
+                let mut h = own(tar::EntryType::Regular, c.len() as u64);
                 b.append_data(&mut h, &it.dst, &c[..])
                     .map_err(|e| fail("write", &it.dst, e))?;
             }
