@@ -26,9 +26,17 @@ use crate::path::RelPath;
 use crate::sys;
 
 /// For each lower layer scanned so far: inode number -> its names.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkMaps {
     maps: DashMap<LayerIdx, Arc<HashMap<u64, Vec<RelPath>>>>,
+}
+
+impl Default for LinkMaps {
+    fn default() -> Self {
+        LinkMaps {
+            maps: crate::new_map(),
+        }
+    }
 }
 
 impl Overlay {

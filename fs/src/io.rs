@@ -68,10 +68,19 @@ pub struct FileHandle {
 
 /// The open files of a mount (directories need no state, see
 /// `crate::readdir`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Handles {
     files: DashMap<u64, Arc<FileHandle>>,
     next: AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            files: crate::new_map(),
+            next: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Handles {

@@ -98,16 +98,65 @@ fn canonical(kind: &'static str, p: &Path) -> Result<PathBuf, MountError> {
     })
 }
 
-impl Mounted {
-    /// Opens the layers of `opts` and mounts them at `mountpoint`. On
-    /// return the kernel has completed the FUSE handshake: the mount is
-    /// live, and requests wait until [`Mounted::run`] serves them. On error
-    /// nothing is left mounted.
+/// A mount whose FUSE handshake has not happened yet. No thread exists at
+/// this stage, so a program may still fork and serve from the child (the
+/// kernel holds requests, the handshake first, until a server answers).
+///
+/// Dropping it without [`Prepared::handshake`] leaves a mount whose server
+/// is gone; use [`unmount`] on its mountpoint.
+pub struct Prepared {
+    dev: OwnedFd,
+    mountpoint: PathBuf,
+    overlay: Arc<Overlay>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+/// The CPUs this process may run on. (`sched_getaffinity` is one system
+/// call; the standard library's `available_parallelism` also reads cgroup
+/// files, which shows in the time a mount takes.)
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .map(|set| {
+                (0..nix::sched::CpuSet::count())
+                    .filter(|&c| set.is_set(c).unwrap_or(false))
+                    .count()
+            })
+            .unwrap_or(1)
+            .max(1)
+    })
+}
+
+/// Worker threads by default: one per CPU, at least 2.
+fn default_threads() -> usize {
+    cpus().max(2)
+}
+
+/// An empty concurrent map with dashmap's usual number of shards (four per
+/// CPU), counted without `available_parallelism` (see [`cpus`]).
+pub(crate) fn new_map<K: Eq + std::hash::Hash, V>() -> dashmap::DashMap<K, V> {
+    dashmap::DashMap::with_shard_amount((cpus() * 4).next_power_of_two().max(2))
+}
+
+impl Prepared {
+    /// Opens the layers of `opts` and mounts them at `mountpoint`. The
+    /// mount is live: requests wait until a server completes the handshake
+    /// ([`Prepared::handshake`]) and serves them. On error nothing is left
+    /// mounted.
     ///
     /// Sets the process umask to 0 (the server creates files with the exact
     /// modes callers ask for): a program that serves a mount and also
     /// creates files of its own should do so with explicit modes.
-    pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
+    pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<Prepared, MountError> {
         opts.validate()?;
         let mnt = mountpoint
             .canonicalize()
@@ -145,12 +194,7 @@ impl Mounted {
         sys::raise_nofile_limit();
         sys::set_umask(0);
         let stack = layers::Stack::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())?;
-        let threads = opts.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .max(2)
-        });
+        let threads = opts.threads.unwrap_or_else(default_threads);
         let mut flags: u64 = if opts.nosuid { libc::MS_NOSUID } else { 0 };
         if opts.nodev {
             flags |= libc::MS_NODEV;
@@ -176,6 +220,28 @@ impl Mounted {
             "default_permissions,allow_other",
         )
         .map_err(|e| MountError::Mount(mnt.clone(), e))?;
+        Ok(Prepared {
+            dev,
+            mountpoint: mnt,
+            overlay,
+            threads,
+        })
+    }
+
+    /// The canonical mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Answers the kernel's FUSE handshake; then the mount is ready to be
+    /// served with [`Mounted::run`]. On error the mount is detached.
+    pub fn handshake(self) -> Result<Mounted, MountError> {
+        let Prepared {
+            dev,
+            mountpoint: mnt,
+            overlay,
+            threads,
+        } = self;
         let mut config = Config::default();
         config.acl = SessionACL::All;
         config.n_threads = Some(threads);
@@ -202,6 +268,16 @@ impl Mounted {
             overlay,
             threads,
         })
+    }
+}
+
+impl Mounted {
+    /// Opens the layers of `opts`, mounts them at `mountpoint` and answers
+    /// the FUSE handshake ([`Prepared::mount`], then
+    /// [`Prepared::handshake`]): requests wait until [`Mounted::run`]
+    /// serves them. On error nothing is left mounted.
+    pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<Mounted, MountError> {
+        Prepared::mount(opts, mountpoint)?.handshake()
     }
 
     /// The canonical mountpoint.

@@ -212,8 +212,8 @@ impl NodeTable {
     /// A table holding only the root, which resolves to `root_layers`.
     pub fn new(root_ino: u64, root_layers: crate::layers::Layers) -> NodeTable {
         let t = NodeTable {
-            nodes: DashMap::new(),
-            listings: DashMap::new(),
+            nodes: crate::new_map(),
+            listings: crate::new_map(),
             next: AtomicU64::new(2),
             epoch: AtomicU32::new(0),
             live: std::sync::atomic::AtomicUsize::new(1),

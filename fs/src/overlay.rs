@@ -108,7 +108,7 @@ pub struct Overlay {
     /// FUSE node of its own, and a write through one (an fd kept open on
     /// a name since unlinked, say) changes the others behind the kernel's
     /// back, so their attributes are never cached.
-    pub(crate) shared_inos: dashmap::DashSet<u64>,
+    pub(crate) shared_inos: dashmap::DashMap<u64, ()>,
 }
 
 impl Overlay {
@@ -149,7 +149,7 @@ impl Overlay {
             stats_peak_nodes: Default::default(),
             pruner: std::sync::OnceLock::new(),
             namespace: Default::default(),
-            shared_inos: Default::default(),
+            shared_inos: crate::new_map(),
             cookie_keys: std::hash::RandomState::new(),
             stat_window: Default::default(),
             opts,
@@ -175,7 +175,7 @@ impl Overlay {
     /// know to refresh when one of them changes the link count.
     pub fn ttl_for(&self, attr: &FileAttr) -> Duration {
         if attr.kind != fuser::FileType::Directory
-            && (attr.nlink > 1 || self.shared_inos.contains(&attr.ino.0))
+            && (attr.nlink > 1 || self.shared_inos.contains_key(&attr.ino.0))
         {
             Duration::ZERO
         } else {
@@ -320,9 +320,9 @@ impl Overlay {
         let mut a = attr_of(st, node.ino);
         if st.st_nlink > 1
             && st.st_mode & libc::S_IFMT != libc::S_IFDIR
-            && !self.shared_inos.contains(&node.ino)
+            && !self.shared_inos.contains_key(&node.ino)
         {
-            self.shared_inos.insert(node.ino);
+            self.shared_inos.insert(node.ino, ());
         }
         a.uid = self
             .opts

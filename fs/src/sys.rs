@@ -945,6 +945,44 @@ pub fn umount_detach(target: &std::path::Path) -> Result<(), Errno> {
     check(unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) })
 }
 
+/// The mount [`unmount_on_signals`] detaches.
+static UNMOUNT_ON_SIGNAL: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
+
+extern "C" fn unmount_on_signal(_sig: libc::c_int) {
+    if let Some(target) = UNMOUNT_ON_SIGNAL.get() {
+        // SAFETY: umount2 is async-signal-safe, and the path was stored
+        // before the handler was installed and is never freed.
+        unsafe {
+            libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+/// Detaches the mount at `target` when the process gets SIGTERM, SIGINT or
+/// SIGHUP; its FUSE session then ends and the server exits. A handler, not
+/// a thread waiting for the signals: a thread costs a mount time (its stack
+/// and allocator arena are page faults in a freshly forked server).
+pub fn unmount_on_signals(target: &std::path::Path) -> Result<(), Errno> {
+    let tgt = CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    if UNMOUNT_ON_SIGNAL.set(tgt).is_err() {
+        return Err(Errno::EBUSY);
+    }
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(unmount_on_signal),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        // SAFETY: the handler only calls umount2 on a path set above.
+        unsafe { nix::sys::signal::sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
 /// Opens `/dev/fuse` for a new connection.
 pub fn open_fuse_device() -> Result<OwnedFd, Errno> {
     // SAFETY: literal NUL-terminated path.

@@ -5,16 +5,16 @@
 //!
 //! Without `-f` it forks: the parent exits 0 once the mount is live (or
 //! non-zero with a one-line reason on stderr, leaving nothing mounted), and
-//! the server goes on in the background until the mount is unmounted
+//! the server, a child forked after the handshake, goes on in the
+//! background until the mount is unmounted
 //! (`fusermount3 -u MNT`) or it gets SIGTERM/SIGINT, which unmount it.
 #![deny(unsafe_code)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::unistd::{pipe, setsid, ForkResult};
+use nix::unistd::{setsid, ForkResult};
 use strata_fs::{MountOptions, Mounted};
 
 struct Args {
@@ -87,41 +87,9 @@ fn init_logging(debug: bool) {
         .try_init();
 }
 
-/// Blocks the signals that end the server so a dedicated thread can wait
-/// for them (workers inherit the mask).
-fn block_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGHUP);
-    let _ = set.thread_block();
-    set
-}
-
-fn serve(opts: MountOptions, mnt: PathBuf, ready: Option<std::fs::File>) -> ExitCode {
-    let signals = block_signals();
-    let mounted = match Mounted::mount(opts, &mnt) {
-        Ok(m) => m,
-        Err(e) => {
-            let msg = format!("strata-mount: {e}");
-            match ready {
-                Some(mut w) => {
-                    let _ = w.write_all(msg.as_bytes());
-                }
-                None => eprintln!("{msg}"),
-            }
-            return ExitCode::from(1);
-        }
-    };
-    let mountpoint = mounted.mountpoint().to_path_buf();
-    std::thread::spawn(move || {
-        if signals.wait().is_ok() {
-            let _ = strata_fs::unmount(&mountpoint);
-        }
-    });
-    if let Some(mut w) = ready {
-        let _ = w.write_all(b"OK");
-        drop(w);
+fn serve(mounted: Mounted) -> ExitCode {
+    if let Err(e) = strata_fs::sys::unmount_on_signals(mounted.mountpoint()) {
+        tracing::warn!(%e, "cannot handle SIGTERM; unmount with fusermount3 -u or umount");
     }
     match mounted.run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,48 +124,40 @@ fn main() -> ExitCode {
         eprintln!("strata-mount: {e}");
         return ExitCode::from(2);
     }
-    if args.foreground {
-        init_logging(args.debug);
-        return serve(opts, mnt, None);
-    }
-    // Fork before any thread exists; the child reports through a pipe.
-    let (r, w) = match pipe() {
-        Ok(p) => p,
+    init_logging(args.debug);
+    // Everything that can fail happens here, in the caller's process, so
+    // the caller hears why: opening the layers, the mount and the FUSE
+    // handshake. No thread exists yet.
+    let mounted = match Mounted::mount(opts, &mnt) {
+        Ok(m) => m,
         Err(e) => {
-            eprintln!("strata-mount: pipe: {e}");
+            eprintln!("strata-mount: {e}");
             return ExitCode::from(1);
         }
     };
-    // The process is single-threaded here, which makes fork sound.
+    if args.foreground {
+        return serve(mounted);
+    }
+    // The mount is live and the kernel holds requests until the child
+    // serves them, so the parent returns at once. Single-threaded, so fork
+    // is sound.
     match strata_fs::sys::fork_single_threaded() {
         Err(e) => {
             eprintln!("strata-mount: fork: {e}");
+            let _ = strata_fs::unmount(mounted.mountpoint());
             ExitCode::from(1)
         }
+        // The child serves; the parent's copy of the session is left alone
+        // (dropping it would run the filesystem's end-of-session code), and
+        // its fds close as it exits.
         Ok(ForkResult::Parent { .. }) => {
-            drop(w);
-            let mut f = std::fs::File::from(r);
-            let mut msg = String::new();
-            let _ = f.read_to_string(&mut msg);
-            if msg == "OK" {
-                ExitCode::SUCCESS
-            } else {
-                let msg = if msg.is_empty() {
-                    "strata-mount: the server died before the mount was ready".into()
-                } else {
-                    msg
-                };
-                eprintln!("{}", msg.trim_end());
-                ExitCode::from(1)
-            }
+            std::mem::forget(mounted);
+            ExitCode::SUCCESS
         }
         Ok(ForkResult::Child) => {
-            drop(r);
             let _ = setsid();
-            init_logging(false);
-            let w = std::fs::File::from(w);
             redirect_stdio();
-            serve(opts, mnt, Some(w))
+            serve(mounted)
         }
     }
 }

@@ -269,28 +269,10 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
-        let mut channels = Vec::with_capacity(n_threads);
-
-        for _ in 0..n_threads_minus_one {
-            if config.clone_fd {
-                #[cfg(target_os = "linux")]
-                {
-                    channels.push(ch.clone_fd()?);
-                    continue;
-                }
-                #[cfg(not(target_os = "linux"))]
-                {
-                    return Err(io::Error::other("clone_fd is only supported on Linux"));
-                }
-            } else {
-                channels.push(ch.clone());
-            }
-        }
-        channels.push(ch);
-
-        let mut threads = Vec::with_capacity(n_threads);
-
-        for (i, ch) in channels.into_iter().enumerate() {
+        // Strata patch: the first worker serves the session's own channel
+        // and starts before the others' channels are cloned, so the first
+        // request (often waiting since the mount) is answered sooner.
+        let spawn = |i: usize, ch: Channel| {
             let thread_name = format!("fuser-{i}");
             let event_loop = SessionEventLoop {
                 thread_name: thread_name.clone(),
@@ -299,12 +281,30 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
-            threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
-            );
+            thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || event_loop.event_loop())
+        };
+
+        let mut threads = Vec::with_capacity(n_threads);
+        let source = ch.clone();
+        threads.push(spawn(0, ch)?);
+        for i in 1..=n_threads_minus_one {
+            let ch = if config.clone_fd {
+                #[cfg(target_os = "linux")]
+                {
+                    source.clone_fd()?
+                }
+                #[cfg(not(target_os = "linux"))]
+                {
+                    return Err(io::Error::other("clone_fd is only supported on Linux"));
+                }
+            } else {
+                source.clone()
+            };
+            threads.push(spawn(i, ch)?);
         }
+        drop(source);
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
