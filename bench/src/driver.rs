@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -194,8 +194,20 @@ pub trait Driver {
     fn name(&self) -> &str;
     /// Whether a FUSE server process serves the mounts.
     fn is_fuse(&self) -> bool;
+    /// Mounts `req.stack` and calls `probe` on the mounted root. Returns
+    /// the guard and the time from the start of the mount itself (after
+    /// the scratch directories exist) to the end of `probe`; the driver's
+    /// own bookkeeping (finding the server's pid) is not counted.
+    fn mount_probed(
+        &self,
+        req: &MountRequest,
+        probe: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<(MountGuard, Duration)>;
+
     /// Mounts `req.stack`; when this returns, the mount answers requests.
-    fn mount(&self, req: &MountRequest) -> Result<MountGuard>;
+    fn mount(&self, req: &MountRequest) -> Result<MountGuard> {
+        self.mount_probed(req, &mut |_| Ok(())).map(|(g, _)| g)
+    }
 }
 
 fn escape_lower(p: &Path) -> String {
@@ -229,7 +241,11 @@ impl Driver for KernelDriver {
     fn is_fuse(&self) -> bool {
         false
     }
-    fn mount(&self, req: &MountRequest) -> Result<MountGuard> {
+    fn mount_probed(
+        &self,
+        req: &MountRequest,
+        probe: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<(MountGuard, Duration)> {
         let (mnt, upper, work) = make_dirs(req.scratch)?;
         let mut data = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -241,6 +257,7 @@ impl Driver for KernelDriver {
             data.push(',');
             data.push_str(o);
         }
+        let t0 = Instant::now();
         sys::mount_overlay(&req.stack.layers_dir(), &data, &mnt).map_err(|reason| {
             BenchError::Mount {
                 driver: self.name.clone(),
@@ -248,7 +265,7 @@ impl Driver for KernelDriver {
                 reason,
             }
         })?;
-        Ok(MountGuard {
+        let guard = MountGuard {
             driver: self.name.clone(),
             root: mnt.clone(),
             mountpoint: Some(mnt),
@@ -256,7 +273,9 @@ impl Driver for KernelDriver {
             scratch: req.scratch.to_path_buf(),
             teardown: Teardown::Kernel,
             live: true,
-        })
+        };
+        probe(guard.root())?;
+        Ok((guard, t0.elapsed()))
     }
 }
 
@@ -275,7 +294,11 @@ impl Driver for ProgramDriver {
     fn is_fuse(&self) -> bool {
         true
     }
-    fn mount(&self, req: &MountRequest) -> Result<MountGuard> {
+    fn mount_probed(
+        &self,
+        req: &MountRequest,
+        probe: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<(MountGuard, Duration)> {
         let (mnt, upper, work) = make_dirs(req.scratch)?;
         let lowers: Vec<String> = req
             .stack
@@ -297,6 +320,7 @@ impl Driver for ProgramDriver {
         // keep a caller that waits for EOF waiting forever.
         let err_path = req.scratch.join("mount.stderr");
         let err_file = fs::File::create(&err_path).map_err(io_err("create", &err_path))?;
+        let t0 = Instant::now();
         let status = Command::new(&self.program)
             .arg("-o")
             .arg(&opts)
@@ -305,6 +329,11 @@ impl Driver for ProgramDriver {
             .stdout(Stdio::null())
             .stderr(err_file)
             .status();
+        let probed = match &status {
+            Ok(s) if s.success() => Some(probe(&mnt)),
+            _ => None,
+        };
+        let elapsed = t0.elapsed();
         // From here on the guard owns whatever got mounted or started.
         let mut guard = MountGuard {
             driver: self.name.clone(),
@@ -324,7 +353,10 @@ impl Driver for ProgramDriver {
                 "{} exited 0 but nothing is mounted",
                 self.program.display()
             )),
-            Ok(_) => None,
+            Ok(_) => match probed {
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            },
         };
         if let Some(mut reason) = failure {
             let _ = guard.unmount_inner();
@@ -338,7 +370,7 @@ impl Driver for ProgramDriver {
                 reason,
             });
         }
-        Ok(guard)
+        Ok((guard, elapsed))
     }
 }
 
@@ -352,7 +384,12 @@ impl Driver for NativeDriver {
     fn is_fuse(&self) -> bool {
         false
     }
-    fn mount(&self, req: &MountRequest) -> Result<MountGuard> {
+    fn mount_probed(
+        &self,
+        req: &MountRequest,
+        probe: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<(MountGuard, Duration)> {
+        let t0 = Instant::now();
         let pristine = req.stack.native();
         let root = match req.native {
             NativeSetup::Shared => pristine,
@@ -367,7 +404,7 @@ impl Driver for NativeDriver {
                 tree
             }
         };
-        Ok(MountGuard {
+        let guard = MountGuard {
             driver: "native".into(),
             root,
             mountpoint: None,
@@ -375,7 +412,9 @@ impl Driver for NativeDriver {
             scratch: req.scratch.to_path_buf(),
             teardown: Teardown::Native,
             live: true,
-        })
+        };
+        probe(guard.root())?;
+        Ok((guard, t0.elapsed()))
     }
 }
 

@@ -3,7 +3,9 @@
 //! Each workload runs on a fresh mount with an empty upper layer (or, for
 //! `native`, the merged copy, fresh when the workload changes it). Only
 //! [`Workload::run`] is timed, except for the mount workloads, whose timed
-//! part is the mount itself until the root answers a stat.
+//! part is the mount itself (the mount(2) call, or the mount program until
+//! it exits) until the root answers a stat; creating the scratch
+//! directories and finding the FUSE server's pid are not timed.
 
 use std::fmt;
 use std::fs;
