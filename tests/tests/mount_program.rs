@@ -141,28 +141,35 @@ fn exits_after_lazy_umount() {
     }
 }
 
-/// SIGTERM to the server unmounts cleanly and it exits.
+/// SIGTERM, SIGINT or SIGHUP to the server unmounts cleanly and it exits.
 #[test]
 fn sigterm_unmounts() {
-    let mut m = two_lowers().materialize(false);
-    let opts = m.program_options();
-    let out = run_on(&mut m, &opts, None);
-    assert_mounted_ok(&m, &out);
-    let servers = pids_with_arg(m.path());
-    assert!(!servers.is_empty(), "no server process");
-    for &pid in &servers {
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
-    }
-    for pid in servers {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        let mut m = two_lowers().materialize(false);
+        let opts = m.program_options();
+        let out = run_on(&mut m, &opts, None);
+        assert_mounted_ok(&m, &out);
+        let servers = pids_with_arg(m.path());
+        assert!(!servers.is_empty(), "no server process");
+        // Served by the forked server before the signal.
+        assert_eq!(
+            fs::read(m.path().join("both")).expect("read"),
+            b"from top\n"
+        );
+        for &pid in &servers {
+            kill(Pid::from_raw(pid), sig).expect("kill");
+        }
+        for pid in servers {
+            assert!(
+                wait_process_gone(pid, PROCESS_TIMEOUT),
+                "server {pid} still runs after {sig}"
+            );
+        }
         assert!(
-            wait_process_gone(pid, PROCESS_TIMEOUT),
-            "server {pid} still runs after SIGTERM"
+            !is_mountpoint(m.path()),
+            "still mounted after the server exited on {sig}"
         );
     }
-    assert!(
-        !is_mountpoint(m.path()),
-        "still mounted after the server exited on SIGTERM"
-    );
 }
 
 /// Two lowers and no upperdir: a read-only view; every write is EROFS.
