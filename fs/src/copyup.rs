@@ -5,9 +5,10 @@
 //! xattrs) are assembled under a temporary name in `WORKDIR/work` and renamed
 //! into place, so a crash never leaves a half-copied file visible; leftovers
 //! are removed at the next mount. Data moves with `copy_file_range`, which
-//! reflinks where the filesystem can. A copied-up non-directory records its
+//! reflinks where the filesystem can. A copied-up entry records its
 //! origin's inode number (`trusted.overlay.strata.origin`) so `st_ino` stays
-//! the same.
+//! the same, also for a directory once it no longer merges a lower one
+//! (renamed, so made opaque).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -249,7 +250,7 @@ impl Overlay {
         }
         let tmp_path = RelPath::from_bytes(tmp.to_bytes());
         copy_xattrs(src, path, work, &tmp_path)?;
-        if kind != Kind::Dir && self.privileged {
+        if self.privileged {
             let _ = sys::setxattr_at(work, tmp, ORIGIN_XATTR, &ino.to_le_bytes(), 0);
         }
         sys::utimens_at(

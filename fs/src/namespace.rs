@@ -282,6 +282,7 @@ impl Overlay {
                 whiteout::remove_wh_file(ufd, &new)?;
             }
         }
+        self.mark_impure_for(&ppath, &new);
         let st = sys::stat_at(ufd, new.c())?;
         if unnamed {
             let n = self.nodes.attach(node, newparent, newname);

@@ -25,6 +25,11 @@ pub type Res<T> = Result<T, Errno>;
 /// origin's), so `st_ino` survives copy-up and later lookups.
 pub const ORIGIN_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.origin";
 
+/// Marks an upper directory that merges nothing but may hold copied-up
+/// entries (numbered as their origins), so its listings look up their
+/// inode numbers (the kernel's "impure" directories, under Strata's name).
+pub const IMPURE_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.impure";
+
 /// Marks an upper file whose data is still in a lower layer (the kernel's
 /// name and form: an empty value).
 pub const METACOPY_XATTR: &std::ffi::CStr = c"trusted.overlay.metacopy";
@@ -375,6 +380,42 @@ impl Overlay {
         Ok(self.attr_from_stat(node, &st))
     }
 
+    /// Records that the upper directory `dir` may hold copied-up entries
+    /// ([`IMPURE_XATTR`]). Only privileged mounts record origins at all.
+    pub fn mark_impure(&self, dir: &RelPath) {
+        if !self.privileged {
+            return;
+        }
+        if let Ok(upper) = self.upper() {
+            let _ = sys::setxattr_at(self.stack.fd(upper), dir.c(), IMPURE_XATTR, b"y", 0);
+        }
+    }
+
+    /// Marks `dir` impure ([`Overlay::mark_impure`]) if the upper entry
+    /// `entry` in it is numbered as its origin.
+    pub fn mark_impure_for(&self, dir: &RelPath, entry: &RelPath) {
+        if !self.privileged {
+            return;
+        }
+        let Ok(upper) = self.upper() else { return };
+        let mut buf = [0u8; 8];
+        if let Ok(8) = sys::getxattr_at(self.stack.fd(upper), entry.c(), ORIGIN_XATTR, &mut buf) {
+            self.mark_impure(dir);
+        }
+    }
+
+    /// Whether the upper directory `dir` was marked impure.
+    pub fn is_impure(&self, dir: &RelPath) -> bool {
+        if !self.privileged {
+            return false;
+        }
+        let Ok(upper) = self.upper() else {
+            return false;
+        };
+        let mut buf = [0u8; 1];
+        matches!(sys::getxattr_at(self.stack.fd(upper), dir.c(), IMPURE_XATTR, &mut buf), Ok(n) if n > 0)
+    }
+
     /// The inode number for a freshly resolved entry whose top is `top`.
     pub fn ino_for(
         &self,
@@ -384,16 +425,15 @@ impl Overlay {
         kind: Kind,
         layers: &[LayerIdx],
     ) -> u64 {
-        if kind == Kind::Dir {
+        if kind == Kind::Dir && self.stack.is_upper(top) && layers.len() > 1 {
             // A merged directory keeps the number of its topmost lower
             // directory, as before it was copied up.
-            if self.stack.is_upper(top) && layers.len() > 1 {
-                if let Ok(lst) = sys::stat_at(self.stack.fd(layers[1]), path.c()) {
-                    return self.stack.ino(layers[1], lst.st_ino);
-                }
+            if let Ok(lst) = sys::stat_at(self.stack.fd(layers[1]), path.c()) {
+                return self.stack.ino(layers[1], lst.st_ino);
             }
-            return self.stack.ino(top, st.st_ino);
         }
+        // A copied-up entry keeps its origin's number, a directory too
+        // once it merges nothing (renamed, so opaque).
         if self.stack.is_upper(top) && self.privileged {
             let mut buf = [0u8; 8];
             if let Ok(8) = sys::getxattr_at(self.stack.fd(top), path.c(), ORIGIN_XATTR, &mut buf) {

@@ -124,7 +124,10 @@ impl Overlay {
         let mut out = vec![dot(".", node.ino), dot("..", parent_ino)];
         let entries = self.merged_entries(&path, &s.layers)?;
         let children = node.children_snapshot();
-        let merged = s.layers.len() > 1;
+        // Upper entries of a merged or impure directory may be copied-up
+        // entries, numbered as their origins.
+        let merged =
+            s.layers.len() > 1 || (self.stack.is_upper(s.layers[0]) && self.is_impure(&path));
         for (name, layer, d_ino, kind) in entries {
             let name = OsString::from_vec(name);
             let live = children.get(&name).and_then(|id| self.nodes.get(*id).ok());

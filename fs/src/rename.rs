@@ -141,6 +141,14 @@ impl Overlay {
                 whiteout::remove_wh_file(ufd, &path2)?;
             }
         }
+        // An entry numbered as its origin that lands in another directory
+        // makes that one impure.
+        if parent.id != newparent.id {
+            self.mark_impure_for(&p2, &path2);
+            if exchange {
+                self.mark_impure_for(&p1, &path1);
+            }
+        }
         // The node table follows.
         if exchange {
             let a = parent.children().remove(name);
@@ -248,6 +256,8 @@ impl Overlay {
             }
         }
         whiteout::remove_whiteouts(ufd, path)?;
+        // No longer merged, and full of copied-up entries.
+        self.mark_impure(path);
         whiteout::set_opaque(ufd, path, self.opaque_form)?;
         let _ = NodeId::ROOT;
         Ok(())

@@ -391,3 +391,47 @@ fn better_than_kernel_rename_lower_dir_then_rm_rf() {
     let expected = Layer::default().dir("a").dir("b").file("other", "o\n");
     assert_tree_and_portable(m, expected);
 }
+
+/// The inode numbers of `names` under `dir`: from `stat` and from the
+/// directory listing (`d_ino`), which must agree.
+fn inos(dir: &std::path::Path, names: &[&str]) -> Vec<u64> {
+    let listed: std::collections::HashMap<String, u64> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::os::unix::fs::DirEntryExt::ino(&e),
+            )
+        })
+        .collect();
+    names
+        .iter()
+        .map(|n| {
+            let st = fs::symlink_metadata(dir.join(n)).unwrap().ino();
+            assert_eq!(listed.get(*n), Some(&st), "d_ino and st_ino of {n}");
+            st
+        })
+        .collect()
+}
+
+/// A renamed lower directory keeps its inode number (its lower
+/// directory's), as do its subdirectories and files, which the rename
+/// copies up into an opaque tree: in `stat` and in listings, and after a
+/// remount. The kernel's overlayfs keeps them with `redirect_dir` (found by
+/// unionmount-testsuite `--ov=10 --verify`, rename-new-pop-dir).
+#[test]
+fn better_than_kernel_rename_lower_dir_keeps_inode_numbers() {
+    let layers = Layers::new().lower(|l| l.file("d/f", "f\n").file("d/s/g", "g\n"));
+    let mut m = layers.mount_strata();
+    fs::write(m.join("d/new"), "n\n").unwrap();
+    let top = inos(m.path(), &["d"]);
+    let inside = inos(&m.join("d"), &["f", "s"]);
+    rename(&m, "d", "e", RenameFlags::empty());
+    assert_eq!(inos(m.path(), &["e"]), top, "after the rename");
+    assert_eq!(inos(&m.join("e"), &["f", "s"]), inside, "after the rename");
+    m.unmount();
+    m.mount_again(Backend::strata(), false);
+    assert_eq!(inos(m.path(), &["e"]), top, "after a remount");
+    assert_eq!(inos(&m.join("e"), &["f", "s"]), inside, "after a remount");
+}

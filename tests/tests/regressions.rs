@@ -947,3 +947,38 @@ on_both!(
     posix_acls_are_enforced_and_inherited,
     posix_acls_are_enforced_and_inherited
 );
+
+/// Copied-up files moved or linked into a new directory keep the inode
+/// numbers they had below, in `stat` and in the directory's listing
+/// (`d_ino`, read after a remount so that no name is looked up first),
+/// which the kernel's overlayfs fixes up in "impure" directories.
+fn moved_copied_up_files_list_their_inode_numbers(backend: &Backend) {
+    let mut m = Layers::new()
+        .lower(|l| l.file("a/f", "f\n").file("a/g", "g\n"))
+        .mount(backend);
+    let ino = |m: &strata_tests::Mounted, p: &str| fs::symlink_metadata(m.join(p)).unwrap().ino();
+    let (f, g) = (ino(&m, "a/f"), ino(&m, "a/g"));
+    fs::create_dir(m.join("n")).unwrap();
+    fs::rename(m.join("a/f"), m.join("n/f")).unwrap();
+    fs::hard_link(m.join("a/g"), m.join("n/h")).unwrap();
+    m.unmount();
+    m.mount_again(backend.clone(), false);
+    let mut listed: Vec<(String, u64)> = fs::read_dir(m.join("n"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::os::unix::fs::DirEntryExt::ino(&e),
+            )
+        })
+        .collect();
+    listed.sort();
+    let name = m.backend().name();
+    assert_eq!(listed, [("f".into(), f), ("h".into(), g)], "{name}: d_ino");
+    assert_eq!((ino(&m, "n/f"), ino(&m, "n/h")), (f, g), "{name}: st_ino");
+}
+on_both!(
+    moved_copied_up_files_list_their_inode_numbers,
+    moved_copied_up_files_list_their_inode_numbers
+);
