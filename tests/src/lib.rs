@@ -40,3 +40,20 @@ macro_rules! on_both {
         }
     };
 }
+
+/// The entries of directory `dir` with the inode numbers its listing gives
+/// (`d_ino`), sorted by name.
+pub fn listed_inos(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::os::unix::fs::DirEntryExt::ino(&e),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -395,16 +395,8 @@ fn better_than_kernel_rename_lower_dir_then_rm_rf() {
 /// The inode numbers of `names` under `dir`: from `stat` and from the
 /// directory listing (`d_ino`), which must agree.
 fn inos(dir: &std::path::Path, names: &[&str]) -> Vec<u64> {
-    let listed: std::collections::HashMap<String, u64> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::os::unix::fs::DirEntryExt::ino(&e),
-            )
-        })
-        .collect();
+    let listed: std::collections::HashMap<String, u64> =
+        strata_tests::listed_inos(dir).into_iter().collect();
     names
         .iter()
         .map(|n| {

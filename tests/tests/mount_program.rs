@@ -123,15 +123,21 @@ fn daemonizes_and_exits_after_fusermount_u() {
     assert!(!is_mountpoint(m.path()));
 }
 
-/// After `umount2(MNT_DETACH)` (what podman does) the server exits too.
-#[test]
-fn exits_after_lazy_umount() {
+/// Two lowers mounted by running the program; the mount and its servers.
+fn two_lowers_by_program() -> (Mounted, Vec<i32>) {
     let mut m = two_lowers().materialize(false);
     let opts = m.program_options();
     let out = run_on(&mut m, &opts, None);
     assert_mounted_ok(&m, &out);
     let servers = pids_with_arg(m.path());
     assert!(!servers.is_empty(), "no server process");
+    (m, servers)
+}
+
+/// After `umount2(MNT_DETACH)` (what podman does) the server exits too.
+#[test]
+fn exits_after_lazy_umount() {
+    let (m, servers) = two_lowers_by_program();
     umount2(m.path(), MntFlags::MNT_DETACH).expect("umount2 MNT_DETACH");
     for pid in servers {
         assert!(
@@ -145,12 +151,7 @@ fn exits_after_lazy_umount() {
 #[test]
 fn sigterm_unmounts() {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        let mut m = two_lowers().materialize(false);
-        let opts = m.program_options();
-        let out = run_on(&mut m, &opts, None);
-        assert_mounted_ok(&m, &out);
-        let servers = pids_with_arg(m.path());
-        assert!(!servers.is_empty(), "no server process");
+        let (m, servers) = two_lowers_by_program();
         // Served by the forked server before the signal.
         assert_eq!(
             fs::read(m.path().join("both")).expect("read"),

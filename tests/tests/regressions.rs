@@ -963,17 +963,7 @@ fn moved_copied_up_files_list_their_inode_numbers(backend: &Backend) {
     fs::hard_link(m.join("a/g"), m.join("n/h")).unwrap();
     m.unmount();
     m.mount_again(backend.clone(), false);
-    let mut listed: Vec<(String, u64)> = fs::read_dir(m.join("n"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::os::unix::fs::DirEntryExt::ino(&e),
-            )
-        })
-        .collect();
-    listed.sort();
+    let listed = strata_tests::listed_inos(&m.join("n"));
     let name = m.backend().name();
     assert_eq!(listed, [("f".into(), f), ("h".into(), g)], "{name}: d_ino");
     assert_eq!((ino(&m, "n/f"), ino(&m, "n/h")), (f, g), "{name}: st_ino");
