@@ -112,6 +112,30 @@ fn open(
     f(&mut o).open(path).map_err(errno)
 }
 
+/// Whether `path` (following symlinks) is a fifo. A fifo is opened by the
+/// kernel alone (no FUSE request) and opening one races with the other
+/// test threads: a child they spawn holds copies of this process's fds
+/// until it execs, so a reader closed a moment ago can still count, and a
+/// non-blocking open for writing then succeeds instead of failing with
+/// ENXIO. Scripts get what a fifo with no peer gives instead: ENXIO for
+/// writers, end of file for readers.
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Opens an existing path for writing, as [`open`]; a fifo gives ENXIO
+/// (see [`is_fifo`]).
+fn open_writer(
+    path: &Path,
+    f: impl FnOnce(&mut OpenOptions) -> &mut OpenOptions,
+) -> Result<fs::File, Errno> {
+    if is_fifo(path) {
+        return Err(Errno::ENXIO);
+    }
+    open(path, f)
+}
+
 /// `lstat` described as the Stat operation reports it.
 pub fn describe(path: &Path) -> Result<String, Errno> {
     let md = fs::symlink_metadata(path).map_err(errno)?;
@@ -172,22 +196,25 @@ pub fn apply(root: &Path, op: &Op) -> OpResult {
             Ok(Out::Unit)
         }
         Op::Write(p, off, data) => {
-            let f = open(&j(p), |o| o.write(true))?;
+            let f = open_writer(&j(p), |o| o.write(true))?;
             f.write_all_at(data, *off).map_err(errno)?;
             Ok(Out::Unit)
         }
         Op::Append(p, data) => {
-            let mut f = open(&j(p), |o| o.append(true))?;
+            let mut f = open_writer(&j(p), |o| o.append(true))?;
             f.write_all(data).map_err(errno)?;
             Ok(Out::Unit)
         }
         Op::Truncate(p, len) => unit(nix::unistd::truncate(&j(p), *len as i64)),
         Op::Rewrite(p, data) => {
-            let mut f = open(&j(p), |o| o.write(true).truncate(true))?;
+            let mut f = open_writer(&j(p), |o| o.write(true).truncate(true))?;
             f.write_all(data).map_err(errno)?;
             Ok(Out::Unit)
         }
         Op::Read(p) => {
+            if is_fifo(&j(p)) {
+                return Ok(Out::Data(Vec::new()));
+            }
             let mut f = open(&j(p), |o| o.read(true))?;
             let mut v = Vec::new();
             f.read_to_end(&mut v).map_err(errno)?;
