@@ -72,6 +72,10 @@ pub struct MountOptions {
     /// Append a count of FUSE requests by operation to this file when the
     /// mount ends (`stats=FILE`).
     pub stats: Option<PathBuf>,
+    /// No extended attributes through the mount (`noxattrs=1`, as
+    /// fuse-overlayfs): every xattr call fails with EOPNOTSUPP. Copy-up
+    /// still carries the layers' xattrs.
+    pub noxattrs: bool,
     /// Options that were accepted but have no effect here.
     pub ignored: Vec<String>,
 }
@@ -203,6 +207,8 @@ impl MountOptions {
             ("threads", Some(v)) => self.threads = Some(parse_u32(opt, v)?.max(1) as usize),
             ("passthrough", Some(v)) => self.passthrough = v.trim() != "0",
             ("readdirplus", Some(v)) => self.readdirplus = v.trim() != "0",
+            ("noxattrs", None) => self.noxattrs = true,
+            ("noxattrs", Some(v)) => self.noxattrs = v.trim() != "0",
             ("metacopy", Some(v)) => {
                 self.metacopy = match v.trim() {
                     "on" => true,

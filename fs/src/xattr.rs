@@ -3,7 +3,8 @@
 //! `trusted.overlay.*`, `user.overlay.*` and `user.fuseoverlayfs.*` belong to
 //! the union (whiteouts, opacity, origins): they are never listed, reading one
 //! gives `ENODATA`, and setting or removing one is refused with `EPERM`.
-//! Changing any other xattr of a lower entry copies it up first.
+//! Changing any other xattr of a lower entry copies it up first. With
+//! `noxattrs=1` every xattr call fails (EOPNOTSUPP to the caller).
 //!
 //! The kernel asks for `security.capability` before every write and every
 //! change of owner (to drop file capabilities): once a node is known to
@@ -25,8 +26,18 @@ use crate::sys;
 const CAPS: &[u8] = b"security.capability";
 
 impl Overlay {
+    /// ENOSYS under `noxattrs`: the kernel then stops sending xattr
+    /// requests and answers EOPNOTSUPP itself, as with fuse-overlayfs.
+    fn xattrs_on(&self) -> Res<()> {
+        if self.opts.noxattrs {
+            return Err(Errno::ENOSYS);
+        }
+        Ok(())
+    }
+
     /// Reads xattr `name` of `node`; with `size` 0, only its length.
     pub fn getxattr(&self, node: &Node, name: &OsStr, size: u32) -> Res<Vec<u8>> {
+        self.xattrs_on()?;
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno::ENODATA);
         }
@@ -82,6 +93,7 @@ impl Overlay {
 
     /// The NUL-separated list of `node`'s visible xattr names.
     pub fn listxattr(&self, node: &Node) -> Res<Vec<u8>> {
+        self.xattrs_on()?;
         let path = self.nodes.path(node)?;
         let fd = self.stack.fd(node.top());
         let names = sys::listxattr_vec(fd, path.c())?;
@@ -95,6 +107,7 @@ impl Overlay {
 
     /// Sets xattr `name` of `node` (copying it up first).
     pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
+        self.xattrs_on()?;
         let upper = self.upper()?;
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno::EPERM);
@@ -108,6 +121,7 @@ impl Overlay {
 
     /// Removes xattr `name` of `node` (copying it up first).
     pub fn removexattr(&self, node: &Node, name: &OsStr) -> Res<()> {
+        self.xattrs_on()?;
         let upper = self.upper()?;
         if is_private_xattr(name.as_bytes()) {
             return Err(Errno::EPERM);

@@ -521,3 +521,27 @@ fn harness_watchdog_unblocks_a_hung_server() {
         "a call into a hung server after the watchdog fired: {r:?}"
     );
 }
+
+/// `noxattrs=1` (fuse-overlayfs's option): every xattr call fails with
+/// EOPNOTSUPP, while the files themselves work; a lower file's xattrs still
+/// travel with its copy-up into the upper layer.
+#[test]
+fn noxattrs_turns_extended_attributes_off() {
+    use strata_tests::sys::{lgetxattr, llistxattr, lremovexattr, lsetxattr};
+    let layers = Layers::new().lower(|l| l.file("f", "f\n").xattr("f", "user.k", b"v"));
+    let mut m = layers.materialize(false);
+    m.set_extra_options(Some("noxattrs=1"));
+    m.mount_again(Backend::strata(), false);
+    let f = m.join("f");
+    assert_eq!(lsetxattr(&f, "user.k", b"w"), Err(Errno::EOPNOTSUPP));
+    assert_eq!(lgetxattr(&f, "user.k"), Err(Errno::EOPNOTSUPP));
+    assert_eq!(llistxattr(&f).map(|_| ()), Err(Errno::EOPNOTSUPP));
+    assert_eq!(lremovexattr(&f, "user.k"), Err(Errno::EOPNOTSUPP));
+    fs::write(&f, "changed\n").expect("write");
+    assert_eq!(fs::read(&f).expect("read"), b"changed\n");
+    assert_eq!(
+        strata_tests::sys::lgetxattr(&m.upper().join("f"), "user.k"),
+        Ok(b"v".to_vec()),
+        "the copy-up carries the lower file's xattr"
+    );
+}
