@@ -77,6 +77,8 @@ pub struct Mounted {
     mountpoint: PathBuf,
     overlay: Arc<Overlay>,
     threads: usize,
+    /// Kept open while serving: fusermount3 unmounts when it closes.
+    fusermount: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -109,6 +111,36 @@ pub struct Prepared {
     mountpoint: PathBuf,
     overlay: Arc<Overlay>,
     threads: usize,
+    /// The socket to fusermount3 for a mount it made (see
+    /// [`sys::mount_fuse_fusermount`]).
+    fusermount: Option<OwnedFd>,
+}
+
+/// fusermount3's option string for a mount with `flags`. It unmounts when
+/// the server ends (`auto_unmount`), since the server may not unmount
+/// itself; `allow_other` only where /etc/fuse.conf allows it.
+fn fusermount_options(flags: u64) -> String {
+    let mut o = vec![
+        "fsname=strata",
+        "subtype=strata",
+        "default_permissions",
+        "auto_unmount",
+    ];
+    if sys::fuse_conf_allows_other() {
+        o.push("allow_other");
+    }
+    for (flag, name) in [
+        (libc::MS_NOSUID, "nosuid"),
+        (libc::MS_NODEV, "nodev"),
+        (libc::MS_NOEXEC, "noexec"),
+        (libc::MS_NOATIME, "noatime"),
+        (libc::MS_RDONLY, "ro"),
+    ] {
+        if flags & flag != 0 {
+            o.push(name);
+        }
+    }
+    o.join(",")
 }
 
 impl std::fmt::Debug for Prepared {
@@ -210,21 +242,35 @@ impl Prepared {
             flags |= libc::MS_RDONLY;
         }
         let overlay = Arc::new(Overlay::new(stack, opts).map_err(MountError::Setup)?);
-        let dev: OwnedFd = sys::open_fuse_device().map_err(MountError::Device)?;
-        sys::mount_fuse(
-            dev.as_fd(),
-            &mnt,
-            "strata",
-            "strata",
-            flags,
-            "default_permissions,allow_other",
-        )
-        .map_err(|e| MountError::Mount(mnt.clone(), e))?;
+        let root = nix::unistd::geteuid().is_root();
+        let direct = sys::open_fuse_device().and_then(|dev| {
+            sys::mount_fuse(
+                dev.as_fd(),
+                &mnt,
+                "strata",
+                "strata",
+                flags,
+                "default_permissions,allow_other",
+            )
+            .map(|()| dev)
+        });
+        let (dev, fusermount) = match direct {
+            Ok(dev) => (dev, None),
+            // A user who may not open /dev/fuse or mount: the setuid
+            // fusermount3 mounts, as libfuse does for fuse-overlayfs.
+            Err(Errno::EACCES | Errno::EPERM) if !root => {
+                let (dev, sock) = sys::mount_fuse_fusermount(&mnt, &fusermount_options(flags))
+                    .map_err(|e| MountError::Mount(mnt.clone(), e))?;
+                (dev, Some(sock))
+            }
+            Err(e) => return Err(MountError::Mount(mnt.clone(), e)),
+        };
         Ok(Prepared {
             dev,
             mountpoint: mnt,
             overlay,
             threads,
+            fusermount,
         })
     }
 
@@ -241,6 +287,7 @@ impl Prepared {
             mountpoint: mnt,
             overlay,
             threads,
+            fusermount,
         } = self;
         let mut config = Config::default();
         config.acl = SessionACL::All;
@@ -267,6 +314,7 @@ impl Prepared {
             mountpoint: mnt,
             overlay,
             threads,
+            fusermount,
         })
     }
 }
@@ -288,6 +336,12 @@ impl Mounted {
     /// The filesystem being served.
     pub fn overlay(&self) -> &Arc<Overlay> {
         &self.overlay
+    }
+
+    /// Whether fusermount3 made the mount (an unprivileged user): it
+    /// unmounts when the server ends, and this process cannot unmount.
+    pub fn via_fusermount(&self) -> bool {
+        self.fusermount.is_some()
     }
 
     /// Number of worker threads that will serve requests.

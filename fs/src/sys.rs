@@ -983,6 +983,98 @@ pub fn unmount_on_signals(target: &std::path::Path) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Mounts FUSE at `target` through the setuid `fusermount3`, for a user
+/// who may not open `/dev/fuse` or call mount(2): it mounts with `opts`
+/// (fusermount's option string) and hands back the connection's fd over a
+/// socket (`_FUSE_COMMFD`). Returns the fd and that socket: with
+/// `auto_unmount` in `opts`, fusermount3 waits on the socket and unmounts
+/// when it closes, that is when the server ends, however it ends.
+pub fn mount_fuse_fusermount(
+    target: &std::path::Path,
+    opts: &str,
+) -> Result<(OwnedFd, OwnedFd), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use nix::sys::socket::{
+        recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    };
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // fusermount3 inherits its end (this process is single-threaded here,
+    // so no other child can).
+    fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    // Its messages come through a pipe, shown only if the mount fails: an
+    // auto_unmount fusermount3 stays alive, and must not keep the caller's
+    // stderr open (podman waits for EOF on it).
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let spawned = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(target)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(err_w))
+        .spawn();
+    drop(theirs);
+    let mut child =
+        spawned.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)))?;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let fd = loop {
+        match recvmsg::<()>(
+            ours.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => break Err(e),
+            Ok(msg) => {
+                let mut got = None;
+                for c in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for f in fds {
+                            // SAFETY: SCM_RIGHTS gave this process a new fd
+                            // that nothing else owns.
+                            let owned = unsafe { OwnedFd::from_raw_fd(f) };
+                            got.get_or_insert(owned);
+                        }
+                    }
+                }
+                // No fd: fusermount3 failed (its reason is on stderr).
+                break got.ok_or(Errno::EPERM);
+            }
+        }
+    };
+    if !opts.split(',').any(|o| o == "auto_unmount") || fd.is_err() {
+        let _ = child.wait();
+    }
+    if fd.is_err() {
+        use std::io::{Read, Write};
+        let mut msg = Vec::new();
+        let _ = std::fs::File::from(err_r).read_to_end(&mut msg);
+        let _ = std::io::stderr().write_all(&msg);
+    }
+    Ok((fd?, ours))
+}
+
+/// Whether `/etc/fuse.conf` lets users mount with `allow_other`.
+pub fn fuse_conf_allows_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|c| {
+        c.lines().any(|l| {
+            l.split('#')
+                .next()
+                .is_some_and(|l| l.trim() == "user_allow_other")
+        })
+    })
+}
+
 /// Opens `/dev/fuse` for a new connection.
 pub fn open_fuse_device() -> Result<OwnedFd, Errno> {
     // SAFETY: literal NUL-terminated path.

@@ -545,3 +545,124 @@ fn noxattrs_turns_extended_attributes_off() {
         "the copy-up carries the lower file's xattr"
     );
 }
+
+/// Gives `/dev/fuse` mode 0666 (a usual distribution's mode) while alive,
+/// and puts back the mode it had.
+struct DevFuseOpen(u32);
+
+impl DevFuseOpen {
+    fn new() -> DevFuseOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata("/dev/fuse")
+            .expect("/dev/fuse")
+            .permissions()
+            .mode();
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666))
+            .expect("chmod /dev/fuse");
+        DevFuseOpen(mode & 0o7777)
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// Runs `args` as the unprivileged user 65534 in `dir`.
+fn as_nobody(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv")
+}
+
+/// A user without the right to mount: the setuid fusermount3 mounts for
+/// strata-mount (whose stderr, a pipe here, must still reach EOF), the user
+/// works in the mount, and both `fusermount3 -u` and SIGTERM unmount it.
+#[test]
+fn unprivileged_user_mounts_through_fusermount3() {
+    let _open = DevFuseOpen::new();
+    let root = strata_tests::mount::temp_root();
+    let dir = root.path();
+    for d in ["lower", "upper", "work", "merged"] {
+        fs::create_dir(dir.join(d)).expect("mkdir");
+    }
+    fs::write(dir.join("lower/a"), "a\n").expect("write");
+    fs::write(dir.join("lower/b"), "b\n").expect("write");
+    Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dir)
+        .status()
+        .expect("chown");
+    let prog = strata_program();
+    let mnt = dir.join("merged");
+    let mount = || {
+        let out = as_nobody(
+            dir,
+            &[
+                prog.as_os_str(),
+                "-o".as_ref(),
+                "lowerdir=lower,upperdir=upper,workdir=work".as_ref(),
+                "merged".as_ref(),
+            ],
+        );
+        assert!(
+            out.status.success() && is_mountpoint(&mnt),
+            "mount as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let servers = pids_with_arg(Path::new("merged"));
+        assert!(!servers.is_empty(), "no server");
+        servers
+    };
+    let servers = mount();
+    let sh = |script: &str| as_nobody(dir, &["sh".as_ref(), "-c".as_ref(), script.as_ref()]);
+    let out = sh("cat merged/a && rm merged/b && echo new > merged/c && ls merged");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let cleanup = |servers: &[i32]| {
+        let _ = umount2(&mnt, MntFlags::MNT_DETACH);
+        for &pid in servers {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    };
+    if !out.status.success() || listing != "a\na\nc\n" {
+        cleanup(&servers);
+        panic!(
+            "work as nobody: {listing:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(fs::read(dir.join("upper/c")).expect("upper/c"), b"new\n");
+    let out = sh("fusermount3 -u merged");
+    assert!(
+        out.status.success(),
+        "fusermount3 -u: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for &pid in &servers {
+        assert!(
+            wait_process_gone(pid, PROCESS_TIMEOUT),
+            "server {pid} after fusermount3 -u"
+        );
+    }
+    let servers = mount();
+    for &pid in &servers {
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    }
+    for &pid in &servers {
+        if !wait_process_gone(pid, PROCESS_TIMEOUT) {
+            cleanup(&servers);
+            panic!("server {pid} still runs after SIGTERM");
+        }
+    }
+    let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+    while is_mountpoint(&mnt) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mountpoint(&mnt), "still mounted after SIGTERM");
+}

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{setsid, ForkResult};
 use strata_fs::{MountOptions, Mounted};
 
@@ -88,7 +89,28 @@ fn init_logging(debug: bool) {
 }
 
 fn serve(mounted: Mounted) -> ExitCode {
-    if let Err(e) = strata_fs::sys::unmount_on_signals(mounted.mountpoint()) {
+    if mounted.via_fusermount() {
+        // Not allowed to unmount itself: a thread waits for the signals
+        // (blocked in every thread, which inherit the mask) and has
+        // fusermount3 unmount. fusermount3's own auto_unmount, when the
+        // server dies, cannot check a mount whose server is gone without
+        // allow_other (the kernel answers EACCES, not ENOTCONN).
+        let mut set = SigSet::empty();
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(sig);
+        }
+        let _ = set.thread_block();
+        let mnt = mounted.mountpoint().to_path_buf();
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                let _ = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&mnt)
+                    .status();
+            }
+        });
+    } else if let Err(e) = strata_fs::sys::unmount_on_signals(mounted.mountpoint()) {
         tracing::warn!(%e, "cannot handle SIGTERM; unmount with fusermount3 -u or umount");
     }
     match mounted.run() {
