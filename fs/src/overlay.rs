@@ -394,13 +394,23 @@ impl Overlay {
     /// Marks `dir` impure ([`Overlay::mark_impure`]) if the upper entry
     /// `entry` in it is numbered as its origin.
     pub fn mark_impure_for(&self, dir: &RelPath, entry: &RelPath) {
-        if !self.privileged {
-            return;
+        if let Ok(upper) = self.upper() {
+            if self.origin_at(upper, entry).is_some() {
+                self.mark_impure(dir);
+            }
         }
-        let Ok(upper) = self.upper() else { return };
+    }
+
+    /// The origin's inode number a copied-up entry at `path` in layer
+    /// `layer` records ([`ORIGIN_XATTR`]; only privileged mounts record it).
+    fn origin_at(&self, layer: LayerIdx, path: &RelPath) -> Option<u64> {
+        if !self.privileged {
+            return None;
+        }
         let mut buf = [0u8; 8];
-        if let Ok(8) = sys::getxattr_at(self.stack.fd(upper), entry.c(), ORIGIN_XATTR, &mut buf) {
-            self.mark_impure(dir);
+        match sys::getxattr_at(self.stack.fd(layer), path.c(), ORIGIN_XATTR, &mut buf) {
+            Ok(8) => Some(u64::from_le_bytes(buf)),
+            _ => None,
         }
     }
 
@@ -434,10 +444,9 @@ impl Overlay {
         }
         // A copied-up entry keeps its origin's number, a directory too
         // once it merges nothing (renamed, so opaque).
-        if self.stack.is_upper(top) && self.privileged {
-            let mut buf = [0u8; 8];
-            if let Ok(8) = sys::getxattr_at(self.stack.fd(top), path.c(), ORIGIN_XATTR, &mut buf) {
-                return u64::from_le_bytes(buf);
+        if self.stack.is_upper(top) {
+            if let Some(origin) = self.origin_at(top, path) {
+                return origin;
             }
         }
         self.stack.ino(top, st.st_ino)

@@ -17,7 +17,7 @@ use nix::errno::Errno;
 
 use crate::layers::{remove_tree_contents, LayerIdx};
 use crate::lookup::{Resolved, NAME_MAX};
-use crate::nodes::{Kind, Node, NodeId};
+use crate::nodes::{Kind, Node};
 use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
 use crate::sys;
@@ -259,7 +259,6 @@ impl Overlay {
         // No longer merged, and full of copied-up entries.
         self.mark_impure(path);
         whiteout::set_opaque(ufd, path, self.opaque_form)?;
-        let _ = NodeId::ROOT;
         Ok(())
     }
 }

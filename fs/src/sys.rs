@@ -945,6 +945,13 @@ pub fn umount_detach(target: &std::path::Path) -> Result<(), Errno> {
     check(unsafe { libc::umount2(tgt.as_ptr(), libc::MNT_DETACH) })
 }
 
+/// The signals that end a server, unmounting its mount.
+pub const END_SIGNALS: [nix::sys::signal::Signal; 3] = [
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGHUP,
+];
+
 /// The mount [`unmount_on_signals`] detaches.
 static UNMOUNT_ON_SIGNAL: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
 
@@ -972,11 +979,7 @@ pub fn unmount_on_signals(target: &std::path::Path) -> Result<(), Errno> {
         nix::sys::signal::SaFlags::SA_RESTART,
         nix::sys::signal::SigSet::empty(),
     );
-    for sig in [
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGHUP,
-    ] {
+    for sig in END_SIGNALS {
         // SAFETY: the handler only calls umount2 on a path set above.
         unsafe { nix::sys::signal::sigaction(sig, &action) }?;
     }

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::SigSet;
 use nix::unistd::{setsid, ForkResult};
 use strata_fs::{MountOptions, Mounted};
 
@@ -96,7 +96,7 @@ fn serve(mounted: Mounted) -> ExitCode {
         // server dies, cannot check a mount whose server is gone without
         // allow_other (the kernel answers EACCES, not ENOTCONN).
         let mut set = SigSet::empty();
-        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for sig in strata_fs::sys::END_SIGNALS {
             set.add(sig);
         }
         let _ = set.thread_block();
