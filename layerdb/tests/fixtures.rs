@@ -1,4 +1,4 @@
-//! Interop with archives saved by podman 4.3 (../shared/fixtures), and
+//! Interop with archives saved by podman 4.3 (tests/fixtures), and
 //! load → save → load round trips in both formats.
 
 mod common;

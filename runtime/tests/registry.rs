@@ -200,7 +200,7 @@ fn push_then_pull_keeps_ids_and_digests_and_moves_only_missing_blobs() {
 }
 
 /// podman with a private vfs store and the containers.conf that works here
-/// (see ../shared/fixtures/README.md).
+/// (see tests/fixtures/README.md).
 struct Podman {
     dir: tempfile::TempDir,
 }

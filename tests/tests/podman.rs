@@ -4,7 +4,7 @@
 //!
 //! Each test has a podman store of its own (`--root`/`--runroot` in a temp
 //! dir) and the containers.conf that works on this kind of machine (runc,
-//! no network, low ulimits: see ../shared/fixtures/README.md). podman,
+//! no network, low ulimits: see tests/fixtures/README.md). podman,
 //! runc and skopeo come from scripts/setup; without podman the tests fail
 //! under CI and are skipped with a message elsewhere.
 
@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use strata_tests::mount::strata_program;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
 fn podman_available() -> bool {

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use strata_layerdb::Store;
 
-/// The podman fixtures (`../../shared/fixtures` from the crate).
+/// The podman fixtures (`tests/fixtures` of the repository).
 pub fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     assert!(
         p.join("busybox-docker-archive.tar").exists(),
         "podman fixtures missing at {}",

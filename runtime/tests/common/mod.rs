@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// The fixture image (saved by podman).
 pub fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/busybox-docker-archive.tar")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/busybox-docker-archive.tar")
 }
 
 /// What a command did.

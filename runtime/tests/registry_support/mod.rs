@@ -585,6 +585,6 @@ fn serve(
 /// The fixture images (saved by podman).
 pub fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
+        .join("../tests/fixtures")
         .join(name)
 }
