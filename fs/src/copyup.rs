@@ -19,10 +19,10 @@ use tracing::error;
 
 use crate::layers::LayerIdx;
 use crate::nodes::{Kind, Node, NodeId};
-use crate::overlay::{Overlay, Res, METACOPY_XATTR, ORIGIN_XATTR};
+use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
 use crate::sys::{self, Time};
-use crate::whiteout;
+use strata_ovl::{is_private_xattr, WhiteoutForm, Xattr};
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -30,13 +30,6 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn temp_name() -> CString {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     CString::new(format!("#strata-{}-{n}", std::process::id())).expect("no NUL")
-}
-
-/// Whether an xattr name is private to the overlay and never copied or shown.
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.overlay.")
-        || name.starts_with(b"user.fuseoverlayfs.")
 }
 
 /// How much of a file to copy up.
@@ -128,7 +121,10 @@ impl Overlay {
             Time::Set(before.st_atime, before.st_atime_nsec),
             Time::Set(before.st_mtime, before.st_mtime_nsec),
         )?;
-        match sys::removexattr_at(ufd, path.c(), METACOPY_XATTR) {
+        let Some(metacopy) = self.xattr(Xattr::Metacopy) else {
+            return Ok(());
+        };
+        match sys::removexattr_at(ufd, path.c(), metacopy) {
             Ok(()) | Err(Errno::ENODATA) => Ok(()),
             Err(e) => Err(e),
         }
@@ -179,8 +175,8 @@ impl Overlay {
             let _ = crate::layers::remove_tree(work, &tmp, kind == Kind::Dir);
             return Err(e);
         }
-        if self.whiteout_form == whiteout::WhiteoutForm::WhFile {
-            whiteout::remove_wh_file(dst, path)?;
+        if self.forms.whiteout == WhiteoutForm::WhFile {
+            strata_ovl::layer::remove_wh_file(dst, path)?;
         }
         if kind != Kind::Dir && st.st_nlink > 1 && !self.stack.is_upper(from) {
             self.link_up_siblings(from, path, st.st_ino)?;
@@ -228,7 +224,8 @@ impl Overlay {
                     // kernel's metacopy files do; nothing to sync.
                     CopyData::Meta => {
                         sys::ftruncate(out.as_fd(), st.st_size as u64)?;
-                        sys::setxattr_at(work, tmp, METACOPY_XATTR, b"", 0)?;
+                        let metacopy = self.xattr(Xattr::Metacopy).ok_or(Errno::EOPNOTSUPP)?;
+                        sys::setxattr_at(work, tmp, metacopy, b"", 0)?;
                     }
                     _ => {}
                 }
@@ -250,8 +247,8 @@ impl Overlay {
         }
         let tmp_path = RelPath::from_bytes(tmp.to_bytes());
         copy_xattrs(src, path, work, &tmp_path)?;
-        if self.privileged {
-            let _ = sys::setxattr_at(work, tmp, ORIGIN_XATTR, &ino.to_le_bytes(), 0);
+        if let Some(origin) = self.xattr(Xattr::Origin) {
+            let _ = sys::setxattr_at(work, tmp, origin, &ino.to_le_bytes(), 0);
         }
         sys::utimens_at(
             work,

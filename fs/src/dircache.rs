@@ -25,7 +25,8 @@ use crate::layers::{LayerIdx, Stack};
 use crate::nodes::Kind;
 use crate::path::RelPath;
 use crate::sys;
-use crate::whiteout::{self, OPAQUE_MARKER, WH_PREFIX};
+use strata_ovl::layer as whiteout;
+use strata_ovl::names::EntryName;
 
 /// Names held by the cache at most (all directories together).
 pub const MAX_CACHED_NAMES: usize = 512 * 1024;
@@ -205,13 +206,17 @@ pub fn read_layer_dir(stack: &Stack, l: LayerIdx, path: &RelPath) -> Result<Lowe
     };
     let xattr_whiteouts = marks.xattr_whiteouts;
     for (name, ino, dtype) in sys::read_dir_fd(dir)? {
-        if name == OPAQUE_MARKER {
-            d.opaque = true;
-            continue;
-        }
-        if let Some(target) = name.strip_prefix(WH_PREFIX) {
-            d.wh.insert(target.into());
-            continue;
+        match EntryName::of(&name) {
+            EntryName::OpaqueMarker => {
+                d.opaque = true;
+                continue;
+            }
+            EntryName::Whiteout(target) => {
+                d.wh.insert(target.into());
+                continue;
+            }
+            EntryName::AufsMeta => continue,
+            EntryName::Plain => {}
         }
         let mut kind = Kind::from_dtype(dtype);
         let mut is_wh = false;

@@ -26,14 +26,16 @@ pub mod namespace;
 pub mod nodes;
 pub mod options;
 pub mod overlay;
-pub mod path;
+/// Paths relative to a layer root (the format crate's [`strata_ovl::RelPath`]).
+pub mod path {
+    pub use strata_ovl::RelPath;
+}
 pub mod prune;
 pub mod readdir;
 pub mod rename;
 pub mod setattr;
 pub mod stats;
 pub mod sys;
-pub mod whiteout;
 pub mod xattr;
 
 use std::os::fd::{AsFd, OwnedFd};

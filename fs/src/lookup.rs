@@ -17,7 +17,8 @@ use crate::nodes::{Kind, Node, NodeId, NodeState};
 use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
 use crate::sys;
-use crate::whiteout;
+use strata_ovl::layer as whiteout;
+use strata_ovl::names::is_reserved_name;
 
 /// Longest name a layer filesystem accepts.
 pub const NAME_MAX: usize = 255;
@@ -119,7 +120,7 @@ impl Overlay {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        if whiteout::is_reserved_name(name) {
+        if is_reserved_name(name) {
             return Ok(None);
         }
         let path = dir_path.join(name);

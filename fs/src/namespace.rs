@@ -23,7 +23,9 @@ use crate::nodes::{Kind, Node, NodeState};
 use crate::overlay::{Caller, Overlay, Res};
 use crate::path::RelPath;
 use crate::sys;
-use crate::whiteout::{self, WhiteoutForm};
+use strata_ovl::layer as whiteout;
+use strata_ovl::names::is_reserved_name;
+use strata_ovl::WhiteoutForm;
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -93,7 +95,7 @@ impl Overlay {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        if whiteout::is_reserved_name(name.as_bytes()) {
+        if is_reserved_name(name.as_bytes()) {
             return Err(Errno::EINVAL);
         }
         let pst = parent.state();
@@ -134,7 +136,7 @@ impl Overlay {
                     whiteout::set_opaque(
                         dir_fd,
                         &RelPath::from_bytes(at.to_bytes()),
-                        self.opaque_form,
+                        self.forms.opaque,
                     )?;
                 }
                 match slot {
@@ -234,7 +236,7 @@ impl Overlay {
         if newname.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        if whiteout::is_reserved_name(newname.as_bytes()) {
+        if is_reserved_name(newname.as_bytes()) {
             return Err(Errno::EINVAL);
         }
         let pst = newparent.state();
@@ -344,7 +346,7 @@ impl Overlay {
     pub(crate) fn replace_with_whiteout(&self, path: &RelPath, dir: bool) -> Res<()> {
         let upper = self.upper()?;
         let ufd = self.stack.fd(upper);
-        match self.whiteout_form {
+        match self.forms.whiteout {
             WhiteoutForm::Device => {
                 let work = self.stack.work().ok_or(Errno::EROFS)?;
                 let tmp = temp_name();

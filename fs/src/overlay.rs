@@ -16,23 +16,10 @@ use crate::nodes::{Kind, Node, NodeTable};
 use crate::options::MountOptions;
 use crate::path::RelPath;
 use crate::sys;
-use crate::whiteout::{OpaqueForm, WhiteoutForm};
+use strata_ovl::{Forms, WhiteoutForm, Xattr};
 
 /// Result of a filesystem operation: the errno goes to the caller.
 pub type Res<T> = Result<T, Errno>;
-
-/// The private xattr that keeps a copied-up file's inode number (its
-/// origin's), so `st_ino` survives copy-up and later lookups.
-pub const ORIGIN_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.origin";
-
-/// Marks an upper directory that merges nothing but may hold copied-up
-/// entries (numbered as their origins), so its listings look up their
-/// inode numbers (the kernel's "impure" directories, under Strata's name).
-pub const IMPURE_XATTR: &std::ffi::CStr = c"trusted.overlay.strata.impure";
-
-/// Marks an upper file whose data is still in a lower layer (the kernel's
-/// name and form: an empty value).
-pub const METACOPY_XATTR: &std::ffi::CStr = c"trusted.overlay.metacopy";
 
 /// How many file lookups right after listings (within [`STAT_WINDOW`])
 /// make listings include file attributes.
@@ -80,12 +67,11 @@ pub struct Overlay {
     pub(crate) nodes: NodeTable,
     pub(crate) handles: Handles,
     pub(crate) opts: MountOptions,
-    pub(crate) whiteout_form: WhiteoutForm,
-    pub(crate) opaque_form: OpaqueForm,
+    /// The forms written into the upper layer, probed at mount.
+    pub(crate) forms: Forms,
     /// Whether passthrough may be tried (cleared when the kernel refuses).
     pub(crate) passthrough: AtomicBool,
     pub(crate) ttl: Duration,
-    pub(crate) privileged: bool,
     pub(crate) links: crate::hardlink::LinkMaps,
     pub(crate) dircache: crate::dircache::DirCache,
     /// Adaptive readdirplus: file lookups that followed listings without
@@ -129,23 +115,18 @@ impl Overlay {
         // the replies to changes carry the new attributes.
         let ttl = Duration::from_secs_f64(opts.timeout_secs.unwrap_or(DEFAULT_TTL_SECS));
         let passthrough = opts.passthrough && privileged;
+        let forms = if opts.read_only {
+            Forms::KERNEL
+        } else {
+            upper_forms(&stack, privileged)
+        };
         let ov = Overlay {
             nodes: NodeTable::new(root_ino, crate::layers::Layers::new()),
             stack,
             handles: Handles::default(),
-            whiteout_form: if privileged {
-                WhiteoutForm::Device
-            } else {
-                WhiteoutForm::WhFile
-            },
-            opaque_form: if privileged {
-                OpaqueForm::TrustedXattr
-            } else {
-                OpaqueForm::Marker
-            },
+            forms,
             passthrough: AtomicBool::new(passthrough),
             ttl,
-            privileged,
             links: Default::default(),
             dircache: Default::default(),
             notifier: std::sync::OnceLock::new(),
@@ -234,9 +215,8 @@ impl Overlay {
         dir: std::os::fd::BorrowedFd<'_>,
         at: &std::ffi::CStr,
     ) -> Res<()> {
-        use crate::whiteout::WhiteoutForm;
-        if self.whiteout_form == WhiteoutForm::WhFile {
-            return crate::whiteout::make_whiteout(
+        if self.forms.whiteout == WhiteoutForm::WhFile {
+            return strata_ovl::layer::make_whiteout(
                 dir,
                 &RelPath::from_bytes(at.to_bytes()),
                 WhiteoutForm::WhFile,
@@ -282,15 +262,24 @@ impl Overlay {
         }
     }
 
-    /// Whether metadata-only copy-up is on (it needs trusted xattrs).
+    /// The name of the overlay xattr `x` in the namespace this mount
+    /// writes its records in; `None` when the upper takes no overlay xattr
+    /// (then no origin, impure or metacopy record is kept).
+    pub fn xattr(&self, x: Xattr) -> Option<&'static std::ffi::CStr> {
+        self.forms.xattrs.map(|ns| x.name(ns))
+    }
+
+    /// Whether metadata-only copy-up is on (it needs overlay xattrs).
     pub fn metacopy_on(&self) -> bool {
-        self.opts.metacopy && self.privileged
+        self.opts.metacopy && self.forms.xattrs.is_some()
     }
 
     /// Whether the upper file at `path` is a metacopy file.
     pub fn is_metacopy_at(&self, upper: LayerIdx, path: &RelPath) -> bool {
         self.metacopy_on()
-            && sys::getxattr_at(self.stack.fd(upper), path.c(), METACOPY_XATTR, &mut []).is_ok()
+            && self.xattr(Xattr::Metacopy).is_some_and(|name| {
+                sys::getxattr_at(self.stack.fd(upper), path.c(), name, &mut []).is_ok()
+            })
     }
 
     /// The upper layer, or `EROFS` for a read-only mount.
@@ -381,13 +370,14 @@ impl Overlay {
     }
 
     /// Records that the upper directory `dir` may hold copied-up entries
-    /// ([`IMPURE_XATTR`]). Only privileged mounts record origins at all.
+    /// ([`Xattr::Impure`]). Mounts whose upper takes no overlay xattr
+    /// record no origins at all.
     pub fn mark_impure(&self, dir: &RelPath) {
-        if !self.privileged {
+        let Some(name) = self.xattr(Xattr::Impure) else {
             return;
-        }
+        };
         if let Ok(upper) = self.upper() {
-            let _ = sys::setxattr_at(self.stack.fd(upper), dir.c(), IMPURE_XATTR, b"y", 0);
+            let _ = sys::setxattr_at(self.stack.fd(upper), dir.c(), name, b"y", 0);
         }
     }
 
@@ -402,13 +392,11 @@ impl Overlay {
     }
 
     /// The origin's inode number a copied-up entry at `path` in layer
-    /// `layer` records ([`ORIGIN_XATTR`]; only privileged mounts record it).
+    /// `layer` records ([`Xattr::Origin`]).
     fn origin_at(&self, layer: LayerIdx, path: &RelPath) -> Option<u64> {
-        if !self.privileged {
-            return None;
-        }
+        let name = self.xattr(Xattr::Origin)?;
         let mut buf = [0u8; 8];
-        match sys::getxattr_at(self.stack.fd(layer), path.c(), ORIGIN_XATTR, &mut buf) {
+        match sys::getxattr_at(self.stack.fd(layer), path.c(), name, &mut buf) {
             Ok(8) => Some(u64::from_le_bytes(buf)),
             _ => None,
         }
@@ -416,14 +404,11 @@ impl Overlay {
 
     /// Whether the upper directory `dir` was marked impure.
     pub fn is_impure(&self, dir: &RelPath) -> bool {
-        if !self.privileged {
-            return false;
-        }
-        let Ok(upper) = self.upper() else {
+        let (Some(name), Ok(upper)) = (self.xattr(Xattr::Impure), self.upper()) else {
             return false;
         };
         let mut buf = [0u8; 1];
-        matches!(sys::getxattr_at(self.stack.fd(upper), dir.c(), IMPURE_XATTR, &mut buf), Ok(n) if n > 0)
+        matches!(sys::getxattr_at(self.stack.fd(upper), dir.c(), name, &mut buf), Ok(n) if n > 0)
     }
 
     /// The inode number for a freshly resolved entry whose top is `top`.
@@ -485,4 +470,31 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 /// Whether passthrough is still enabled.
 pub(crate) fn passthrough_on(ov: &Overlay) -> bool {
     ov.passthrough.load(Ordering::Relaxed)
+}
+
+/// The forms this mount writes into its upper layer: probed in the work
+/// directory (what the upper filesystem and the caller's privileges
+/// allow), or, without one, the kernel's forms for a privileged caller and
+/// `.wh.` files and markers otherwise. A read-only mount writes nothing.
+fn upper_forms(stack: &Stack, privileged: bool) -> Forms {
+    let Some(work) = stack.work() else {
+        return if privileged {
+            Forms::KERNEL
+        } else {
+            Forms::AUFS
+        };
+    };
+    match strata_ovl::Probe::run(work) {
+        Ok(p) => {
+            tracing::debug!(probe = %p, forms = %p.forms(), "upper filesystem probed");
+            p.forms()
+        }
+        Err(err) => {
+            tracing::warn!(
+                ?err,
+                "cannot probe the upper filesystem; writing .wh. whiteouts"
+            );
+            Forms::AUFS
+        }
+    }
 }

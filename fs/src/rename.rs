@@ -21,7 +21,9 @@ use crate::nodes::{Kind, Node};
 use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
 use crate::sys;
-use crate::whiteout::{self, WhiteoutForm};
+use strata_ovl::layer as whiteout;
+use strata_ovl::names::is_reserved_name;
+use strata_ovl::WhiteoutForm;
 
 impl Overlay {
     /// Renames `name` in `parent` to `newname` in `newparent`.
@@ -43,7 +45,7 @@ impl Overlay {
         if name.len() > NAME_MAX || newname.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        if whiteout::is_reserved_name(newname.as_bytes()) {
+        if is_reserved_name(newname.as_bytes()) {
             return Err(Errno::EINVAL);
         }
         self.ensure_upper(parent)?;
@@ -106,12 +108,12 @@ impl Overlay {
         // A directory landing on a name that lower layers hold must not merge
         // with them.
         if src.kind == Kind::Dir && self.exists_below(&p2, &l2, newname.as_bytes())? {
-            whiteout::set_opaque(ufd, &path1, self.opaque_form)?;
+            whiteout::set_opaque(ufd, &path1, self.forms.opaque)?;
         }
         if exchange {
             let d = dst.as_ref().expect("checked");
             if d.kind == Kind::Dir && self.exists_below(&p1, &l1, name.as_bytes())? {
-                whiteout::set_opaque(ufd, &path2, self.opaque_form)?;
+                whiteout::set_opaque(ufd, &path2, self.forms.opaque)?;
             }
             sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_EXCHANGE)?;
         } else {
@@ -124,7 +126,7 @@ impl Overlay {
                 whiteout::swap_dir_onto_whiteout(ufd, path1.c(), ufd, path2.c(), needs_whiteout)?;
                 done = true;
             }
-            if !done && needs_whiteout && self.whiteout_form == WhiteoutForm::Device {
+            if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::Device {
                 match sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT) {
                     Ok(()) => done = true,
                     Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
@@ -137,7 +139,7 @@ impl Overlay {
                     self.make_whiteout(ufd, path1.c())?;
                 }
             }
-            if self.whiteout_form == WhiteoutForm::WhFile {
+            if self.forms.whiteout == WhiteoutForm::WhFile {
                 whiteout::remove_wh_file(ufd, &path2)?;
             }
         }
@@ -258,7 +260,7 @@ impl Overlay {
         whiteout::remove_whiteouts(ufd, path)?;
         // No longer merged, and full of copied-up entries.
         self.mark_impure(path);
-        whiteout::set_opaque(ufd, path, self.opaque_form)?;
+        whiteout::set_opaque(ufd, path, self.forms.opaque)?;
         Ok(())
     }
 }

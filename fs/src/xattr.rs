@@ -17,10 +17,11 @@ use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 
-use crate::copyup::{is_private_xattr, CopyData};
+use crate::copyup::CopyData;
 use crate::nodes::Node;
 use crate::overlay::{Overlay, Res};
 use crate::sys;
+use strata_ovl::is_private_xattr;
 
 /// The xattr that holds file capabilities.
 const CAPS: &[u8] = b"security.capability";

@@ -42,19 +42,19 @@ use crate::ids::{DiffId, Hasher};
 use crate::sys;
 use crate::tarfmt::{padding, parse_pax, EntryKind, RawHeader, BLOCK};
 use crate::tarsplit::SplitWriter;
+use strata_ovl::names::EntryName;
+use strata_ovl::{is_private_xattr, layer, Forms, OpaqueForm, RelPath, WhiteoutForm, XattrNs};
 
 /// Largest PAX or GNU long-name record we accept.
 const META_LIMIT: u64 = 1 << 20;
 
-/// How whiteouts and opaque directories are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutForm {
-    /// Character device 0/0; opaque as `trusted.overlay.opaque=y`.
-    Device,
-    /// `.wh.NAME` files; opaque as `user.overlay.opaque=y` plus nothing
-    /// else (unprivileged stores).
-    WhFile,
-}
+/// The forms an unprivileged store writes: `.wh.NAME` whiteouts and the
+/// kernel's `userxattr` opaque marker.
+const UNPRIVILEGED_FORMS: Forms = Forms {
+    whiteout: WhiteoutForm::WhFile,
+    opaque: OpaqueForm::Xattr(XattrNs::User),
+    xattrs: Some(XattrNs::User),
+};
 
 /// What an extraction produced.
 #[derive(Debug, Clone, Copy)]
@@ -250,10 +250,6 @@ fn split_parent(p: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
-}
-
 /// Metadata of a parsed entry, after PAX and GNU records are applied.
 struct Entry {
     raw_name: Vec<u8>,
@@ -280,7 +276,7 @@ struct Extractor {
     root: OwnedFd,
     root_path: PathBuf,
     privileged: bool,
-    whiteouts: WhiteoutForm,
+    forms: Forms,
     explicit_dirs: HashSet<Vec<u8>>,
     dirs: Vec<DirMeta>,
     cache: Option<(Vec<u8>, OwnedFd)>,
@@ -432,32 +428,23 @@ impl Extractor {
             return Err(Error::bad_entry(entry, "whiteout of an invalid name"));
         }
         let dir = self.dir(parent, entry, true)?;
-        if self.whiteouts == WhiteoutForm::Device {
-            match nix::sys::stat::mknodat(
-                dir.as_fd(),
-                OsStr::from_bytes(target),
-                SFlag::S_IFCHR,
-                Mode::empty(),
-                0,
-            ) {
+        let target = RelPath::from_bytes(target);
+        if self.forms.whiteout == WhiteoutForm::Device {
+            match layer::make_whiteout(dir.as_fd(), &target, WhiteoutForm::Device) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EPERM) => {
                     warn!("mknod not permitted; writing whiteouts as .wh. files");
-                    self.whiteouts = WhiteoutForm::WhFile;
+                    self.forms.whiteout = WhiteoutForm::WhFile;
                 }
                 Err(e) => return Err(path_err(e, entry)),
             }
         }
-        let mut wh = b".wh.".to_vec();
-        wh.extend_from_slice(target);
-        nix::fcntl::openat(
-            dir.as_fd(),
-            OsStr::from_bytes(&wh),
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map(drop)
-        .map_err(|e| path_err(e, entry))
+        // A `.wh.NAME` already there (a tar that lists it twice) is refused.
+        if layer::has_wh_file(dir.as_fd(), &RelPath::root(), target.bytes()) {
+            return Err(path_err(Errno::EEXIST, entry));
+        }
+        layer::make_whiteout(dir.as_fd(), &target, WhiteoutForm::WhFile)
+            .map_err(|e| path_err(e, entry))
     }
 
     fn opaque(&mut self, dir_path: &[u8], entry: &[u8]) -> Result<()> {
@@ -470,12 +457,8 @@ impl Extractor {
             drop(d);
             (self.dir(pp, entry, false)?, base)
         };
-        let key: &[u8] = match self.whiteouts {
-            WhiteoutForm::Device if self.privileged => b"trusted.overlay.opaque",
-            _ => b"user.overlay.opaque",
-        };
-        sys::lsetxattr_at(dir.as_fd(), OsStr::from_bytes(name), key, b"y")
-            .map_err(|e| Error::io("setxattr", self.host_path(dir_path), e))
+        layer::set_opaque(dir.as_fd(), &RelPath::from_bytes(name), self.forms.opaque)
+            .map_err(|e| Error::io("setxattr", self.host_path(dir_path), e.into()))
     }
 
     fn entry<R: Read, S: Write>(&mut self, e: Entry, src: &mut Source<'_, R, S>) -> Result<()> {
@@ -502,18 +485,19 @@ impl Extractor {
             return src.skip(e.size);
         }
 
-        if base == b".wh..wh..opq" {
-            self.opaque(parent, &raw)?;
-            return src.skip(e.size);
-        }
-        if base.starts_with(b".wh..wh.") {
-            // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): ignored, as docker does.
-            return src.skip(e.size);
-        }
-        if let Some(target) = base.strip_prefix(b".wh.") {
-            let target = target.to_vec();
-            self.whiteout(parent, &target, &raw)?;
-            return src.skip(e.size);
+        match EntryName::of(base) {
+            EntryName::OpaqueMarker => {
+                self.opaque(parent, &raw)?;
+                return src.skip(e.size);
+            }
+            // AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): ignored, as docker does.
+            EntryName::AufsMeta => return src.skip(e.size),
+            EntryName::Whiteout(target) => {
+                let target = target.to_vec();
+                self.whiteout(parent, &target, &raw)?;
+                return src.skip(e.size);
+            }
+            EntryName::Plain => {}
         }
 
         let dir = self.dir(parent, &raw, true)?;
@@ -737,10 +721,10 @@ pub(crate) fn extract<R: Read, S: Write>(
         root,
         root_path: dest.to_path_buf(),
         privileged,
-        whiteouts: if privileged {
-            WhiteoutForm::Device
+        forms: if privileged {
+            Forms::KERNEL
         } else {
-            WhiteoutForm::WhFile
+            UNPRIVILEGED_FORMS
         },
         explicit_dirs: HashSet::new(),
         dirs: Vec::new(),

@@ -6,17 +6,18 @@
 //! modes, mtimes (seconds), xattrs, hard links (first path wins), symlinks,
 //! devices and fifos are kept; sockets are skipped (tar cannot hold them).
 //!
-//! In [`PackMode::Layer`], overlay forms become tar forms: a 0/0 character
-//! device becomes an empty `.wh.NAME` file and an opaque directory
-//! (`trusted.overlay.opaque` or `user.overlay.opaque` = `y`) gets a
-//! `.wh..wh..opq` entry. In both modes the private xattrs
-//! `trusted.overlay.*` and `user.overlay.*` are never written.
+//! In [`PackMode::Layer`], overlay forms become tar forms (every form
+//! `strata_ovl` reads): a whiteout (a 0/0 character device, or an empty
+//! file with `overlay.whiteout`) becomes an empty `.wh.NAME` file and an
+//! opaque directory (any opaque xattr) gets a `.wh..wh..opq` entry. In
+//! both modes the overlay's private xattrs ([`strata_ovl::is_private_xattr`])
+//! are never written.
 //!
 //! An upper directory written with `metacopy=on` holds metacopy files
-//! (`trusted.overlay.metacopy`): their metadata is in the upper file, their
-//! data in the image's layers at the same path (or at the absolute path in
-//! `trusted.overlay.redirect`). Commit is given those layers and writes
-//! whole files.
+//! (`overlay.metacopy`): their metadata is in the upper file, their data
+//! in the image's layers at the same path (or at the absolute path in
+//! `overlay.redirect`), found through the layers as the mount finds it.
+//! Commit is given those layers and writes whole files.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -32,6 +33,8 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::tarfmt::{EntryKind, EntryMeta, Pairs, TarWriter};
+use strata_ovl::names::{self, OPAQUE_MARKER, OPAQUE_XATTRS};
+use strata_ovl::{is_private_xattr, RelPath, Stack, Xattr};
 
 /// How a tree is turned into a tar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +51,15 @@ struct Packer<'a, W: Write> {
     links: HashMap<(u64, u64), Vec<u8>>,
     root: &'a Path,
     /// Where metacopy files find their data, top layer first.
-    data_layers: &'a [PathBuf],
+    data_layers: Stack,
 }
 
 /// What a file's private xattrs say.
 #[derive(Debug, Default)]
 struct Marks {
     opaque: bool,
+    /// Carries `overlay.whiteout` (a whiteout if it is an empty file).
+    whiteout: bool,
     /// A metacopy file, with its redirect if any.
     metacopy: Option<Option<Vec<u8>>>,
 }
@@ -62,10 +67,6 @@ struct Marks {
 fn trim_slashes(p: &[u8]) -> &[u8] {
     let n = p.iter().take_while(|b| **b == b'/').count();
     &p[n..]
-}
-
-fn is_private(k: &[u8]) -> bool {
-    k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.")
 }
 
 impl<W: Write> Packer<'_, W> {
@@ -85,16 +86,16 @@ impl<W: Write> Packer<'_, W> {
             let v = sys::lgetxattr_at(dir.as_fd(), name, &k)
                 .map_err(|e| Error::io("getxattr", self.host(rel), e))?;
             let Some(v) = v else { continue };
-            if k == b"trusted.overlay.opaque" || k == b"user.overlay.opaque" {
+            if OPAQUE_XATTRS.iter().any(|o| o.to_bytes() == k) {
                 marks.opaque |= v == b"y";
             }
-            if k == b"trusted.overlay.metacopy" {
-                marks.metacopy = Some(None);
+            match Xattr::parse(&k) {
+                Some(Xattr::Whiteout) => marks.whiteout = true,
+                Some(Xattr::Metacopy) => marks.metacopy = Some(None),
+                Some(Xattr::Redirect) => redirect = Some(v.clone()),
+                _ => {}
             }
-            if k == b"trusted.overlay.redirect" {
-                redirect = Some(v.clone());
-            }
-            if !is_private(&k) {
+            if !is_private_xattr(&k) {
                 out.push((k, v));
             }
         }
@@ -111,25 +112,40 @@ impl<W: Write> Packer<'_, W> {
             Some(r) if r.starts_with(b"/") => trim_slashes(r),
             _ => rel,
         };
-        for layer in self.data_layers {
-            let p = layer.join(OsStr::from_bytes(at));
-            match nix::sys::stat::lstat(&p) {
-                Ok(st)
-                    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
-                        == SFlag::S_IFREG =>
-                {
-                    return File::open(&p).map_err(|e| Error::io("open", &p, e));
-                }
-                // A whiteout or anything else hides what is below.
-                Ok(_) => break,
-                Err(_) => continue,
-            }
+        let at = RelPath::from_bytes(at);
+        let found = self
+            .data_layers
+            .lookup(&at)
+            .map_err(|e| Error::io("look up", self.host(rel), e.into()))?;
+        if let Some(f) = found.filter(|f| f.stat.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            let fd = self
+                .data_layers
+                .open_entry(&at, &f, libc::O_RDONLY)
+                .map_err(|e| Error::io("open", self.host(rel), e.into()))?;
+            return Ok(File::from(fd));
         }
         Err(Error::io(
             "find the data of metacopy file",
             self.host(rel),
             std::io::Error::from_raw_os_error(libc::ENOENT),
         ))
+    }
+
+    /// Writes the whiteout of `name` in the directory `rel` in the tar
+    /// form: an empty `.wh.NAME` file.
+    fn write_whiteout(&mut self, mut meta: EntryMeta, rel: &[u8], name: &[u8]) -> Result<()> {
+        let mut wh = rel.to_vec();
+        if !wh.is_empty() {
+            wh.push(b'/');
+        }
+        wh.extend_from_slice(&names::whiteout_name(name));
+        meta.path = wh;
+        meta.kind = EntryKind::File;
+        meta.mode = 0;
+        meta.xattrs.clear();
+        self.w
+            .append(&meta, Some(&mut std::io::empty()))
+            .map_err(|e| Error::stream("tar output", e))
     }
 
     /// Writes the entries of `dir` (path `rel`). `opaque_written`: the
@@ -150,7 +166,7 @@ impl<W: Write> Packer<'_, W> {
                 path.push(b'/');
             }
             path.extend_from_slice(&name);
-            if self.mode == PackMode::Layer && name == b".wh..wh..opq" && opaque_written {
+            if self.mode == PackMode::Layer && name == OPAQUE_MARKER && opaque_written {
                 continue;
             }
             let st: FileStat =
@@ -189,7 +205,8 @@ impl<W: Write> Packer<'_, W> {
                     if self.mode == PackMode::Layer && opaque {
                         let mut m = meta.clone();
                         m.path = path.clone();
-                        m.path.extend_from_slice(b"/.wh..wh..opq");
+                        m.path.push(b'/');
+                        m.path.extend_from_slice(OPAQUE_MARKER);
                         m.kind = EntryKind::File;
                         m.mode = 0;
                         m.xattrs.clear();
@@ -200,6 +217,11 @@ impl<W: Write> Packer<'_, W> {
                     } else {
                         self.walk(&child, &path, false)?;
                     }
+                }
+                SFlag::S_IFREG
+                    if self.mode == PackMode::Layer && marks.whiteout && st.st_size == 0 =>
+                {
+                    self.write_whiteout(meta, rel, &name)?;
                 }
                 SFlag::S_IFREG => {
                     if st.st_nlink > 1 {
@@ -240,19 +262,7 @@ impl<W: Write> Packer<'_, W> {
                         nix::sys::stat::minor(st.st_rdev) as u32,
                     );
                     if self.mode == PackMode::Layer && fmt == SFlag::S_IFCHR && st.st_rdev == 0 {
-                        let mut wh = rel.to_vec();
-                        if !wh.is_empty() {
-                            wh.push(b'/');
-                        }
-                        wh.extend_from_slice(b".wh.");
-                        wh.extend_from_slice(&name);
-                        meta.path = wh;
-                        meta.kind = EntryKind::File;
-                        meta.mode = 0;
-                        meta.xattrs.clear();
-                        self.w
-                            .append(&meta, Some(&mut std::io::empty()))
-                            .map_err(werr)?;
+                        self.write_whiteout(meta, rel, &name)?;
                     } else {
                         meta.kind = if fmt == SFlag::S_IFCHR {
                             EntryKind::Char(ma, mi)
@@ -286,6 +296,13 @@ pub(crate) fn pack<W: Write>(
         Mode::empty(),
     )
     .map_err(|e| Error::io("open", dir, e.into()))?;
+    let data_layers = Stack::open(data_layers).map_err(|e| {
+        Error::io(
+            "open",
+            data_layers.first().map_or(dir, |p| p.as_path()),
+            e.into(),
+        )
+    })?;
     let mut p = Packer {
         w: TarWriter::new(out),
         mode,

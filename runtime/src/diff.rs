@@ -1,14 +1,16 @@
 //! `strata diff`: what a container changed, read from its upper layer, in
 //! docker's form: `A` added, `C` changed, `D` deleted, sorted by path.
 //!
-//! A whiteout (character device 0/0, or `.wh.NAME`) is a deletion; a
-//! directory in the upper that exists below is a change (an opaque one
-//! too: it replaced the lower directory); everything under an opaque
-//! directory, and anything not below, is an addition.
+//! A whiteout (in any form: a character device 0/0, `.wh.NAME`, the
+//! kernel's xattr form) is a deletion, and so is every lower name an
+//! opaque directory hides; a directory in the upper that exists below is a
+//! change (an opaque one too: it replaced the lower directory); everything
+//! under an opaque directory, and anything not below, is an addition.
 
-use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use strata_ovl::{layer, sys, RelPath, Stack};
 
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,99 +43,94 @@ impl ChangeKind {
     }
 }
 
-fn is_whiteout(m: &fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
+/// Reads changes from the upper layer `up` (a one-layer stack) over the
+/// image layers `below`.
+struct Walk<'a> {
+    up: &'a Stack,
+    below: &'a Stack,
+    out: Vec<Change>,
 }
 
-fn is_opaque(p: &Path) -> bool {
-    for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        if let Ok(Some(v)) = xattr_get(p, name) {
-            if v == b"y" {
-                return true;
+impl Walk<'_> {
+    fn dir(&mut self, rel: &RelPath, under_opaque: bool) -> Result<(), Errno> {
+        let fd = self.up.fd(0);
+        let dir = sys::open_beneath(fd, rel.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        for (name, _, _) in sys::read_dir_fd(dir)? {
+            let child = rel.join(&name);
+            let st = match sys::stat_at(fd, child.c()) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            let (path, kind) = match layer::classify(fd, rel, &name, &st) {
+                layer::Entry::Meta => continue,
+                layer::Entry::HidesBelow(hidden) => (rel.join(hidden), ChangeKind::Deleted),
+                layer::Entry::Whiteout => (child, ChangeKind::Deleted),
+                layer::Entry::Plain => {
+                    let below = !under_opaque && self.below.lookup(&child)?.is_some();
+                    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                        let opaque = layer::is_opaque(fd, &child);
+                        if opaque && below {
+                            self.hidden_by_opaque(&child)?;
+                        }
+                        self.dir(&child, under_opaque || opaque)?;
+                    }
+                    let kind = if below {
+                        ChangeKind::Changed
+                    } else {
+                        ChangeKind::Added
+                    };
+                    (child, kind)
+                }
+            };
+            self.out.push(Change {
+                path: format!("/{path}"),
+                kind,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Walk<'_> {
+    /// An opaque upper directory over a lower one deletes every lower name
+    /// it does not hold itself.
+    fn hidden_by_opaque(&mut self, dir: &RelPath) -> Result<(), Errno> {
+        let fd = self.up.fd(0);
+        for e in self.below.read_dir(dir)?.unwrap_or_default() {
+            let p = dir.join(&e.name);
+            if sys::stat_at(fd, p.c()) == Err(Errno::ENOENT) {
+                self.out.push(Change {
+                    path: format!("/{p}"),
+                    kind: ChangeKind::Deleted,
+                });
             }
         }
-    }
-    p.join(".wh..wh..opq").exists()
-}
-
-fn xattr_get(p: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
-    crate::sys::lgetxattr(p, name)
-}
-
-/// Does `rel` exist in the stack `lowers` (top first)?
-fn exists_below(lowers: &[PathBuf], rel: &str) -> bool {
-    let name = rel.rsplit('/').next().unwrap_or("");
-    let parent = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-    for l in lowers {
-        if let Ok(m) = fs::symlink_metadata(crate::rootfs::in_root(l, rel)) {
-            return !is_whiteout(&m);
-        }
-        let wh = crate::rootfs::in_root(l, &format!("{parent}/.wh.{name}"));
-        if fs::symlink_metadata(wh).is_ok() {
-            return false;
-        }
-        let pdir = crate::rootfs::in_root(l, parent);
-        if !parent.is_empty() && pdir.is_dir() && is_opaque(&pdir) {
-            return false;
-        }
-    }
-    false
-}
-
-fn walk(dir: &Path, rel: &str, lowers: &[PathBuf], under_opaque: bool, out: &mut Vec<Change>) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name == ".wh..wh..opq" {
-            continue;
-        }
-        let p = e.path();
-        let Ok(m) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            out.push(Change {
-                path: format!("{rel}/{hidden}"),
-                kind: ChangeKind::Deleted,
-            });
-            continue;
-        }
-        let path = format!("{rel}/{name}");
-        if is_whiteout(&m) {
-            out.push(Change {
-                path,
-                kind: ChangeKind::Deleted,
-            });
-            continue;
-        }
-        let below = !under_opaque && exists_below(lowers, &path);
-        out.push(Change {
-            path: path.clone(),
-            kind: if below {
-                ChangeKind::Changed
-            } else {
-                ChangeKind::Added
-            },
-        });
-        if m.is_dir() {
-            let opaque = under_opaque || is_opaque(&p);
-            walk(&p, &path, lowers, opaque, out);
-        }
+        Ok(())
     }
 }
 
 /// The changes recorded in `upper` over the image layers `lowers` (top
-/// first), sorted by path.
-pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Vec<Change> {
-    let mut out = Vec::new();
-    walk(upper, "", lowers, false, &mut out);
+/// first), sorted by path: every whiteout and opaque form the mount reads
+/// is read here the same way ([`strata_ovl`]).
+pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>, Errno> {
+    let up = Stack::open(&[upper])?;
+    let below = Stack::open(lowers)?;
+    let mut w = Walk {
+        up: &up,
+        below: &below,
+        out: Vec::new(),
+    };
+    w.dir(&RelPath::root(), false)?;
+    let mut out = w.out;
     out.sort_by(|a, b| a.path.cmp(&b.path));
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn added_changed_deleted() {
@@ -148,6 +145,7 @@ mod tests {
         fs::write(upper.join("etc/.wh.gone"), "").unwrap();
         fs::write(upper.join("new"), "n").unwrap();
         let got: Vec<String> = changes(&upper, &[lower])
+            .unwrap()
             .iter()
             .map(|c| format!("{} {}", c.kind.letter(), c.path))
             .collect();

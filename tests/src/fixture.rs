@@ -10,13 +10,18 @@
 //! layer sets another), so two materializations of one stack are identical
 //! and a tree comparison can tell "kept from the layer" from "changed now".
 
+use std::ffi::{CStr, OsStr};
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{mknod, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{mkfifo, Gid, Uid};
+use strata_ovl::names;
+use strata_ovl::Xattr;
+use strata_ovl::XattrNs::{Trusted, User};
 
 use crate::sys;
 
@@ -191,12 +196,9 @@ fn parent_dirs(root: &Path, rel: &Path) -> PathBuf {
     full
 }
 
-fn with_name_prefix(path: &Path, prefix: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .expect("a path with a file name")
-        .to_string_lossy();
-    path.with_file_name(format!("{prefix}{name}"))
+fn with_name_prefix(path: &Path, prefix: &[u8]) -> PathBuf {
+    let name = path.file_name().expect("a path with a file name");
+    path.with_file_name(OsStr::from_bytes(&[prefix, name.as_bytes()].concat()))
 }
 
 fn make_dir(full: &Path) {
@@ -211,7 +213,11 @@ fn whiteout_dev(full: &Path) {
         .unwrap_or_else(|e| panic!("mknod whiteout {}: {e}", full.display()));
 }
 
-fn setx(full: &Path, name: &str, value: &[u8]) {
+fn setx(full: &Path, name: &CStr, value: &[u8]) {
+    set_xattr(full, name.to_str().expect("an ASCII xattr name"), value)
+}
+
+fn set_xattr(full: &Path, name: &str, value: &[u8]) {
     sys::lsetxattr(full, name, value)
         .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", full.display()));
 }
@@ -237,7 +243,7 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
             if native {
                 whiteout_dev(&full);
             } else {
-                let wh = with_name_prefix(&full, ".wh.");
+                let wh = with_name_prefix(&full, names::WHITEOUT_PREFIX);
                 fs::write(&wh, b"").expect("write .wh. file");
                 fs::set_permissions(&wh, fs::Permissions::from_mode(0o000))
                     .expect("chmod .wh. file");
@@ -247,27 +253,27 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
             let full = parent_dirs(root, rel);
             fs::write(&full, b"").expect("write xwhiteout");
             fs::set_permissions(&full, fs::Permissions::from_mode(0o000)).expect("chmod xwhiteout");
-            setx(&full, "trusted.overlay.whiteout", b"");
+            setx(&full, Xattr::Whiteout.name(Trusted), b"");
             let parent = full.parent().expect("parent");
-            setx(parent, "trusted.overlay.whiteouts", b"");
-            setx(parent, "trusted.overlay.opaque", b"x");
+            setx(parent, Xattr::Whiteouts.name(Trusted), b"");
+            setx(parent, Xattr::Opaque.name(Trusted), b"x");
         }
         Step::Opaque(rel, form) => {
             let full = parent_dirs(root, rel);
             make_dir(&full);
             match (native, form) {
                 (true, _) | (false, OpaqueForm::TrustedXattr) => {
-                    setx(&full, "trusted.overlay.opaque", b"y")
+                    setx(&full, Xattr::Opaque.name(Trusted), b"y")
                 }
-                (false, OpaqueForm::UserXattr) => setx(&full, "user.overlay.opaque", b"y"),
+                (false, OpaqueForm::UserXattr) => setx(&full, Xattr::Opaque.name(User), b"y"),
                 (false, OpaqueForm::FuseOverlayXattr) => {
-                    setx(&full, "user.fuseoverlayfs.opaque", b"y")
+                    setx(&full, names::FUSE_OVERLAYFS_OPAQUE, b"y")
                 }
                 (false, OpaqueForm::WhOpq) => {
-                    let m = full.join(".wh..wh..opq");
-                    fs::write(&m, b"").expect("write .wh..wh..opq");
+                    let m = full.join(OsStr::from_bytes(names::OPAQUE_MARKER));
+                    fs::write(&m, b"").expect("write the opaque marker");
                     fs::set_permissions(&m, fs::Permissions::from_mode(0o000))
-                        .expect("chmod .wh..wh..opq");
+                        .expect("chmod the opaque marker");
                 }
             }
         }
@@ -293,7 +299,7 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
             mknod(&full, SFlag::S_IFCHR, Mode::from_bits_truncate(0o644), dev).expect("mknod");
             fs::set_permissions(&full, fs::Permissions::from_mode(0o644)).expect("chmod dev");
         }
-        Step::Xattr(rel, name, value) => setx(&root.join(rel), name, value),
+        Step::Xattr(rel, name, value) => set_xattr(&root.join(rel), name, value),
         Step::Mode(rel, mode) => {
             fs::set_permissions(root.join(rel), fs::Permissions::from_mode(*mode)).expect("chmod");
         }

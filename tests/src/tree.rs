@@ -9,11 +9,16 @@
 //! marker becomes `Dir { opaque: Some(true) }`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::hash::{Hash, Hasher};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+
+use strata_ovl::names::{self, EntryName};
+use strata_ovl::{Xattr, XattrNs};
 
 use crate::fixture::FIXTURE_MTIME;
 use crate::sys;
@@ -21,9 +26,7 @@ use crate::sys;
 /// Whether an xattr name is overlay-private (hidden from users, not
 /// compared).
 pub fn is_private_xattr(name: &str) -> bool {
-    name.starts_with("trusted.overlay.")
-        || name.starts_with("user.overlay.")
-        || name.starts_with("user.fuseoverlayfs.")
+    strata_ovl::is_private_xattr(name.as_bytes())
 }
 
 /// The type of an entry, with what identifies its contents.
@@ -202,14 +205,13 @@ fn read_xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn is_opaque_marked(path: &Path) -> bool {
-    [
-        "trusted.overlay.opaque",
-        "user.overlay.opaque",
-        "user.fuseoverlayfs.opaque",
-    ]
-    .iter()
-    .any(|n| sys::lgetxattr(path, n).is_ok_and(|v| v == b"y"))
-        || path.join(".wh..wh..opq").symlink_metadata().is_ok()
+    names::OPAQUE_XATTRS
+        .iter()
+        .any(|n| sys::lgetxattr(path, n.to_str().expect("ascii")).is_ok_and(|v| v == b"y"))
+        || path
+            .join(OsStr::from_bytes(names::OPAQUE_MARKER))
+            .symlink_metadata()
+            .is_ok()
 }
 
 fn entry_at(path: &Path, opts: SnapOpts) -> Entry {
@@ -228,8 +230,10 @@ fn entry_at(path: &Path, opts: SnapOpts) -> Entry {
         if ft.is_char_device() && md.rdev() == 0 {
             return whiteout;
         }
-        if ft.is_file() && md.len() == 0 && sys::lgetxattr(path, "trusted.overlay.whiteout").is_ok()
-        {
+        let xattr_whiteout = [XattrNs::Trusted, XattrNs::User].into_iter().any(|ns| {
+            sys::lgetxattr(path, Xattr::Whiteout.name(ns).to_str().expect("ascii")).is_ok()
+        });
+        if ft.is_file() && md.len() == 0 && xattr_whiteout {
             return whiteout;
         }
     }
@@ -299,10 +303,12 @@ fn walk(root: &Path, rel: &str, opts: SnapOpts, out: &mut BTreeMap<String, Entry
             format!("{rel}/{name}")
         };
         if opts.layer {
-            if name == ".wh..wh..opq" {
-                continue; // read as the parent's opacity
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
+            let hidden = match EntryName::of(name.as_bytes()) {
+                EntryName::OpaqueMarker | EntryName::AufsMeta => continue, // the parent's opacity
+                EntryName::Whiteout(hidden) => Some(String::from_utf8_lossy(hidden).into_owned()),
+                EntryName::Plain => None,
+            };
+            if let Some(hidden) = hidden {
                 let hidden_rel = if rel.is_empty() {
                     hidden.to_string()
                 } else {

@@ -14,10 +14,11 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
+use strata_ovl::{RelPath, Stack};
 
 use super::ignore::{self, Ignore};
 
@@ -294,87 +295,70 @@ pub fn digest(items: &[Item]) -> Result<String, String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Looks a path up in a stack of layer directories (top first): the
-/// metadata of the entry that wins and the layer it is in, or `None` when
-/// it is absent or whited out. Symlinks are not followed.
-fn lower_entry(lowers: &[PathBuf], rel: &str) -> Option<(fs::Metadata, PathBuf)> {
-    let rel = rel.trim_start_matches('/');
-    if rel.is_empty() {
-        return lowers
-            .first()
-            .and_then(|l| Some((fs::metadata(l).ok()?, l.clone())));
-    }
-    let (parent, name) = match rel.rsplit_once('/') {
-        Some((p, n)) => (p, n),
-        None => ("", rel),
-    };
-    for l in lowers {
-        if let Ok(m) = fs::symlink_metadata(l.join(rel)) {
-            let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
-            return (!whiteout).then(|| (m, l.clone()));
-        }
-        if l.join(parent).join(format!(".wh.{name}")).exists() {
-            return None;
-        }
-    }
-    None
-}
+/// An image's layers read as one tree, for COPY and ADD: the metadata of
+/// the directories a COPY creates, and destinations resolved through the
+/// image's symlinks. Every look-up goes through [`strata_ovl::Stack`]:
+/// beneath each layer's root, with every whiteout and opaque form the
+/// mount reads, never following a symlink on the host.
+pub struct ImageTree(Stack);
 
-/// The metadata of a path in a stack of layers (see [`lower_entry`]).
-pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<fs::Metadata> {
-    lower_entry(lowers, rel).map(|(m, _)| m)
-}
+impl ImageTree {
+    /// The image whose layer directories are `lowers` (top first); no
+    /// layers is the empty image (`FROM scratch`).
+    pub fn open(lowers: &[PathBuf]) -> Result<ImageTree, String> {
+        Stack::open(lowers)
+            .map(ImageTree)
+            .map_err(|e| format!("cannot open the image's layers: {e}"))
+    }
 
-/// Resolves the symlinks of a destination path inside the image (as a
-/// container would see them, never leaving its root): `usr/bin/x` for
-/// `bin/x` when `/bin` links to `usr/bin`. The last component is kept
-/// as is when `keep_last`.
-pub fn resolve_in_image(lowers: &[PathBuf], rel: &str, keep_last: bool) -> String {
-    let mut todo: Vec<String> = rel
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .rev()
-        .collect();
-    let mut done: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(seg) = todo.pop() {
-        if seg == ".." {
-            done.pop();
-            continue;
-        }
-        if seg == "." {
-            continue;
-        }
-        let cand = format!("{}/{seg}", done.join("/"));
-        let last = todo.is_empty();
-        match lower_entry(lowers, &cand) {
-            Some((m, layer)) if m.file_type().is_symlink() && !(last && keep_last) && hops < 40 => {
-                hops += 1;
-                let target =
-                    fs::read_link(layer.join(cand.trim_start_matches('/'))).unwrap_or_default();
-                let t = target.to_string_lossy().into_owned();
-                if t.starts_with('/') {
-                    done.clear();
+    /// The `lstat` of `rel` in the image; `None` when it is absent or
+    /// hidden. Symlinks are not followed.
+    pub fn stat(&self, rel: &str) -> Option<libc::stat> {
+        let rel = ignore::clean(rel);
+        let p = RelPath::from_bytes(rel.trim_start_matches('/').as_bytes());
+        self.0.lookup(&p).ok().flatten().map(|f| f.stat)
+    }
+
+    /// Whether `rel` is a directory in the image.
+    pub fn is_dir(&self, rel: &str) -> bool {
+        self.stat(rel)
+            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    /// Resolves the symlinks of a destination path inside the image (as a
+    /// container would see them, never leaving its root): `usr/bin/x` for
+    /// `bin/x` when `/bin` links to `usr/bin`. The last component is kept
+    /// as is when `keep_last`.
+    pub fn resolve(&self, rel: &str, keep_last: bool) -> Result<String, String> {
+        self.0
+            .resolve_in_root(rel.as_bytes(), !keep_last)
+            .map(|p| {
+                if p.is_root() {
+                    String::new()
+                } else {
+                    p.to_string()
                 }
-                todo.extend(
-                    t.split('/')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .rev(),
-                );
-            }
-            _ => done.push(seg),
-        }
+            })
+            .map_err(|e| format!("cannot resolve {rel} in the image: {e}"))
     }
-    done.join("/")
+
+    /// The content of the regular file `rel` in the image, symlinks of
+    /// its path followed inside the image; empty when there is none.
+    pub fn read(&self, rel: &str) -> String {
+        self.0
+            .read_file(rel.as_bytes())
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// Writes the items as a layer tar to `w`, preceded by the parent
 /// directories they need (with the image's metadata when the image has
 /// them, `lowers` top first; else 0755 root). Nothing touches the disk
 /// but the sources' reads: the store extracts the stream once.
-pub fn write_tar<W: Write>(w: W, lowers: &[PathBuf], items: &[Item]) -> Result<(), String> {
+pub fn write_tar<W: Write>(w: W, image: &ImageTree, items: &[Item]) -> Result<(), String> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     let mut dirs: BTreeSet<String> = BTreeSet::new();
@@ -387,8 +371,10 @@ pub fn write_tar<W: Write>(w: W, lowers: &[PathBuf], items: &[Item]) -> Result<(
             if dirs.contains(&cur) {
                 continue;
             }
-            let (mode, uid, gid, mtime) = match lower_meta(lowers, &cur) {
-                Some(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+            let (mode, uid, gid, mtime) = match image.stat(&cur) {
+                Some(m) if m.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    (m.st_mode & 0o7777, m.st_uid, m.st_gid, m.st_mtime)
+                }
                 _ => (0o755, 0, 0, now_secs()),
             };
             let mut h = header(tar::EntryType::Directory, mode, uid, gid, mtime, 0);
@@ -539,11 +525,12 @@ mod tests {
         std::os::unix::fs::symlink("usr/bin", base.join("bin")).unwrap();
         std::os::unix::fs::symlink("/../../etc", top.join("esc")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/tool", top.join("last")).unwrap();
-        let lowers = vec![top, base];
-        assert_eq!(resolve_in_image(&lowers, "bin/x", false), "usr/bin/x");
-        assert_eq!(resolve_in_image(&lowers, "esc/passwd", false), "etc/passwd");
-        assert_eq!(resolve_in_image(&lowers, "last", false), "usr/bin/tool");
-        assert_eq!(resolve_in_image(&lowers, "last", true), "last");
-        assert_eq!(resolve_in_image(&lowers, "new/dir", false), "new/dir");
+        let image = ImageTree::open(&[top, base]).unwrap();
+        let r = |p: &str, keep_last: bool| image.resolve(p, keep_last).unwrap();
+        assert_eq!(r("bin/x", false), "usr/bin/x");
+        assert_eq!(r("esc/passwd", false), "etc/passwd");
+        assert_eq!(r("last", false), "usr/bin/tool");
+        assert_eq!(r("last", true), "last");
+        assert_eq!(r("new/dir", false), "new/dir");
     }
 }

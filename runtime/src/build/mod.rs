@@ -700,7 +700,7 @@ impl<'a> Builder<'a> {
                     nix::unistd::pipe().map_err(|e| err(format!("cannot make a pipe: {e}")))?;
                 let PreparedCopy {
                     items,
-                    lowers,
+                    image,
                     mount,
                     ..
                 } = prepared;
@@ -711,7 +711,7 @@ impl<'a> Builder<'a> {
                     pipe_sig.add(nix::sys::signal::Signal::SIGPIPE);
                     let _ = pipe_sig.thread_block();
                     let w = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::from(w));
-                    copy::write_tar(w, &lowers, &items)
+                    copy::write_tar(w, &image, &items)
                 });
                 let mut reader = std::fs::File::from(r);
                 let stored = self.store.commit_tar(
@@ -785,6 +785,7 @@ impl<'a> Builder<'a> {
             Some(id) => self.store.lower_dirs(&id.to_string())?,
             None => Vec::new(),
         };
+        let image = copy::ImageTree::open(&lowers).map_err(&err)?;
         // Where the sources come from.
         let mut mount = None;
         let (src_dir, from_context) = match &spec.from {
@@ -823,16 +824,7 @@ impl<'a> Builder<'a> {
         let mut o = copy::Overrides::default();
         if let Some(c) = &spec.chown {
             let c = word(c)?;
-            let read = |p: &str| {
-                copy::lower_meta(&lowers, p)
-                    .and_then(|_| {
-                        lowers
-                            .iter()
-                            .find_map(|l| std::fs::read_to_string(l.join(p)).ok())
-                    })
-                    .unwrap_or_default()
-            };
-            let r = crate::users::resolve(&c, &read("etc/passwd"), &read("etc/group"))
+            let r = crate::users::resolve(&c, &image.read("etc/passwd"), &image.read("etc/group"))
                 .map_err(|e| err(format!("--chown={c}: {e}")))?;
             let gid = if c.contains(':') { r.gid } else { r.uid };
             o.owner = Some((r.uid, gid));
@@ -859,7 +851,9 @@ impl<'a> Builder<'a> {
         } else {
             format!("{workdir}/{dest_raw}")
         };
-        let dest = copy::resolve_in_image(&lowers, &ignore::clean(&dest_abs), false);
+        let dest = image
+            .resolve(&ignore::clean(&dest_abs), false)
+            .map_err(&err)?;
         let ends_slash = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
         // Resolve the sources.
         let mut resolved = Vec::new();
@@ -890,9 +884,7 @@ impl<'a> Builder<'a> {
             }
         }
         let n_sources = resolved.len() + inline.len();
-        let dest_is_dir = ends_slash
-            || n_sources > 1
-            || copy::lower_meta(&lowers, &dest).is_some_and(|m| m.is_dir());
+        let dest_is_dir = ends_slash || n_sources > 1 || image.is_dir(&dest);
         if n_sources > 1 && !ends_slash {
             return Err(err(format!(
                 "with more than one source the destination must be a directory ending in '/' (got {dest_raw})"
@@ -947,7 +939,7 @@ impl<'a> Builder<'a> {
                     ""
                 }
             ),
-            lowers,
+            image,
             mount,
         })
     }
@@ -959,7 +951,8 @@ struct PreparedCopy {
     digest: String,
     what: &'static str,
     dest_shown: String,
-    lowers: Vec<PathBuf>,
+    /// The image the COPY writes onto.
+    image: copy::ImageTree,
     /// The `--from` image's mount, kept until the files are copied.
     mount: Option<ImageMount>,
 }

@@ -239,7 +239,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             let c = ctx.container(&container)?;
             let lowers = ctx.store.lower_dirs(&c.config.image_id.to_string())?;
             let mut out = std::io::stdout().lock();
-            for ch in crate::diff::changes(&c.paths.upper(), &lowers) {
+            let changes = crate::diff::changes(&c.paths.upper(), &lowers)
+                .with_context(|| format!("cannot read the changes of {}", c.config.name))?;
+            for ch in changes {
                 writeln!(out, "{} {}", ch.kind.letter(), ch.path)?;
             }
             Ok(0)

@@ -1,95 +1,61 @@
-//! Whiteouts and opaque directories: the forms Strata reads and the one it
-//! writes.
+//! One layer directory: the whiteout and opaque forms read from it and
+//! written into it.
 //!
-//! Read: a character device 0/0 (overlayfs), a `.wh.NAME` file (AUFS/OCI, as
-//! podman stores image layers), and a zero-size regular file carrying
-//! `trusted.overlay.whiteout` (the kernel's xattr form). Opaque directories:
-//! `trusted.overlay.opaque=y`, `user.overlay.opaque=y`,
-//! `user.fuseoverlayfs.opaque=y`, or a `.wh..wh..opq` entry inside.
+//! Read, every form any overlay implementation writes:
+//! - whiteouts: a character device 0/0 (the kernel's overlayfs), a
+//!   `.wh.NAME` entry (AUFS/OCI, as podman stores image layers), and an
+//!   empty regular file carrying `overlay.whiteout` in either xattr
+//!   namespace (the kernel's xattr form, in directories marked
+//!   `overlay.whiteouts`);
+//! - opaque directories: `overlay.opaque=y` in either namespace,
+//!   `user.fuseoverlayfs.opaque=y`, or a `.wh..wh..opq` entry inside.
 //!
-//! Written: the device form and `trusted.overlay.opaque=y` where the server
-//! may create devices (as root), else `.wh.NAME` and the `.wh..wh..opq`
-//! marker, which every reader of OCI layers understands.
+//! Written: the forms a [`Forms`](crate::Forms) names, chosen by probing
+//! what the upper filesystem and the caller's privileges allow.
 
 use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;
 
+use crate::forms::{OpaqueForm, WhiteoutForm};
+use crate::names::{self, EntryName, Xattr, XattrNs, OPAQUE_MARKER, OPAQUE_XATTRS};
 use crate::path::RelPath;
 use crate::sys;
-
-/// Prefix of AUFS/OCI whiteout names.
-pub const WH_PREFIX: &[u8] = b".wh.";
-/// Name of the AUFS/OCI opaque marker inside a directory.
-pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-
-/// The xattr names that mark a directory opaque (value `y`).
-const OPAQUE_XATTRS: [&CStr; 3] = [
-    c"trusted.overlay.opaque",
-    c"user.overlay.opaque",
-    c"user.fuseoverlayfs.opaque",
-];
-
-/// How a whiteout is written into the upper layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutForm {
-    /// A character device 0/0, as the kernel's overlayfs writes.
-    Device,
-    /// An empty `.wh.NAME` file beside the hidden name (unprivileged).
-    WhFile,
-}
-
-/// How an opaque directory is marked in the upper layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpaqueForm {
-    /// `trusted.overlay.opaque=y`, as the kernel's overlayfs writes.
-    TrustedXattr,
-    /// A `.wh..wh..opq` entry inside the directory (unprivileged).
-    Marker,
-}
 
 /// Whether a stat result is a device whiteout (char 0/0).
 pub fn is_device_whiteout(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
 
-/// Whether an entry found by stat is a whiteout in any form that can be
-/// seen from the entry itself (device, or the kernel's xattr form).
+/// Whether an entry found by stat is a whiteout in a form that can be seen
+/// from the entry itself: the device, or the kernel's xattr form (an empty
+/// regular file with `overlay.whiteout`).
 pub fn is_whiteout(dir: BorrowedFd<'_>, path: &RelPath, st: &libc::stat) -> bool {
     if is_device_whiteout(st) {
         return true;
     }
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0 {
-        return sys::getxattr_at(dir, path.c(), c"trusted.overlay.whiteout", &mut []).is_ok();
-    }
-    false
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_size == 0
+        && [XattrNs::Trusted, XattrNs::User]
+            .into_iter()
+            .any(|ns| sys::getxattr_at(dir, path.c(), Xattr::Whiteout.name(ns), &mut []).is_ok())
 }
 
 /// Whether the AUFS-form whiteout `.wh.NAME` exists in `parent` of a layer.
 pub fn has_wh_file(dir: BorrowedFd<'_>, parent: &RelPath, name: &[u8]) -> bool {
-    sys::stat_at(dir, parent.join(&wh_name(name)).c()).is_ok()
+    sys::stat_at(dir, parent.join(&names::whiteout_name(name)).c()).is_ok()
 }
 
 /// The AUFS-form whiteout path `PARENT/.wh.NAME` for `path` (`PARENT/NAME`).
 fn wh_path(path: &RelPath) -> RelPath {
     let (parent, name) = path.split();
-    parent.join(&wh_name(name))
+    parent.join(&names::whiteout_name(name))
 }
 
-/// `.wh.NAME`.
-fn wh_name(name: &[u8]) -> Vec<u8> {
-    [WH_PREFIX, name].concat()
-}
-
-/// Whether the directory at `path` in a layer is opaque.
+/// Whether the directory at `path` in a layer is opaque, in any form.
 pub fn is_opaque(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
-    has_opaque_xattr(dir, path) || sys::stat_at(dir, path.join(OPAQUE_MARKER).c()).is_ok()
-}
-
-/// Whether the directory at `path` in a layer carries an opaque xattr.
-pub fn has_opaque_xattr(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
-    dir_marks(dir, path).opaque
+    dir_marks(dir, path).opaque || sys::stat_at(dir, path.join(OPAQUE_MARKER).c()).is_ok()
 }
 
 /// The overlay xattrs of a directory that change how it is read.
@@ -97,7 +63,7 @@ pub fn has_opaque_xattr(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
 pub struct DirMarks {
     /// An opaque xattr with the value `y`.
     pub opaque: bool,
-    /// `trusted.overlay.whiteouts`: files in it may be xattr whiteouts.
+    /// `overlay.whiteouts`: files in it may be xattr whiteouts.
     pub xattr_whiteouts: bool,
 }
 
@@ -111,7 +77,7 @@ pub fn dir_marks(dir: BorrowedFd<'_>, path: &RelPath) -> DirMarks {
     let mut marks = DirMarks::default();
     let mut v = [0u8; 1];
     for n in &names {
-        if n.as_slice() == b"trusted.overlay.whiteouts" {
+        if Xattr::parse(n) == Some(Xattr::Whiteouts) {
             marks.xattr_whiteouts = true;
         } else if !marks.opaque {
             if let Some(name) = OPAQUE_XATTRS.iter().find(|o| o.to_bytes() == n.as_slice()) {
@@ -123,12 +89,40 @@ pub fn dir_marks(dir: BorrowedFd<'_>, path: &RelPath) -> DirMarks {
     marks
 }
 
+/// What one entry of a layer directory is, read from its name and its
+/// `stat`: how a listing of the layer treats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry<'a> {
+    /// An ordinary entry.
+    Plain,
+    /// A whiteout of the entry's own name (device or xattr form).
+    Whiteout,
+    /// `.wh.NAME`: hides `NAME` in the layers below.
+    HidesBelow(&'a [u8]),
+    /// The opaque marker or AUFS bookkeeping: not an entry of the tree.
+    Meta,
+}
+
+/// Classifies the entry `name` of the directory `parent` of a layer;
+/// `st` is its `lstat`.
+pub fn classify<'a>(
+    dir: BorrowedFd<'_>,
+    parent: &RelPath,
+    name: &'a [u8],
+    st: &libc::stat,
+) -> Entry<'a> {
+    match EntryName::of(name) {
+        EntryName::Whiteout(target) => Entry::HidesBelow(target),
+        EntryName::OpaqueMarker | EntryName::AufsMeta => Entry::Meta,
+        EntryName::Plain if is_whiteout(dir, &parent.join(name), st) => Entry::Whiteout,
+        EntryName::Plain => Entry::Plain,
+    }
+}
+
 /// Marks the directory `path` of the upper layer opaque.
 pub fn set_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Result<(), Errno> {
     match form {
-        OpaqueForm::TrustedXattr => {
-            sys::setxattr_at(dir, path.c(), c"trusted.overlay.opaque", b"y", 0)
-        }
+        OpaqueForm::Xattr(ns) => sys::setxattr_at(dir, path.c(), Xattr::Opaque.name(ns), b"y", 0),
         OpaqueForm::Marker => {
             let fd = sys::open_beneath(
                 dir,
@@ -143,7 +137,8 @@ pub fn set_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Resu
 }
 
 /// Creates a whiteout for `path` (whose parent exists in the upper layer).
-/// The name must not exist in the upper layer.
+/// The device form takes the name itself, which must not exist; the
+/// `.wh.` form takes `.wh.NAME` beside it.
 pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) -> Result<(), Errno> {
     match form {
         WhiteoutForm::Device => sys::mknod_at(dir, path.c(), libc::S_IFCHR, 0),
@@ -160,11 +155,6 @@ pub fn remove_wh_file(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> 
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Whether a name is reserved by the whiteout forms (never shown to users).
-pub fn is_reserved_name(name: &[u8]) -> bool {
-    name.starts_with(WH_PREFIX)
 }
 
 /// Moves the directory `from_dir/from` onto the device whiteout
@@ -185,27 +175,24 @@ pub fn swap_dir_onto_whiteout(
     sys::unlink_at(from_dir, from, false)
 }
 
-/// Removes every whiteout directly inside the upper directory `path` (device
-/// and xattr forms, `.wh.NAME` files; not the opaque marker): once the
-/// directory is opaque nothing below it shows through, and the kernel's
-/// overlayfs lists a non-merged directory as it is on disk, so a whiteout
-/// left there would show up as a name that cannot be looked up.
+/// Removes every whiteout directly inside the upper directory `path`
+/// (device and xattr forms, `.wh.NAME` files; not the opaque marker): once
+/// the directory is opaque nothing below it shows through, and the
+/// kernel's overlayfs lists a non-merged directory as it is on disk, so a
+/// whiteout left there would show up as a name that cannot be looked up.
 pub fn remove_whiteouts(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> {
     let fd = sys::open_beneath(dir, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     for (name, _, dtype) in sys::read_dir_fd(fd)? {
-        if name == b"." || name == b".." || name == OPAQUE_MARKER {
-            continue;
-        }
         let child = path.join(&name);
-        let gone = if name.starts_with(WH_PREFIX) {
-            true
-        } else if dtype == libc::DT_CHR || dtype == libc::DT_REG || dtype == libc::DT_UNKNOWN {
-            match sys::stat_at(dir, child.c()) {
-                Ok(st) => is_whiteout(dir, &child, &st),
-                Err(_) => false,
+        let gone = match EntryName::of(&name) {
+            EntryName::Whiteout(_) | EntryName::AufsMeta => true,
+            EntryName::OpaqueMarker => false,
+            EntryName::Plain
+                if dtype == libc::DT_CHR || dtype == libc::DT_REG || dtype == libc::DT_UNKNOWN =>
+            {
+                sys::stat_at(dir, child.c()).is_ok_and(|st| is_whiteout(dir, &child, &st))
             }
-        } else {
-            false
+            EntryName::Plain => false,
         };
         if gone {
             match sys::unlink_at(dir, child.c(), false) {
