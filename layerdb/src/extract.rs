@@ -39,10 +39,10 @@ use tracing::warn;
 
 use crate::error::{Error, Result};
 use crate::ids::{DiffId, Hasher};
-use crate::sys;
 use crate::tarfmt::{padding, parse_pax, EntryKind, RawHeader, BLOCK};
 use crate::tarsplit::SplitWriter;
 use strata_ovl::names::EntryName;
+use strata_ovl::sys as ovl_sys;
 use strata_ovl::{is_private_xattr, layer, Forms, OpaqueForm, RelPath, WhiteoutForm, XattrNs};
 
 /// Largest PAX or GNU long-name record we accept.
@@ -371,13 +371,17 @@ impl Extractor {
                       "xattr dropped in an unprivileged store");
                 continue;
             }
-            match sys::lsetxattr_at(dir, name, k, v) {
+            let cname = |b: &[u8]| {
+                std::ffi::CString::new(b).map_err(|_| Error::bad_entry(rel, "a NUL in an xattr"))
+            };
+            let (cn, ck) = (cname(name.as_bytes())?, cname(k)?);
+            match ovl_sys::setxattr_at(dir, &cn, &ck, v, 0) {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+                Err(Errno::ENOTSUP) => {
                     warn!(path = %String::from_utf8_lossy(rel), xattr = %String::from_utf8_lossy(k),
                           "filesystem does not support this xattr; dropped");
                 }
-                Err(e) => return Err(Error::io("setxattr", self.host_path(rel), e)),
+                Err(e) => return Err(Error::io("setxattr", self.host_path(rel), e.into())),
             }
         }
         Ok(())

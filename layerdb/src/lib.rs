@@ -56,7 +56,6 @@ pub mod reference;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;
-pub(crate) mod sys;
 pub(crate) mod tarfmt;
 pub mod tarsplit;
 

@@ -31,9 +31,9 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use crate::error::{Error, Result};
-use crate::sys;
 use crate::tarfmt::{EntryKind, EntryMeta, Pairs, TarWriter};
 use strata_ovl::names::{self, OPAQUE_MARKER, OPAQUE_XATTRS};
+use strata_ovl::sys as ovl_sys;
 use strata_ovl::{is_private_xattr, RelPath, Stack, Xattr};
 
 /// How a tree is turned into a tar.
@@ -78,14 +78,25 @@ impl<W: Write> Packer<'_, W> {
         let mut out = Vec::new();
         let mut marks = Marks::default();
         let mut redirect = None;
-        let names = sys::llistxattr_at(dir.as_fd(), name)
-            .map_err(|e| Error::io("listxattr", self.host(rel), e))?;
-        let mut names = names;
+        let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| {
+            Error::io(
+                "list xattrs of",
+                self.host(rel),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            )
+        })?;
+        let mut names = ovl_sys::listxattr_vec(dir.as_fd(), &name)
+            .map_err(|e| Error::io("listxattr", self.host(rel), e.into()))?;
         names.sort();
         for k in names {
-            let v = sys::lgetxattr_at(dir.as_fd(), name, &k)
-                .map_err(|e| Error::io("getxattr", self.host(rel), e))?;
-            let Some(v) = v else { continue };
+            let Ok(kc) = std::ffi::CString::new(k.clone()) else {
+                continue;
+            };
+            let v = match ovl_sys::getxattr_vec(dir.as_fd(), &name, &kc) {
+                Ok(v) => v,
+                Err(nix::errno::Errno::ENODATA) => continue,
+                Err(e) => return Err(Error::io("getxattr", self.host(rel), e.into())),
+            };
             if OPAQUE_XATTRS.iter().any(|o| o.to_bytes() == k) {
                 marks.opaque |= v == b"y";
             }
