@@ -111,11 +111,6 @@ impl Entries {
     pub fn len(&self) -> usize {
         self.recs.len()
     }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.recs.is_empty()
-    }
 }
 
 /// One directory of one lower layer, as read once.
@@ -179,11 +174,6 @@ impl DirCache {
             }
         }
         Ok(d)
-    }
-
-    /// Number of names cached now.
-    pub fn names(&self) -> usize {
-        self.inner.lock().names
     }
 }
 

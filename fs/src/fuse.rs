@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileHandle, Filesystem,
@@ -25,6 +25,7 @@ use crate::namespace::NewEntry;
 use crate::nodes::{Node, NodeId};
 use crate::overlay::{Caller, Overlay, Res};
 use crate::setattr::AttrChange;
+use crate::stats::Op;
 use crate::sys::{self, Time};
 
 /// The FUSE server of one mount.
@@ -41,10 +42,10 @@ impl StrataFs {
 
     /// Runs one request's handler: counted when `-o stats=` is on, and a
     /// panic answered rather than taking the daemon down.
-    fn guarded(&self, op: &'static str, f: impl FnOnce()) {
+    fn guarded(&self, op: Op, f: impl FnOnce()) {
         let _t = self.ov.stats.start(op);
         // Once per request, before any other lock (see `Overlay::namespace`).
-        if matches!(op, "rename" | "unlink" | "rmdir") {
+        if op.moves_names() {
             let _names = self.ov.namespace.write();
             guarded(op, f);
         } else {
@@ -122,18 +123,11 @@ fn time(t: Option<TimeOrNow>) -> Option<Time> {
     })
 }
 
-/// The attributes of a negative entry (all zero but the type).
-fn zero_stat() -> libc::stat {
-    let mut st = sys::fstat_placeholder();
-    st.st_mode = libc::S_IFREG;
-    st
-}
-
 /// Runs a handler, turning a panic into a logged error (the dropped reply
 /// answers `EIO`).
-fn guarded(op: &'static str, f: impl FnOnce()) {
+fn guarded(op: Op, f: impl FnOnce()) {
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
-        error!(op, "request handler panicked; answered EIO");
+        error!(op = op.name(), "request handler panicked; answered EIO");
     }
 }
 
@@ -194,7 +188,7 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.guarded("lookup", || {
+        self.guarded(Op::Lookup, || {
             match self.node(parent).and_then(|p| self.ov.lookup(&p, name)) {
                 Ok((n, attr)) => reply.entry_node(
                     INodeNo(n.id.0),
@@ -208,7 +202,7 @@ impl Filesystem for StrataFs {
                 Err(Errno::ENOENT) => reply.entry_node(
                     INodeNo(0),
                     &self.ov.ttl(),
-                    &crate::overlay::attr_of(&zero_stat(), 0),
+                    &crate::overlay::attr_of(&crate::overlay::zero_stat(), 0),
                     Generation(0),
                 ),
                 Err(e) => reply.error(errno(e)),
@@ -217,12 +211,12 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _t = self.ov.stats.start("forget");
+        let _t = self.ov.stats.start(Op::Forget);
         self.ov.nodes.forget(NodeId(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.guarded("getattr", || {
+        self.guarded(Op::Getattr, || {
             let res =
                 self.node(ino)
                     .and_then(|n| match fh.and_then(|fh| self.ov.file_fd(fh.0).ok()) {
@@ -254,7 +248,7 @@ impl Filesystem for StrataFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.guarded("setattr", || {
+        self.guarded(Op::Setattr, || {
             let ch = AttrChange {
                 mode,
                 uid,
@@ -273,7 +267,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.guarded("readlink", || {
+        self.guarded(Op::Readlink, || {
             let res = self.node(ino).and_then(|n| {
                 let path = self.ov.nodes.path(&n)?;
                 sys::readlink_at(self.ov.stack.fd(n.top()), path.c())
@@ -292,7 +286,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.guarded("mknod", || {
+        self.guarded(Op::Mknod, || {
             let entry = NewEntry::Node {
                 rdev: rdev as u64,
                 file_type: mode & libc::S_IFMT,
@@ -319,7 +313,7 @@ impl Filesystem for StrataFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.guarded("mkdir", || {
+        self.guarded(Op::Mkdir, || {
             let res = self.node(parent).and_then(|p| {
                 let mode = self.ov.creation_mode(&p, mode, umask);
                 self.ov
@@ -335,22 +329,20 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.guarded("unlink", || {
+        self.guarded(Op::Unlink, || {
             reply_or_err!(
                 reply,
-                self.node(parent)
-                    .and_then(|p| self.ov.remove(&p, name, false)),
+                self.node(parent).and_then(|p| self.ov.unlink(&p, name)),
                 |()| reply.ok()
             )
         })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.guarded("rmdir", || {
+        self.guarded(Op::Rmdir, || {
             reply_or_err!(
                 reply,
-                self.node(parent)
-                    .and_then(|p| self.ov.remove(&p, name, true)),
+                self.node(parent).and_then(|p| self.ov.rmdir(&p, name)),
                 |()| reply.ok()
             )
         })
@@ -364,7 +356,7 @@ impl Filesystem for StrataFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.guarded("symlink", || {
+        self.guarded(Op::Symlink, || {
             use std::os::unix::ffi::OsStrExt;
             let entry = NewEntry::Symlink {
                 target: target.as_os_str().as_bytes(),
@@ -392,10 +384,10 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.guarded("rename", || {
+        self.guarded(Op::Rename, || {
             let res = self.node(parent).and_then(|p| {
                 let np = self.node(newparent)?;
-                self.ov.rename(&p, name, &np, newname, flags.bits())
+                self.ov.rename(&p, name, &np, newname, flags)
             });
             reply_or_err!(reply, res, |()| reply.ok())
         })
@@ -409,7 +401,7 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.guarded("link", || {
+        self.guarded(Op::Link, || {
             let res = self.node(ino).and_then(|n| {
                 let np = self.node(newparent)?;
                 self.ov.link(&n, &np, newname)
@@ -424,7 +416,7 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.guarded("open", || {
+        self.guarded(Op::Open, || {
             let res = self
                 .node(ino)
                 .and_then(|n| self.ov.open(&n, flags.0, &|fd| reply.open_backing(fd)));
@@ -458,7 +450,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.guarded("read", || {
+        self.guarded(Op::Read, || {
             // The data goes out from the reading thread's buffer.
             let mut reply = Some(reply);
             let res = self.ov.read_with(fh.0, offset, size, |d| {
@@ -484,7 +476,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.guarded("write", || {
+        self.guarded(Op::Write, || {
             let writer = write_flags
                 .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
                 .then(|| crate::io::Writer {
@@ -507,7 +499,7 @@ impl Filesystem for StrataFs {
         // Nothing to do on close(2) (data is written through; there are no
         // server-side locks): ENOSYS tells the kernel to stop sending FLUSH,
         // one round trip less per close.
-        drop(self.ov.stats.start("flush"));
+        drop(self.ov.stats.start(Op::Flush));
         reply.error(FErrno::ENOSYS);
     }
 
@@ -521,7 +513,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _t = self.ov.stats.start("release");
+        let _t = self.ov.stats.start(Op::Release);
         self.ov.release(fh.0);
         reply.ok();
     }
@@ -534,7 +526,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.guarded("fsync", || {
+        self.guarded(Op::Fsync, || {
             reply_or_err!(reply, self.ov.fsync(fh.0, datasync), |()| reply.ok())
         })
     }
@@ -546,7 +538,7 @@ impl Filesystem for StrataFs {
         // It then opens directories with FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE,
         // keeping listings: every change to a directory goes through this
         // mount, and the kernel drops the cache then.
-        drop(self.ov.stats.start("opendir"));
+        drop(self.ov.stats.start(Op::Opendir));
         reply.error(FErrno::ENOSYS);
     }
 
@@ -558,7 +550,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.guarded("readdir", || {
+        self.guarded(Op::Readdir, || {
             let res = self.node(ino).and_then(|dir| {
                 let listing = self.ov.listing(&dir, offset)?;
                 let entries = listing.after(offset);
@@ -585,61 +577,18 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.guarded("readdirplus", || {
+        self.guarded(Op::Readdirplus, || {
             let res = self.node(ino).and_then(|dir| {
-                let with_file_attrs = self.ov.stat_heavy();
-                let listing = self.ov.listing(&dir, offset)?;
-                let entries = listing.after(offset);
-                if entries.is_empty() {
-                    self.ov.listing_done(&dir);
-                }
-                for (off, e) in entries {
-                    let off = *off;
-                    let dots = e.name == "." || e.name == "..";
-                    let name_only = dots
-                        || (e.kind != crate::nodes::Kind::Dir && !with_file_attrs)
-                        || self.ov.nodes.child(&dir, &e.name).is_some();
-                    let full = if name_only {
-                        // Node id 0: the kernel links no entry. For `.`
-                        // and `..` always. For a name the kernel already
-                        // holds a node for: its cached attributes are
-                        // right (every change goes through this mount),
-                        // and relinking would make the kernel drop the
-                        // ACLs it cached, which `ls -l` then asks again.
-                        // For a file nobody stats yet (find, ls -f): no
-                        // attributes to read from disk.
-                        if !dots {
-                            dir.listed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        let mut attr =
-                            crate::overlay::attr_of(&zero_stat(), self.ov.entry_ino(&dir, e));
-                        attr.kind = e.kind.fuse();
-                        reply.add(
-                            INodeNo(0),
-                            off,
-                            &e.name,
-                            &Duration::ZERO,
-                            &attr,
-                            Generation(0),
-                        )
-                    } else {
-                        // Each entry is a lookup the kernel will count.
-                        let Ok((node, attr)) = self.ov.lookup_for(&dir, &e.name, true) else {
-                            continue;
-                        };
-                        let ttl = self.ov.ttl_for(&attr);
-                        let full =
-                            reply.add(INodeNo(node.id.0), off, &e.name, &ttl, &attr, Generation(0));
-                        if full {
-                            self.ov.nodes.forget(node.id, 1);
-                        }
-                        full
-                    };
-                    if full {
-                        break;
-                    }
-                }
-                Ok(())
+                self.ov.readdirplus(&dir, offset, |e| {
+                    reply.add(
+                        INodeNo(e.node.map_or(0, |n| n.0)),
+                        e.offset,
+                        e.name,
+                        &e.ttl,
+                        &e.attr,
+                        Generation(0),
+                    )
+                })
             });
             reply_or_err!(reply, res, |()| reply.ok())
         })
@@ -654,7 +603,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         // Not sent: OPENDIR answers ENOSYS.
-        drop(self.ov.stats.start("releasedir"));
+        drop(self.ov.stats.start(Op::Releasedir));
         reply.ok();
     }
 
@@ -666,26 +615,14 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.guarded("fsyncdir", || {
-            let res = self.node(ino).and_then(|n| {
-                if !self.ov.do_fsync() || !self.ov.stack.is_upper(n.top()) {
-                    return Ok(());
-                }
-                let path = self.ov.nodes.path(&n)?;
-                let fd = sys::open_beneath(
-                    self.ov.stack.fd(n.top()),
-                    path.c(),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                )?;
-                sys::fsync(fd.as_fd(), datasync)
-            });
+        self.guarded(Op::Fsyncdir, || {
+            let res = self.node(ino).and_then(|n| self.ov.fsync_dir(&n, datasync));
             reply_or_err!(reply, res, |()| reply.ok())
         })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.guarded("statfs", || {
+        self.guarded(Op::Statfs, || {
             let top = self.ov.stack.all().next().expect("a stack has a layer");
             reply_or_err!(reply, sys::fstatvfs(self.ov.stack.fd(top)), |s| reply
                 .statfs(
@@ -711,7 +648,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.guarded("setxattr", || {
+        self.guarded(Op::Setxattr, || {
             reply_or_err!(
                 reply,
                 self.node(ino)
@@ -722,7 +659,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.guarded("getxattr", || {
+        self.guarded(Op::Getxattr, || {
             reply_or_err!(
                 reply,
                 self.node(ino)
@@ -739,7 +676,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.guarded("listxattr", || {
+        self.guarded(Op::Listxattr, || {
             reply_or_err!(
                 reply,
                 self.node(ino).and_then(|n| self.ov.listxattr(&n)),
@@ -757,7 +694,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.guarded("removexattr", || {
+        self.guarded(Op::Removexattr, || {
             reply_or_err!(
                 reply,
                 self.node(ino).and_then(|n| self.ov.removexattr(&n, name)),
@@ -768,7 +705,7 @@ impl Filesystem for StrataFs {
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions itself (default_permissions).
-        drop(self.ov.stats.start("access"));
+        drop(self.ov.stats.start(Op::Access));
         reply.ok();
     }
 
@@ -782,7 +719,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.guarded("create", || {
+        self.guarded(Op::Create, || {
             let made = self.node(parent).and_then(|p| {
                 let entry = NewEntry::File { flags };
                 let mode = self.ov.creation_mode(&p, mode, umask);
@@ -802,7 +739,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.guarded("tmpfile", || {
+        self.guarded(Op::Tmpfile, || {
             let made = self.node(parent).and_then(|p| {
                 let mode = self.ov.creation_mode(&p, mode, umask);
                 self.ov.create_tmpfile(&p, mode, flags, &caller(req))
@@ -821,7 +758,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.guarded("fallocate", || {
+        self.guarded(Op::Fallocate, || {
             let res = self
                 .ov
                 .file_fd(fh.0)
@@ -839,7 +776,7 @@ impl Filesystem for StrataFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.guarded("lseek", || {
+        self.guarded(Op::Lseek, || {
             let res = self
                 .ov
                 .file_fd(fh.0)
@@ -861,7 +798,7 @@ impl Filesystem for StrataFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.guarded("copy_file_range", || {
+        self.guarded(Op::CopyFileRange, || {
             let res = self.ov.file_fd(fh_in.0).and_then(|i| {
                 let o = self.ov.file_fd(fh_out.0)?;
                 sys::copy_range(

@@ -296,6 +296,22 @@ impl Overlay {
         sys::fsync(fd.as_fd(), datasync)
     }
 
+    /// Flushes a directory to disk: its upper copy, if it has one (a lower
+    /// directory never changes); nothing on a volatile mount.
+    pub fn fsync_dir(&self, node: &Node, datasync: bool) -> Res<()> {
+        if !self.do_fsync() || !self.stack.is_upper(node.top()) {
+            return Ok(());
+        }
+        let path = self.nodes.path(node)?;
+        let fd = sys::open_beneath(
+            self.stack.fd(node.top()),
+            path.c(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        sys::fsync(fd.as_fd(), datasync)
+    }
+
     /// The real fd of an open file (fallocate, lseek, copy_file_range,
     /// truncate through an fd).
     pub fn file_fd(&self, fh: u64) -> Res<Arc<OwnedFd>> {

@@ -68,10 +68,6 @@ pub struct Stack {
     xino_bits: u32,
 }
 
-/// Name of the scratch directory inside workdir (the kernel's overlayfs uses
-/// the same name and empties it at mount, so leftovers never accumulate).
-pub const WORK_SUBDIR: &str = "work";
-
 impl Stack {
     /// Opens the layers. `upper` and `work` go together.
     pub fn open(

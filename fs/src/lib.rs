@@ -14,29 +14,29 @@
 //! relative to a layer's directory fd; no `unsafe` outside [`sys`].
 #![deny(unsafe_code)]
 
-pub mod copyup;
-pub mod dircache;
-pub mod fuse;
-pub mod hardlink;
-pub mod ids;
-pub mod io;
-pub mod layers;
-pub mod lookup;
-pub mod namespace;
-pub mod nodes;
-pub mod options;
-pub mod overlay;
+pub(crate) mod copyup;
+pub(crate) mod dircache;
+pub(crate) mod fuse;
+pub(crate) mod hardlink;
+pub(crate) mod ids;
+pub(crate) mod io;
+pub(crate) mod layers;
+pub(crate) mod lookup;
+pub(crate) mod namespace;
+pub(crate) mod nodes;
+pub(crate) mod options;
+pub(crate) mod overlay;
 /// Paths relative to a layer root (the format crate's [`strata_ovl::RelPath`]).
-pub mod path {
+pub(crate) mod path {
     pub use strata_ovl::RelPath;
 }
-pub mod prune;
-pub mod readdir;
-pub mod rename;
-pub mod setattr;
-pub mod stats;
+pub(crate) mod prune;
+pub(crate) mod readdir;
+pub(crate) mod rename;
+pub(crate) mod setattr;
+pub(crate) mod stats;
 pub mod sys;
-pub mod xattr;
+pub(crate) mod xattr;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -380,3 +380,6 @@ impl Mounted {
 pub fn unmount(mountpoint: &Path) -> Result<(), Errno> {
     sys::umount_detach(mountpoint)
 }
+
+#[cfg(test)]
+mod unit_tests;

@@ -307,8 +307,20 @@ impl Overlay {
         Ok((n, attr))
     }
 
-    /// Removes `name` from `parent` (`rmdir` when `dir`).
-    pub fn remove(&self, parent: &Node, name: &OsStr, dir: bool) -> Res<()> {
+    /// `unlink`: removes the non-directory `name` from `parent` (a whiteout
+    /// when a lower layer has it); `EISDIR` for a directory.
+    pub fn unlink(&self, parent: &Node, name: &OsStr) -> Res<()> {
+        self.remove(parent, name, Removing::NonDir)
+    }
+
+    /// `rmdir`: removes the empty directory `name` from `parent` (a
+    /// whiteout when a lower layer has it); `ENOTDIR`, `ENOTEMPTY`.
+    pub fn rmdir(&self, parent: &Node, name: &OsStr) -> Res<()> {
+        self.remove(parent, name, Removing::Dir)
+    }
+
+    fn remove(&self, parent: &Node, name: &OsStr, what: Removing) -> Res<()> {
+        let dir = what == Removing::Dir;
         let upper = self.upper()?;
         let pst = parent.state();
         let ppath = self.nodes.path(parent)?;
@@ -371,6 +383,13 @@ impl Overlay {
             }
         }
     }
+}
+
+/// What `unlink` and `rmdir` remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removing {
+    NonDir,
+    Dir,
 }
 
 /// Creates the object itself at `dir/at`, with permissions `perm`.

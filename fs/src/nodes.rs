@@ -294,11 +294,6 @@ impl NodeTable {
         self.live.load(Ordering::Relaxed)
     }
 
-    /// Whether only the root is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() <= 1
-    }
-
     /// The path of a node relative to the layer roots, or `ENOENT` if its
     /// name is gone.
     pub fn path(&self, node: &Node) -> Result<RelPath, Errno> {

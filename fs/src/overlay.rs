@@ -472,6 +472,13 @@ pub(crate) fn passthrough_on(ov: &Overlay) -> bool {
     ov.passthrough.load(Ordering::Relaxed)
 }
 
+/// The attributes of a negative entry (all zero but the type).
+pub(crate) fn zero_stat() -> libc::stat {
+    let mut st = sys::fstat_placeholder();
+    st.st_mode = libc::S_IFREG;
+    st
+}
+
 /// The forms this mount writes into its upper layer: probed in the work
 /// directory (what the upper filesystem and the caller's privileges
 /// allow), or, without one, the kernel's forms for a privileged caller and

@@ -188,3 +188,87 @@ impl Overlay {
         Ok(self.merged_entries(path, layers)?.is_empty())
     }
 }
+
+/// One entry of a READDIRPLUS reply.
+pub struct PlusEntry<'a> {
+    /// The node the kernel links to the name (and counts a lookup of), or
+    /// `None`: the name only, node id 0, no entry linked.
+    pub node: Option<crate::nodes::NodeId>,
+    /// The entry's offset.
+    pub offset: u64,
+    /// Its name.
+    pub name: &'a std::ffi::OsStr,
+    /// How long the kernel may keep the entry and its attributes.
+    pub ttl: std::time::Duration,
+    /// Its attributes (only the type and inode number without a node).
+    pub attr: fuser::FileAttr,
+}
+
+impl Overlay {
+    /// Answers READDIRPLUS from `offset`: `add` puts one entry into the
+    /// reply and says whether the reply is full.
+    ///
+    /// The policy: an entry carries a node and full attributes only when
+    /// the kernel will use them and does not hold them yet. `.` and `..`
+    /// never do; a name the kernel already holds a node for neither: its
+    /// cached attributes are right (every change goes through this mount),
+    /// and relinking would make the kernel drop the ACLs it cached, which
+    /// `ls -l` then asks again; nor does a file while nobody stats the
+    /// listed files (`find`, `ls -f`: no attributes to read from disk; see
+    /// [`Overlay::stat_heavy`]).
+    pub fn readdirplus(
+        &self,
+        dir: &Arc<Node>,
+        offset: u64,
+        mut add: impl FnMut(PlusEntry<'_>) -> bool,
+    ) -> Res<()> {
+        let with_file_attrs = self.stat_heavy();
+        let listing = self.listing(dir, offset)?;
+        let entries = listing.after(offset);
+        if entries.is_empty() {
+            self.listing_done(dir);
+        }
+        for (off, e) in entries {
+            let dots = e.name == "." || e.name == "..";
+            let name_only = dots
+                || (e.kind != Kind::Dir && !with_file_attrs)
+                || self.nodes.child(dir, &e.name).is_some();
+            let full = if name_only {
+                if !dots {
+                    dir.listed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                let mut attr =
+                    crate::overlay::attr_of(&crate::overlay::zero_stat(), self.entry_ino(dir, e));
+                attr.kind = e.kind.fuse();
+                add(PlusEntry {
+                    node: None,
+                    offset: *off,
+                    name: &e.name,
+                    ttl: std::time::Duration::ZERO,
+                    attr,
+                })
+            } else {
+                // Each entry is a lookup the kernel will count, unless
+                // the reply is full and the entry is not sent.
+                let Ok((node, attr)) = self.lookup_for(dir, &e.name, true) else {
+                    continue;
+                };
+                let full = add(PlusEntry {
+                    node: Some(node.id),
+                    offset: *off,
+                    name: &e.name,
+                    ttl: self.ttl_for(&attr),
+                    attr,
+                });
+                if full {
+                    self.nodes.forget(node.id, 1);
+                }
+                full
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -21,25 +21,29 @@ use crate::nodes::{Kind, Node};
 use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
 use crate::sys;
+use fuser::RenameFlags;
 use strata_ovl::layer as whiteout;
 use strata_ovl::names::is_reserved_name;
 use strata_ovl::WhiteoutForm;
 
 impl Overlay {
-    /// Renames `name` in `parent` to `newname` in `newparent`.
+    /// Renames `name` in `parent` to `newname` in `newparent`, with
+    /// `renameat2`'s `RENAME_NOREPLACE` or `RENAME_EXCHANGE`.
     pub fn rename(
         &self,
         parent: &Node,
         name: &OsStr,
         newparent: &Node,
         newname: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
     ) -> Res<()> {
         let upper = self.upper()?;
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
-        {
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        // RENAME_WHITEOUT is the kernel's overlayfs' own business, and
+        // unknown bits are refused as renameat2 refuses them.
+        let known = RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_NOREPLACE;
+        if !known.contains(flags) || (exchange && noreplace) {
             return Err(Errno::EINVAL);
         }
         if name.len() > NAME_MAX || newname.len() > NAME_MAX {

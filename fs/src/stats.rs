@@ -10,43 +10,137 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Every operation Strata answers, in report order.
-pub const OPS: &[&str] = &[
-    "lookup",
-    "forget",
-    "getattr",
-    "setattr",
-    "readlink",
-    "mknod",
-    "mkdir",
-    "unlink",
-    "rmdir",
-    "symlink",
-    "rename",
-    "link",
-    "open",
-    "read",
-    "write",
-    "flush",
-    "release",
-    "fsync",
-    "opendir",
-    "readdir",
-    "readdirplus",
-    "releasedir",
-    "fsyncdir",
-    "statfs",
-    "setxattr",
-    "getxattr",
-    "listxattr",
-    "removexattr",
-    "access",
-    "create",
-    "tmpfile",
-    "fallocate",
-    "lseek",
-    "copy_file_range",
-];
+/// A FUSE operation Strata answers. It decides the request's stats slot
+/// and how it takes the namespace lock, so a new operation cannot be
+/// counted or locked wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lookup,
+    Forget,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Access,
+    Create,
+    Tmpfile,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+}
+
+impl Op {
+    /// Every operation, in report order.
+    pub const ALL: [Op; 34] = [
+        Op::Lookup,
+        Op::Forget,
+        Op::Getattr,
+        Op::Setattr,
+        Op::Readlink,
+        Op::Mknod,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Rename,
+        Op::Link,
+        Op::Open,
+        Op::Read,
+        Op::Write,
+        Op::Flush,
+        Op::Release,
+        Op::Fsync,
+        Op::Opendir,
+        Op::Readdir,
+        Op::Readdirplus,
+        Op::Releasedir,
+        Op::Fsyncdir,
+        Op::Statfs,
+        Op::Setxattr,
+        Op::Getxattr,
+        Op::Listxattr,
+        Op::Removexattr,
+        Op::Access,
+        Op::Create,
+        Op::Tmpfile,
+        Op::Fallocate,
+        Op::Lseek,
+        Op::CopyFileRange,
+    ];
+
+    /// Its name in the report: the FUSE opcode's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Forget => "forget",
+            Op::Getattr => "getattr",
+            Op::Setattr => "setattr",
+            Op::Readlink => "readlink",
+            Op::Mknod => "mknod",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Open => "open",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::Release => "release",
+            Op::Fsync => "fsync",
+            Op::Opendir => "opendir",
+            Op::Readdir => "readdir",
+            Op::Readdirplus => "readdirplus",
+            Op::Releasedir => "releasedir",
+            Op::Fsyncdir => "fsyncdir",
+            Op::Statfs => "statfs",
+            Op::Setxattr => "setxattr",
+            Op::Getxattr => "getxattr",
+            Op::Listxattr => "listxattr",
+            Op::Removexattr => "removexattr",
+            Op::Access => "access",
+            Op::Create => "create",
+            Op::Tmpfile => "tmpfile",
+            Op::Fallocate => "fallocate",
+            Op::Lseek => "lseek",
+            Op::CopyFileRange => "copy_file_range",
+        }
+    }
+
+    /// Whether it moves or removes names. Those hold the namespace lock
+    /// exclusively (see `Overlay::namespace`); every other request shares it.
+    pub fn moves_names(self) -> bool {
+        matches!(self, Op::Rename | Op::Unlink | Op::Rmdir)
+    }
+
+    /// Its slot in the counters.
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
 
 /// Per-operation counters; all zero and untouched unless enabled.
 #[derive(Debug)]
@@ -74,7 +168,7 @@ impl Drop for Timing<'_> {
 impl OpStats {
     /// Counters, live only if `enabled`.
     pub fn new(enabled: bool) -> OpStats {
-        let zeros = || OPS.iter().map(|_| AtomicU64::new(0)).collect();
+        let zeros = || Op::ALL.iter().map(|_| AtomicU64::new(0)).collect();
         OpStats {
             enabled,
             count: zeros(),
@@ -82,27 +176,26 @@ impl OpStats {
         }
     }
 
-    /// Starts timing one request of `op` (one of [`OPS`]).
-    pub fn start(&self, op: &'static str) -> Option<Timing<'_>> {
+    /// Starts timing one request of `op`.
+    pub fn start(&self, op: Op) -> Option<Timing<'_>> {
         if !self.enabled {
             return None;
         }
-        let slot = OPS.iter().position(|o| *o == op)?;
         Some(Timing {
             stats: self,
-            slot,
+            slot: op.slot(),
             start: Instant::now(),
         })
     }
 
     /// `(op, requests, server seconds)` of every operation seen.
     pub fn snapshot(&self) -> Vec<(&'static str, u64, f64)> {
-        OPS.iter()
-            .enumerate()
-            .map(|(i, op)| {
-                let n = self.count[i].load(Ordering::Relaxed);
-                let ns = self.nanos[i].load(Ordering::Relaxed);
-                (*op, n, ns as f64 / 1e9)
+        Op::ALL
+            .iter()
+            .map(|op| {
+                let n = self.count[op.slot()].load(Ordering::Relaxed);
+                let ns = self.nanos[op.slot()].load(Ordering::Relaxed);
+                (op.name(), n, ns as f64 / 1e9)
             })
             .filter(|(_, n, _)| *n > 0)
             .collect()
@@ -143,12 +236,12 @@ mod tests {
     #[test]
     fn counts_only_when_enabled() {
         let off = OpStats::new(false);
-        assert!(off.start("lookup").is_none());
+        assert!(off.start(Op::Lookup).is_none());
         assert!(off.snapshot().is_empty());
         let on = OpStats::new(true);
-        drop(on.start("lookup"));
-        drop(on.start("lookup"));
-        drop(on.start("unlink"));
+        drop(on.start(Op::Lookup));
+        drop(on.start(Op::Lookup));
+        drop(on.start(Op::Unlink));
         let snap = on.snapshot();
         assert_eq!(snap.len(), 2);
         assert_eq!((snap[0].0, snap[0].1), ("lookup", 2));
@@ -161,8 +254,9 @@ mod tests {
     #[test]
     fn every_op_has_a_slot() {
         let s = OpStats::new(true);
-        for op in OPS {
-            assert!(s.start(op).is_some(), "{op}");
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.slot(), i, "{op:?} is in report order");
+            assert!(s.start(op).is_some(), "{op:?}");
         }
     }
 }
