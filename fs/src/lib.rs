@@ -71,6 +71,8 @@ pub enum MountError {
     Handshake(std::io::Error),
     #[error("cannot set up the filesystem: {0}")]
     Setup(Errno),
+    #[error("the upper filesystem cannot be written: making a directory in the workdir {0} failed: {1}; give upperdir and workdir on a writable filesystem")]
+    UpperUnusable(PathBuf, Errno),
 }
 
 /// A live mount whose server has not started serving yet.
@@ -243,7 +245,9 @@ impl Prepared {
         if read_only {
             flags |= libc::MS_RDONLY;
         }
-        let overlay = Arc::new(Overlay::new(stack, opts).map_err(MountError::Setup)?);
+        let forms = overlay::upper_forms(&stack, &opts)
+            .map_err(|e| MountError::UpperUnusable(opts.work.clone().unwrap_or_default(), e))?;
+        let overlay = Arc::new(Overlay::new(stack, opts, forms).map_err(MountError::Setup)?);
         let root = nix::unistd::geteuid().is_root();
         let direct = sys::open_fuse_device().and_then(|dev| {
             sys::mount_fuse(
@@ -365,8 +369,8 @@ impl Mounted {
                 .stats_peak_nodes
                 .load(std::sync::atomic::Ordering::Relaxed);
             let extra = format!(
-                "{:<16} {pruned:>10}\n{:<16} {peak:>10}\n",
-                "pruned", "peak nodes"
+                "{:<16} {pruned:>10}\n{:<16} {peak:>10}\n{:<16} {}\n",
+                "pruned", "peak nodes", "forms", self.overlay.forms
             );
             if let Err(e) = self.overlay.stats.append_to(file, &self.mountpoint, &extra) {
                 tracing::warn!(file = %file.display(), %e, "cannot write the request counts");

@@ -103,9 +103,12 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// Builds the filesystem for an opened stack.
-    pub fn new(stack: Stack, opts: MountOptions) -> Res<Overlay> {
-        let privileged = nix::unistd::geteuid().is_root();
+    /// Builds the filesystem for an opened stack, writing `forms` into its
+    /// upper layer (see [`upper_forms`]).
+    pub fn new(stack: Stack, opts: MountOptions, forms: Forms) -> Res<Overlay> {
+        // Privilege is what the kernel allows, not the uid: uid 0 in a user
+        // namespace may not register passthrough backing files.
+        let privileged = sys::has_init_cap_sys_admin();
         let root_layers: crate::layers::Layers = stack.all().collect();
         let top = root_layers[0];
         let st = sys::stat_at(stack.fd(top), c".")?;
@@ -115,11 +118,11 @@ impl Overlay {
         // the replies to changes carry the new attributes.
         let ttl = Duration::from_secs_f64(opts.timeout_secs.unwrap_or(DEFAULT_TTL_SECS));
         let passthrough = opts.passthrough && privileged;
-        let forms = if opts.read_only {
-            Forms::KERNEL
-        } else {
-            upper_forms(&stack, privileged)
-        };
+        if opts.passthrough && !privileged {
+            tracing::info!(
+                "FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace; serving reads and writes through FUSE"
+            );
+        }
         let ov = Overlay {
             nodes: NodeTable::new(root_ino, crate::layers::Layers::new()),
             stack,
@@ -479,29 +482,17 @@ pub(crate) fn zero_stat() -> libc::stat {
     st
 }
 
-/// The forms this mount writes into its upper layer: probed in the work
-/// directory (what the upper filesystem and the caller's privileges
-/// allow), or, without one, the kernel's forms for a privileged caller and
-/// `.wh.` files and markers otherwise. A read-only mount writes nothing.
-fn upper_forms(stack: &Stack, privileged: bool) -> Forms {
-    let Some(work) = stack.work() else {
-        return if privileged {
-            Forms::KERNEL
-        } else {
-            Forms::AUFS
-        };
+/// The forms a mount writes into its upper layer, probed in the work
+/// directory: what the upper filesystem and the caller's privileges allow
+/// (said once at `-d`, and in the `stats=` report). An upper in which
+/// nothing can be created is an error: better refused at mount than failing
+/// on the first delete. A read-only mount writes nothing.
+pub(crate) fn upper_forms(stack: &Stack, opts: &MountOptions) -> Res<Forms> {
+    let work = match stack.work() {
+        Some(work) if !opts.read_only => work,
+        _ => return Ok(Forms::KERNEL),
     };
-    match strata_ovl::Probe::run(work) {
-        Ok(p) => {
-            tracing::debug!(probe = %p, forms = %p.forms(), "upper filesystem probed");
-            p.forms()
-        }
-        Err(err) => {
-            tracing::warn!(
-                ?err,
-                "cannot probe the upper filesystem; writing .wh. whiteouts"
-            );
-            Forms::AUFS
-        }
-    }
+    let p = strata_ovl::Probe::run(work)?;
+    tracing::info!(probe = %p, forms = %p.forms(), "upper filesystem probed");
+    Ok(p.forms())
 }

@@ -236,3 +236,23 @@ pub fn cstr(s: &OsStr) -> Result<CString, Errno> {
 pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
     f.as_fd()
 }
+
+/// Whether this process holds `CAP_SYS_ADMIN` in the initial user
+/// namespace: what FUSE passthrough (backing files) and `trusted.*` xattrs
+/// need. Root in a user namespace does not.
+pub fn has_init_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let initial_ns = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        f == ["0", "0", "4294967295"]
+    });
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    initial_ns && cap_eff & (1 << CAP_SYS_ADMIN) != 0
+}

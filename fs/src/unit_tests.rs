@@ -50,7 +50,8 @@ impl Union {
             Some(&self.path("work")),
         )
         .unwrap();
-        Overlay::new(stack, opts).unwrap()
+        let forms = crate::overlay::upper_forms(&stack, &opts).unwrap();
+        Overlay::new(stack, opts, forms).unwrap()
     }
 }
 

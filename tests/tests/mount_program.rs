@@ -616,7 +616,12 @@ fn unprivileged_user_mounts_through_fusermount3() {
             "mount as nobody: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let servers = pids_with_arg(Path::new("merged"));
+        // Other mounts may have a "merged" argument too (another test run on
+        // this machine): only the servers working in this test's directory.
+        let servers: Vec<i32> = pids_with_arg(Path::new("merged"))
+            .into_iter()
+            .filter(|pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir))
+            .collect();
         assert!(!servers.is_empty(), "no server");
         servers
     };
@@ -665,4 +670,48 @@ fn unprivileged_user_mounts_through_fusermount3() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!is_mountpoint(&mnt), "still mounted after SIGTERM");
+}
+
+/// Unmounts a test's own filesystem on drop.
+struct FsGuard(std::path::PathBuf);
+
+impl Drop for FsGuard {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+    }
+}
+
+/// An upper filesystem in which nothing can be created (here a read-only
+/// tmpfs) is refused at mount with a one-line reason, never accepted and
+/// then failing on the first change.
+#[test]
+fn an_upper_that_accepts_nothing_is_refused_at_mount() {
+    let mut m = two_lowers().materialize(false);
+    let ro = m.root().join("ro");
+    fs::create_dir(&ro).expect("mkdir ro");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .expect("run mount")
+        .success();
+    assert!(ok, "mount a tmpfs");
+    let _guard = FsGuard(ro.clone());
+    for d in ["upper", "work/work"] {
+        fs::create_dir_all(ro.join(d)).expect("mkdir on the tmpfs");
+    }
+    let ok = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .expect("run mount")
+        .success();
+    assert!(ok, "remount the tmpfs read-only");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        m.lowers()[0].display(),
+        ro.join("upper").display(),
+        ro.join("work").display()
+    );
+    assert_refused(&mut m, &opts, "read-only upper");
 }
