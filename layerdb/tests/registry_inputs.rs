@@ -295,6 +295,19 @@ fn push_child() {
             },
         )
         .unwrap();
+    if std::env::var("STRATA_CHILD_OP").as_deref() == Ok("pull") {
+        let opts = PullOptions {
+            tls_verify: false,
+            ..Default::default()
+        };
+        let res = store.pull(&format!("{reg}/repo:latest"), &opts, &registry::NoProgress);
+        println!(
+            "\nRESULT {}",
+            res.map(|p| p.id.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        );
+        return;
+    }
     let res = store.push(
         &name,
         None,
@@ -308,6 +321,67 @@ fn push_child() {
         "\nRESULT {}",
         res.map(|p| p.destination).unwrap_or_else(|e| e.to_string())
     );
+}
+
+/// Runs `op` (push or pull) against `reg` in a child with credentials for
+/// it in its own auth file; returns the child's output.
+fn in_child(reg: &str, op: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth.json");
+    auth::store(&file, reg, &creds()).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "push_child", "--nocapture", "--test-threads=1"])
+        .env("STRATA_PUSH_CHILD", reg)
+        .env("STRATA_CHILD_OP", op)
+        .env("REGISTRY_AUTH_FILE", &file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    stdout
+}
+
+/// A registry that wants Basic credentials and redirects every blob and
+/// manifest GET to `elsewhere`, as registries do to a CDN.
+fn redirecting_registry(elsewhere: String) -> Server {
+    let expected = basic();
+    Server::start(Arc::new(
+        move |s: &Seen, c: &mut TcpStream, _: &AtomicBool| {
+            if s.authorization.as_deref() != Some(&expected) {
+                let ch = "Basic realm=\"test\"".to_string();
+                return answer(c, "401 Unauthorized", &[("WWW-Authenticate", ch)], b"{}");
+            }
+            if s.path == "/v2/" {
+                return answer(c, "200 OK", &[], b"{}");
+            }
+            let loc = format!("{elsewhere}{}", s.path);
+            answer(c, "307 Temporary Redirect", &[("Location", loc)], b"")
+        },
+    ))
+}
+
+/// Redirects followed by ureq: held by `RedirectAuthHeaders::Never`, which
+/// the client now sets itself (this passed with ureq's default before).
+#[test]
+fn a_redirect_to_another_port_gets_no_authorization() {
+    let cdn = Server::start(Arc::new(|_s: &Seen, c: &mut TcpStream, _: &AtomicBool| {
+        answer(c, "404 Not Found", &[], b"{}")
+    }));
+    let reg = redirecting_registry(format!("http://{}", cdn.addr));
+    in_child(&reg.addr, "pull");
+    let got = cdn.seen();
+    assert!(!got.is_empty(), "the redirect was never followed");
+    for s in &got {
+        assert_eq!(
+            s.authorization, None,
+            "the credentials followed a redirect to another port: {s:?}"
+        );
+    }
 }
 
 #[test]
@@ -331,22 +405,7 @@ fn an_upload_location_on_another_port_gets_no_authorization() {
             }
         },
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("auth.json");
-    auth::store(&file, &reg.addr, &creds()).unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "push_child", "--nocapture", "--test-threads=1"])
-        .env("STRATA_PUSH_CHILD", &reg.addr)
-        .env("REGISTRY_AUTH_FILE", &file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
+    let stdout = in_child(&reg.addr, "push");
     assert!(
         reg.seen().iter().any(|s| s.authorization.is_some()),
         "the registry itself never got the credentials: {:?}",

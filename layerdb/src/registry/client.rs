@@ -139,6 +139,9 @@ fn agent(tls_verify: bool) -> ureq::Agent {
         .timeout_read(Duration::from_secs(60))
         .timeout_write(Duration::from_secs(60))
         .max_idle_connections_per_host(8)
+        // Redirects ureq follows (blob GETs to a CDN) never carry the
+        // Authorization header; said here rather than left to a default.
+        .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")));
     if !tls_verify {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
