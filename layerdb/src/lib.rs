@@ -57,6 +57,7 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub(crate) mod sys;
+pub mod tarbounds;
 pub(crate) mod tarfmt;
 pub mod tarsplit;
 
@@ -70,3 +71,4 @@ pub use reference::ImageName;
 pub use store::{
     HistoryEntry, ImageInfo, ImageSummary, ImportOptions, LayerInfo, Removed, Store, StoreOptions,
 };
+pub use tarbounds::BoundedTarReader;
