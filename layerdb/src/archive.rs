@@ -27,10 +27,14 @@ use crate::fsutil::{self, TempFile};
 use crate::ids::{ChainId, DiffId, Digest, ImageId};
 use crate::reference::{DefaultDomain, ImageName};
 use crate::store::{HashingReader, PendingLayer, Store};
-use crate::tarfmt::{append_simple_dir, append_simple_file, TarWriter};
+use crate::tarfmt::{
+    append_simple_dir, append_simple_file, padding, ExtBudget, RawHeader, TarWriter, BLOCK,
+};
 
 /// Largest JSON document (manifest, index, config) we read.
 const JSON_LIMIT: u64 = 32 << 20;
+/// Most members an image archive tar may have.
+const MEMBERS_LIMIT: usize = 1 << 20;
 
 const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -118,36 +122,125 @@ impl Archive {
         }
     }
 
+    /// Lists the members of a tar file with our own header reader (the
+    /// `tar` crate reads PAX and GNU long-name data whole, whatever its
+    /// size): extension headers are bounded by [`ExtBudget`], the member
+    /// count by [`MEMBERS_LIMIT`].
     fn index_tar(path: &Path, label: &str) -> Result<Archive> {
         let f = File::open(path).ctx("open", path)?;
-        let mut ar = tar::Archive::new(f);
+        let mut r = BufReader::new(f);
         let mut members = HashMap::new();
-        let bad = |e: io::Error| Error::bad_archive(label, format!("not a readable tar: {e}"));
-        for e in ar.entries_with_seek().map_err(bad)? {
-            let e = e.map_err(bad)?;
-            let name = clean_member(&String::from_utf8_lossy(&e.path_bytes()));
-            let h = e.header();
-            let m = match h.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => Member::File {
-                    offset: e.raw_file_position(),
-                    size: e.size(),
-                },
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = e
-                        .link_name_bytes()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    let resolved = if h.entry_type() == tar::EntryType::Link {
+        let bad = |why: String| Error::bad_archive(label, why);
+        let io_bad = |e: io::Error| Error::bad_archive(label, format!("not a readable tar: {e}"));
+        let mut budget = ExtBudget::default();
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let (mut long_name, mut long_link) = (None, None);
+        let mut pos: u64 = 0;
+        let mut block = [0u8; BLOCK];
+        loop {
+            match r.read_exact(&mut block) {
+                Ok(()) => {}
+                // A tar without its end marker, as the tar crate accepts.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io_bad(e)),
+            }
+            pos += BLOCK as u64;
+            let h = RawHeader(&block);
+            if h.is_zero() {
+                break;
+            }
+            if !h.checksum_ok() {
+                return Err(bad(format!(
+                    "not a readable tar: bad header checksum at byte {}",
+                    pos - BLOCK as u64
+                )));
+            }
+            let hname = h.name();
+            let mut size = h.size().ok_or_else(|| {
+                bad(format!(
+                    "member {}: bad size field",
+                    String::from_utf8_lossy(&hname)
+                ))
+            })?;
+            let t = h.typeflag();
+            if matches!(t, b'x' | b'g' | b'L' | b'K') {
+                budget.header(t, size).map_err(|why| {
+                    bad(format!("member {}: {why}", String::from_utf8_lossy(&hname)))
+                })?;
+                let mut data = vec![0u8; size as usize + padding(size)];
+                r.read_exact(&mut data).map_err(io_bad)?;
+                pos += data.len() as u64;
+                data.truncate(size as usize);
+                let cut = |mut d: Vec<u8>| {
+                    if let Some(n) = d.iter().position(|b| *b == 0) {
+                        d.truncate(n);
+                    }
+                    d
+                };
+                match t {
+                    b'x' => pax.extend(budget.pax(&data).map_err(|why| {
+                        bad(format!("member {}: {why}", String::from_utf8_lossy(&hname)))
+                    })?),
+                    b'L' => long_name = Some(cut(data)),
+                    b'K' => long_link = Some(cut(data)),
+                    _ => {}
+                }
+                continue;
+            }
+            budget.reset();
+            let mut name = long_name.take().unwrap_or(hname);
+            let mut link = long_link.take().unwrap_or_else(|| h.linkname());
+            for (k, v) in pax.drain(..) {
+                match &k[..] {
+                    b"path" => name = v,
+                    b"linkpath" => link = v,
+                    b"size" => {
+                        size = std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .ok_or_else(|| {
+                                bad(format!(
+                                    "member {}: bad PAX size",
+                                    String::from_utf8_lossy(&name)
+                                ))
+                            })?
+                    }
+                    _ => {}
+                }
+            }
+            if t == b'S' {
+                return Err(bad(format!(
+                    "member {} is a GNU sparse file, which image archives never hold",
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+            let name = clean_member(&String::from_utf8_lossy(&name));
+            let m = match t {
+                b'0' | b'\0' | b'7' => Some(Member::File { offset: pos, size }),
+                b'1' | b'2' => {
+                    let target = String::from_utf8_lossy(&link).into_owned();
+                    let resolved = if t == b'1' {
                         clean_member(&target)
                     } else {
                         let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
                         clean_member(&format!("{dir}/{target}"))
                     };
-                    Member::Link(resolved)
+                    Some(Member::Link(resolved))
                 }
-                _ => continue,
+                _ => None,
             };
-            members.insert(name, m);
+            if let Some(m) = m {
+                if members.len() == MEMBERS_LIMIT {
+                    return Err(bad(format!(
+                        "more than {MEMBERS_LIMIT} members; not an image archive"
+                    )));
+                }
+                members.insert(name, m);
+            }
+            let skip = size + padding(size) as u64;
+            r.seek_relative(i64::try_from(skip).map_err(|_| bad("member too large".into()))?)
+                .map_err(io_bad)?;
+            pos += skip;
         }
         Ok(Archive::Tar {
             path: path.to_path_buf(),

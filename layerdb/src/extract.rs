@@ -12,6 +12,9 @@
 //!   path not in it, symlinks whose relative target climbs above the layer
 //!   root, duplicates, unknown types and (in an unprivileged store) device
 //!   nodes are refused with [`Error::BadEntry`].
+//! - Extension headers (PAX `x`/`g`, GNU `L`/`K`) are bounded per entry by
+//!   [`crate::tarfmt::ExtBudget`]: a metadata bomb is refused with at most
+//!   1 MiB of it held.
 //! - Whiteouts are written in overlay form: `.wh.NAME` becomes a character
 //!   device 0/0 named NAME where mknod is permitted, else stays a `.wh.NAME`
 //!   file; `.wh..wh..opq` becomes the xattr `trusted.overlay.opaque=y`
@@ -39,14 +42,11 @@ use tracing::warn;
 
 use crate::error::{Error, Result};
 use crate::ids::{DiffId, Hasher};
-use crate::tarfmt::{padding, parse_pax, EntryKind, RawHeader, BLOCK};
+use crate::tarfmt::{padding, EntryKind, ExtBudget, RawHeader, BLOCK};
 use crate::tarsplit::SplitWriter;
 use strata_ovl::names::EntryName;
 use strata_ovl::sys as ovl_sys;
 use strata_ovl::{is_private_xattr, layer, Forms, OpaqueForm, RelPath, WhiteoutForm, XattrNs};
-
-/// Largest PAX or GNU long-name record we accept.
-const META_LIMIT: u64 = 1 << 20;
 
 /// The forms an unprivileged store writes: `.wh.NAME` whiteouts and the
 /// kernel's `userxattr` opaque marker.
@@ -128,11 +128,9 @@ impl<R: Read, S: Write> Source<'_, R, S> {
         }
     }
 
-    /// Reads `size` bytes of metadata content plus padding.
-    fn meta(&mut self, size: u64, name: &[u8]) -> Result<Vec<u8>> {
-        if size > META_LIMIT {
-            return Err(Error::bad_entry(name, "metadata record larger than 1 MiB"));
-        }
+    /// Reads `size` bytes of metadata content plus padding; the caller
+    /// has charged them to its [`ExtBudget`].
+    fn meta(&mut self, size: u64) -> Result<Vec<u8>> {
         let total = size as usize + padding(size);
         let mut buf = vec![0u8; total];
         if self.read_exact_raw(&mut buf)? != total {
@@ -745,6 +743,7 @@ pub(crate) fn extract<R: Read, S: Write>(
     let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
+    let mut budget = ExtBudget::default();
     let mut block = [0u8; BLOCK];
     let mut entries = 0u64;
     loop {
@@ -774,18 +773,21 @@ pub(crate) fn extract<R: Read, S: Write>(
         let hname = h.name();
         let bad = |why: &str| Error::bad_entry(&hname, why.to_string());
         let size = h.size().ok_or_else(|| bad("bad size field"))?;
+        if matches!(h.typeflag(), b'x' | b'g' | b'L' | b'K') {
+            budget.header(h.typeflag(), size).map_err(|why| bad(&why))?;
+        }
         match h.typeflag() {
             b'x' => {
-                let data = src.meta(size, &hname)?;
-                pax.extend(parse_pax(&data).map_err(|why| bad(&why))?);
+                let data = src.meta(size)?;
+                pax.extend(budget.pax(&data).map_err(|why| bad(&why))?);
                 continue;
             }
             b'g' => {
-                src.meta(size, &hname)?;
+                src.meta(size)?;
                 continue;
             }
             b'L' => {
-                let mut d = src.meta(size, &hname)?;
+                let mut d = src.meta(size)?;
                 if let Some(n) = d.iter().position(|b| *b == 0) {
                     d.truncate(n);
                 }
@@ -793,7 +795,7 @@ pub(crate) fn extract<R: Read, S: Write>(
                 continue;
             }
             b'K' => {
-                let mut d = src.meta(size, &hname)?;
+                let mut d = src.meta(size)?;
                 if let Some(n) = d.iter().position(|b| *b == 0) {
                     d.truncate(n);
                 }
@@ -803,6 +805,7 @@ pub(crate) fn extract<R: Read, S: Write>(
             _ => {}
         }
         entries += 1;
+        budget.reset();
         let mut name = long_name.take().unwrap_or(hname.clone());
         let mut link = long_link.take().unwrap_or_else(|| h.linkname());
         let mut size = size;

@@ -56,6 +56,7 @@ pub mod reference;
 #[cfg(feature = "registry")]
 pub mod registry;
 pub mod store;
+pub mod tarbounds;
 pub(crate) mod tarfmt;
 pub mod tarsplit;
 
@@ -69,3 +70,4 @@ pub use reference::ImageName;
 pub use store::{
     HistoryEntry, ImageInfo, ImageSummary, ImportOptions, LayerInfo, Removed, Store, StoreOptions,
 };
+pub use tarbounds::BoundedTarReader;

@@ -185,13 +185,102 @@ pub(crate) fn padding(size: u64) -> usize {
     ((BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64) as usize
 }
 
-/// Parses PAX extended header records (`"<len> <key>=<value>\n"`).
-pub(crate) fn parse_pax(data: &[u8]) -> Result<Pairs, String> {
+/// Most bytes one extension header (PAX `x` or `g`, GNU `L` or `K`) may
+/// carry, as Go's archive/tar (docker, containerd) allows.
+pub(crate) const EXT_RECORD_LIMIT: u64 = 1 << 20;
+/// Most bytes of PAX `x`, GNU `L` and `K` data kept for one entry, all
+/// headers before it together.
+pub(crate) const EXT_ENTRY_LIMIT: u64 = 1 << 20;
+/// Most extension headers (`x`, `g`, `L`, `K`) before one entry; writers
+/// put at most one of each.
+pub(crate) const EXT_HEADERS_LIMIT: u32 = 32;
+/// Most PAX records for one entry (each xattr is one).
+pub(crate) const PAX_RECORDS_LIMIT: usize = 16 * 1024;
+
+/// What the extension headers before one entry have used so far: every
+/// reader of untrusted tar charges each `x`, `g`, `L` and `K` header here
+/// before reading its data, and resets at each real entry, so that a PAX
+/// or long-name bomb ends in an error with at most [`EXT_ENTRY_LIMIT`]
+/// bytes held.
+#[derive(Debug, Default)]
+pub(crate) struct ExtBudget {
+    bytes: u64,
+    headers: u32,
+    records: usize,
+}
+
+impl ExtBudget {
+    /// Charges one extension header of type `typeflag` carrying `size`
+    /// bytes; the error says which limit it broke.
+    pub fn header(&mut self, typeflag: u8, size: u64) -> Result<(), String> {
+        self.headers += 1;
+        if self.headers > EXT_HEADERS_LIMIT {
+            return Err(format!(
+                "more than {EXT_HEADERS_LIMIT} extension headers (PAX or GNU long name) before one entry; refusing a tar metadata bomb"
+            ));
+        }
+        if size > EXT_RECORD_LIMIT {
+            return Err(format!(
+                "{} header of {size} bytes, over the limit of {} MiB",
+                ext_name(typeflag),
+                EXT_RECORD_LIMIT >> 20
+            ));
+        }
+        if typeflag != b'g' {
+            self.bytes += size;
+            if self.bytes > EXT_ENTRY_LIMIT {
+                return Err(format!(
+                    "extension headers (PAX or GNU long name) of one entry exceed {} MiB in total; refusing a tar metadata bomb",
+                    EXT_ENTRY_LIMIT >> 20
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the data of a PAX `x` header, counting its records.
+    pub fn pax(&mut self, data: &[u8]) -> Result<Pairs, String> {
+        let left = PAX_RECORDS_LIMIT - self.records;
+        let pairs = parse_pax(data, left).map_err(|e| {
+            if e.is_empty() {
+                format!(
+                    "more than {PAX_RECORDS_LIMIT} PAX records for one entry; refusing a tar metadata bomb"
+                )
+            } else {
+                e
+            }
+        })?;
+        self.records += pairs.len();
+        Ok(pairs)
+    }
+
+    /// Starts over for the next entry.
+    pub fn reset(&mut self) {
+        *self = ExtBudget::default();
+    }
+}
+
+fn ext_name(typeflag: u8) -> &'static str {
+    match typeflag {
+        b'x' => "PAX",
+        b'g' => "PAX global",
+        b'L' => "GNU long name",
+        b'K' => "GNU long link",
+        _ => "extension",
+    }
+}
+
+/// Parses PAX extended header records (`"<len> <key>=<value>\n"`), at most
+/// `max` of them: one more is an error with an empty message.
+pub(crate) fn parse_pax(data: &[u8], max: usize) -> Result<Pairs, String> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
         if rest.iter().all(|b| *b == 0) {
             break;
+        }
+        if out.len() == max {
+            return Err(String::new());
         }
         let sp = rest
             .iter()
@@ -478,7 +567,7 @@ mod tests {
         for n in [0usize, 1, 5, 80, 95, 96, 97, 990, 995, 1000] {
             let v = vec![b'a'; n];
             let r = pax_record(b"path", &v);
-            let parsed = parse_pax(&r).unwrap();
+            let parsed = parse_pax(&r, 1).unwrap();
             assert_eq!(parsed, vec![(b"path".to_vec(), v)]);
         }
     }

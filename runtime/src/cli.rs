@@ -305,6 +305,9 @@ pub enum SystemCommand {
 /// `strata images`.
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
+    /// Only images named REPOSITORY[:TAG] (a glob, as `--filter reference=`).
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    pub reference: Option<String>,
     /// Print the IDs only.
     #[arg(short, long)]
     pub quiet: bool,
@@ -317,9 +320,102 @@ pub struct ImagesArgs {
     /// Show repo digests.
     #[arg(long)]
     pub digests: bool,
-    /// `json` or a template (`{{.Repository}}:{{.Tag}}`).
+    /// `reference=PATTERN`, `dangling=true|false`, `before=IMAGE`,
+    /// `since=IMAGE` or `label=KEY[=VALUE]`; repeat to combine.
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    pub filter: Vec<ImageFilter>,
+    /// `json`, `table TEMPLATE` or a template (`{{.Repository}}:{{.Tag}}`).
     #[arg(long)]
-    pub format: Option<String>,
+    pub format: Option<OutputFormat>,
+}
+
+/// The keys `images --filter` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFilterKey {
+    /// A glob over the image's names.
+    Reference,
+    /// Untagged images (`true`) or tagged ones (`false`).
+    Dangling,
+    /// Images created before this one.
+    Before,
+    /// Images created after this one.
+    Since,
+    /// Images with this label (and value).
+    Label,
+}
+
+/// One `images --filter KEY=VALUE`, as docker and podman take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageFilter {
+    /// `reference=PATTERN`: some name matches the glob (`*` within one
+    /// path component), with or without its registry.
+    Reference(String),
+    /// `dangling=true|false`.
+    Dangling(bool),
+    /// `before=IMAGE`.
+    Before(String),
+    /// `since=IMAGE`.
+    Since(String),
+    /// `label=KEY` or `label=KEY=VALUE`.
+    Label(String, Option<String>),
+}
+
+impl std::str::FromStr for ImageFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        use clap::ValueEnum;
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not KEY=VALUE (as reference=busybox)"))?;
+        let key = ImageFilterKey::from_str(k, true).map_err(|_| {
+            format!("unknown filter {k:?}: use reference, dangling, before, since or label")
+        })?;
+        if v.is_empty() {
+            return Err(format!("filter {k} needs a value"));
+        }
+        Ok(match key {
+            ImageFilterKey::Reference => ImageFilter::Reference(v.into()),
+            ImageFilterKey::Dangling => ImageFilter::Dangling(match v {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(format!("dangling={v}: use true or false")),
+            }),
+            ImageFilterKey::Before => ImageFilter::Before(v.into()),
+            ImageFilterKey::Since => ImageFilter::Since(v.into()),
+            ImageFilterKey::Label => match v.split_once('=') {
+                Some((k, v)) => ImageFilter::Label(k.into(), Some(v.into())),
+                None => ImageFilter::Label(v.into(), None),
+            },
+        })
+    }
+}
+
+/// How a listing is printed (`--format`), as podman takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `json`: one JSON array.
+    Json,
+    /// `table TEMPLATE`: a header row, then one row per item, cells
+    /// (split at tabs) aligned.
+    Table(String),
+    /// A template expanded once per item.
+    Template(String),
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "json" => OutputFormat::Json,
+            "table" => OutputFormat::Table(String::new()),
+            t => match t.strip_prefix("table ") {
+                Some(rest) => OutputFormat::Table(rest.to_string()),
+                None => OutputFormat::Template(s.to_string()),
+            },
+        })
+    }
 }
 
 /// `strata pull`.

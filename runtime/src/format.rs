@@ -242,6 +242,60 @@ pub fn go_template(tpl: &str, v: &serde_json::Value) -> String {
     out
 }
 
+/// Expands podman's `table TEMPLATE`: a header row where each `{{.Field}}`
+/// becomes `heading(Field)`, then the template for each row; cells are
+/// split at tabs and aligned as [`Table`] aligns them.
+pub fn table_template(
+    tpl: &str,
+    rows: &[serde_json::Value],
+    heading: &dyn Fn(&str) -> String,
+) -> String {
+    let tpl = tpl.replace("\\t", "\t").replace("\\n", "\n");
+    let mut head = String::new();
+    let mut rest = tpl.as_str();
+    while let Some(start) = rest.find("{{") {
+        head.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            head.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let expr = after[..end].trim();
+        let path = expr.strip_prefix("json ").unwrap_or(expr).trim();
+        let field = path.rsplit('.').next().unwrap_or(path);
+        head.push_str(&heading(field));
+        rest = &after[end + 2..];
+    }
+    head.push_str(rest);
+    let cells = |line: &str| line.split('\t').map(str::to_string).collect::<Vec<_>>();
+    let mut t = Table { rows: Vec::new() };
+    for line in head.lines() {
+        t.row(cells(line));
+    }
+    for r in rows {
+        for line in go_template(&tpl, r).lines() {
+            t.row(cells(line));
+        }
+    }
+    t.render()
+}
+
+/// A field name as a column heading: `CreatedAt` → `CREATED AT`.
+pub fn heading(field: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = field.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+        let prev_lower = i > 0 && chars[i - 1].is_lowercase();
+        if i > 0 && c.is_uppercase() && (prev_lower || next_lower) {
+            out.push(' ');
+        }
+        out.extend(c.to_uppercase());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +342,21 @@ mod tests {
         let v = serde_json::json!({"Id": "abc", "State": {"ExitCode": 3}});
         assert_eq!(go_template("{{.Id}} {{.State.ExitCode}}", &v), "abc 3");
         assert_eq!(go_template("{{json .State}}", &v), "{\"ExitCode\":3}");
+    }
+
+    #[test]
+    fn table_templates_have_a_header_and_aligned_cells() {
+        let rows = vec![
+            serde_json::json!({"Repository": "busybox", "ID": "abc"}),
+            serde_json::json!({"Repository": "x", "ID": "def"}),
+        ];
+        let h = |f: &str| heading(f);
+        assert_eq!(
+            table_template("{{.Repository}}\\t{{.ID}}", &rows, &h),
+            "REPOSITORY   ID\nbusybox      abc\nx            def\n"
+        );
+        assert_eq!(heading("CreatedAt"), "CREATED AT");
+        assert_eq!(heading("ID"), "ID");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! then docker's `~/.docker/config.json` (`$DOCKER_CONFIG/config.json`).
 //! Entries are `{"auths": {"REGISTRY": {"auth": base64("USER:PASSWORD")}}}`;
 //! other keys of those files are kept untouched when Strata writes them.
-//! Files are written whole to a temporary name (mode 0600) and renamed.
+//! Files are written whole to a fresh temporary name (mode 0600, created
+//! `O_EXCL|O_NOFOLLOW`) and renamed.
 //! Credential helpers (`credHelpers`, `credsStore`) are not run.
 //!
 //! A registry's `WWW-Authenticate` challenge says how to use them: `Basic`
@@ -157,23 +158,36 @@ fn write_file(path: &Path, v: &Value) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .ctx("mkdir", dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("auth"),
-        std::process::id()
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx("create", &tmp)?;
+    // A fresh name, created with O_EXCL|O_NOFOLLOW: a file or symlink
+    // planted at the name (in a shared directory) is never written
+    // through; the next name is tried instead.
+    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("auth");
+    let mut n = 0u32;
+    let (tmp, mut f) = loop {
+        let tmp = dir.join(format!(".{base}.tmp-{}-{n}", std::process::id()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(e).ctx("create", &tmp),
+        }
+    };
     let mut bytes = serde_json::to_vec_pretty(v).expect("serialisable");
     bytes.push(b'\n');
-    f.write_all(&bytes).ctx("write", &tmp)?;
-    f.sync_all().ctx("fsync", &tmp)?;
-    fs::rename(&tmp, path).ctx("rename", path)
+    let res = f
+        .write_all(&bytes)
+        .ctx("write", &tmp)
+        .and_then(|()| f.sync_all().ctx("fsync", &tmp))
+        .and_then(|()| fs::rename(&tmp, path).ctx("rename", path));
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// Stores credentials for `registry` in `file` (mode 0600), keeping the

@@ -20,10 +20,17 @@
 //!   backoff; every other status is an error at once.
 //! - Auth: a 401 is answered once per request by (re)authenticating from
 //!   its challenge; a second 401 is [`Error::Unauthorized`].
+//! - Credentials stay with the registry: the `Authorization` header goes
+//!   only to URLs of the registry's own origin (scheme, host and port), so
+//!   an upload `Location` elsewhere, or one that downgrades https to http,
+//!   gets none (redirects ureq follows never carry it either); a Bearer
+//!   realm of another origin gets the Basic credentials only over https.
+//! - Deadlines: a request may carry a total one ([`Req::timeout`]), which
+//!   covers reading its body too.
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracing::debug;
@@ -53,6 +60,8 @@ pub(crate) struct Req<'a> {
     pub method: &'a str,
     pub url: String,
     pub headers: Vec<(&'a str, String)>,
+    /// The whole request, body included, must end within this.
+    pub timeout: Option<Duration>,
 }
 
 impl<'a> Req<'a> {
@@ -61,7 +70,13 @@ impl<'a> Req<'a> {
             method,
             url: url.into(),
             headers: Vec::new(),
+            timeout: None,
         }
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
     }
 
     pub fn header(mut self, k: &'a str, v: impl Into<String>) -> Self {
@@ -124,6 +139,9 @@ fn agent(tls_verify: bool) -> ureq::Agent {
         .timeout_read(Duration::from_secs(60))
         .timeout_write(Duration::from_secs(60))
         .max_idle_connections_per_host(8)
+        // Redirects ureq follows (blob GETs to a CDN) never carry the
+        // Authorization header; said here rather than left to a default.
+        .redirect_auth_headers(ureq::RedirectAuthHeaders::Never)
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")));
     if !tls_verify {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -309,14 +327,25 @@ impl Client {
             },
             Some(Challenge::Bearer { realm, service }) => {
                 let mut r = self.agent.get(&realm);
+                let realm_origin = origin(&realm);
+                let safe = realm_origin.is_some()
+                    && (realm_origin == origin(&self.base)
+                        || realm_origin.as_ref().is_some_and(|o| o.scheme == "https"));
                 if let Some(s) = &service {
                     r = r.query("service", s);
                 }
                 for s in &self.scopes {
                     r = r.query("scope", s);
                 }
-                if let Some(c) = &self.creds {
-                    r = r.set("Authorization", &c.basic());
+                match &self.creds {
+                    Some(c) if safe => r = r.set("Authorization", &c.basic()),
+                    Some(_) => {
+                        debug!(
+                            realm,
+                            "token realm elsewhere over plain HTTP: asking anonymously"
+                        )
+                    }
+                    None => {}
                 }
                 let resp = match r.call() {
                     Ok(r) => r,
@@ -354,6 +383,8 @@ impl Client {
         body: Option<&[u8]>,
     ) -> std::result::Result<ureq::Response, Failure> {
         let url = self.url(&req.url);
+        let own = origin(&url).is_some() && origin(&url) == origin(&self.base);
+        let until = req.timeout.map(|t| Instant::now() + t);
         let mut authed = false;
         let mut attempt = 0;
         loop {
@@ -362,8 +393,20 @@ impl Client {
             for (k, v) in &req.headers {
                 r = r.set(k, v);
             }
-            if let Some(a) = self.authorization.lock().expect("not poisoned").clone() {
-                r = r.set("Authorization", &a);
+            if let Some(until) = until {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Failure::Transport(format!(
+                        "no answer within {}s",
+                        req.timeout.unwrap_or_default().as_secs()
+                    )));
+                }
+                r = r.timeout(left);
+            }
+            if own {
+                if let Some(a) = self.authorization.lock().expect("not poisoned").clone() {
+                    r = r.set("Authorization", &a);
+                }
             }
             let res = match body {
                 Some(b) => r.send_bytes(b),
@@ -371,7 +414,11 @@ impl Client {
             };
             let wait = match res {
                 Ok(resp) => return Ok(resp),
-                Err(ureq::Error::Status(401, resp)) if !authed => {
+                // Only the registry's own challenge is answered, not one
+                // of a host a redirect led to.
+                Err(ureq::Error::Status(401, resp))
+                    if !authed && own && origin(resp.get_url()) == origin(&self.base) =>
+                {
                     authed = true;
                     attempt -= 1;
                     let ch = resp.header("WWW-Authenticate").map(str::to_string);
@@ -410,6 +457,50 @@ impl Client {
     }
 }
 
+/// Where a URL points: its scheme, host and port, compared to decide
+/// whether credentials may go there.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+/// The origin of an absolute `http` or `https` URL; `None` for anything
+/// else (which then never gets credentials).
+pub(crate) fn origin(url: &str) -> Option<Origin> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some("") | None => default,
+        Some(p) => p.parse().ok()?,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(Origin {
+        scheme,
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
 /// Whether a transport error may go away on retry (not a refused
 /// connection or a TLS failure, which are answered at once).
 fn is_transient(t: &ureq::Transport) -> bool {
@@ -425,4 +516,29 @@ pub(crate) fn read_text(r: impl Read, limit: u64) -> String {
     let mut s = String::new();
     let _ = r.take(limit).read_to_string(&mut s);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let o = |u| origin(u).unwrap();
+        assert_eq!(o("https://Reg.example/v2/"), o("https://reg.example:443/x"));
+        assert_eq!(
+            o("http://127.0.0.1:5000"),
+            o("http://127.0.0.1:5000/v2/a?b")
+        );
+        assert_ne!(o("http://127.0.0.1:5000/"), o("http://127.0.0.1:5001/"));
+        assert_ne!(o("https://reg.example/"), o("http://reg.example/"));
+        assert_ne!(o("https://reg.example/"), o("https://cdn.example/"));
+        assert_eq!(o("https://u:p@[::1]:8443/x"), o("https://[::1]:8443"));
+        assert_ne!(
+            o("https://reg.example@evil.example/"),
+            o("https://reg.example/")
+        );
+        assert!(origin("/v2/x").is_none());
+        assert!(origin("ftp://reg.example/").is_none());
+    }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::Credentials;
 pub(crate) use client::error_text as client_error_text;
-pub use pull::{PullOptions, Pulled};
+pub use pull::{BlobDeadline, PullOptions, Pulled};
 pub use push::{LayerCompression, ManifestFormat, PushOptions, Pushed};
 pub use reference::Reference;
 

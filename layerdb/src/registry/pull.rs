@@ -10,12 +10,15 @@
 //! A refused image leaves the store as it was.
 //!
 //! A connection that breaks mid-blob is resumed with a `Range` request from
-//! the byte where it stopped ([`RESUMES`] times, with backoff).
+//! the byte where it stopped ([`RESUMES`] times, with backoff). Every
+//! manifest and blob has a total deadline scaled by its size
+//! ([`BlobDeadline`]), across resumes: a body that trickles forever ends
+//! in an error, not only one that stops.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use tracing::debug;
@@ -45,6 +48,51 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
+/// How long one manifest or blob may take to download in total, resumes
+/// included: `base` plus its size at `min_rate` bytes per second. The
+/// default is 5 minutes plus 32 KiB/s (a 1 GiB layer gets 9 h 20 min); the
+/// environment variables `STRATA_BLOB_DEADLINE_BASE` (seconds) and
+/// `STRATA_BLOB_MIN_RATE` (bytes per second) change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobDeadline {
+    /// Time every download gets, whatever its size.
+    pub base: Duration,
+    /// The slowest average rate tolerated, in bytes per second (at least 1).
+    pub min_rate: u64,
+}
+
+impl BlobDeadline {
+    /// Reads `STRATA_BLOB_DEADLINE_BASE` and `STRATA_BLOB_MIN_RATE`, each
+    /// defaulting when unset or unreadable.
+    pub fn from_env() -> Self {
+        let num = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
+        BlobDeadline {
+            base: num("STRATA_BLOB_DEADLINE_BASE")
+                .map(Duration::from_secs_f64)
+                .unwrap_or(Duration::from_secs(300)),
+            min_rate: num("STRATA_BLOB_MIN_RATE")
+                .map(|r| (r as u64).max(1))
+                .unwrap_or(32 << 10),
+        }
+    }
+
+    /// The total time a download of `size` bytes may take.
+    pub fn for_size(&self, size: u64) -> Duration {
+        self.base + Duration::from_secs_f64(size as f64 / self.min_rate.max(1) as f64)
+    }
+}
+
+impl Default for BlobDeadline {
+    fn default() -> Self {
+        BlobDeadline::from_env()
+    }
+}
+
 /// Options of [`Store::pull`].
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -54,6 +102,8 @@ pub struct PullOptions {
     pub tls_verify: bool,
     /// Layers downloaded at once.
     pub jobs: usize,
+    /// The total time each manifest and blob may take.
+    pub deadline: BlobDeadline,
 }
 
 impl Default for PullOptions {
@@ -62,6 +112,7 @@ impl Default for PullOptions {
             platform: None,
             tls_verify: true,
             jobs: 4,
+            deadline: BlobDeadline::default(),
         }
     }
 }
@@ -105,11 +156,15 @@ fn fetch_manifest(
     repo: &str,
     reference: &str,
     expect: Option<&Digest>,
+    deadline: &BlobDeadline,
 ) -> Result<(Vec<u8>, String, Digest)> {
     let what = format!("manifest {repo}:{reference}");
+    let limit = deadline.for_size(MANIFEST_LIMIT);
     let resp = client
         .send(
-            Req::new("GET", format!("/v2/{repo}/manifests/{reference}")).header("Accept", ACCEPT),
+            Req::new("GET", format!("/v2/{repo}/manifests/{reference}"))
+                .header("Accept", ACCEPT)
+                .timeout(limit),
             None,
         )
         .map_err(|f| match f {
@@ -141,7 +196,17 @@ fn fetch_manifest(
     resp.into_reader()
         .take(MANIFEST_LIMIT + 1)
         .read_to_end(&mut body)
-        .map_err(|e| client.err(format!("{what}: {e}")))?;
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                client.err(format!(
+                    "{what}: not received within {}s (the deadline for a manifest); \
+                     the registry is too slow or stalled",
+                    limit.as_secs()
+                ))
+            } else {
+                client.err(format!("{what}: {e}"))
+            }
+        })?;
     if body.len() as u64 > MANIFEST_LIMIT {
         return Err(client.err(format!(
             "{what} is larger than the {MANIFEST_LIMIT}-byte limit"
@@ -222,6 +287,9 @@ pub(crate) struct BlobReader<'a> {
     resumes: u32,
     cancel: &'a AtomicBool,
     progress: &'a dyn Progress,
+    /// When the whole blob must be in, and how long that was.
+    deadline: Instant,
+    allowed: Duration,
     /// The error that ended the stream, typed (the `Read` interface can
     /// only carry an `io::Error`).
     pub failure: Option<Error>,
@@ -235,8 +303,12 @@ impl<'a> BlobReader<'a> {
         size: u64,
         cancel: &'a AtomicBool,
         progress: &'a dyn Progress,
+        deadline: &BlobDeadline,
     ) -> Self {
+        let allowed = deadline.for_size(size);
         BlobReader {
+            deadline: Instant::now() + allowed,
+            allowed,
             client,
             url: format!("/v2/{repo}/blobs/{digest}"),
             digest,
@@ -256,8 +328,25 @@ impl<'a> BlobReader<'a> {
         io::Error::other(msg)
     }
 
+    /// The error for a blob past its deadline.
+    fn overdue(&self) -> Error {
+        self.client.err(format!(
+            "blob {}: only {} of {} bytes after {}s, the deadline for its size; \
+             the registry is too slow or stalled (STRATA_BLOB_MIN_RATE and \
+             STRATA_BLOB_DEADLINE_BASE set the deadline)",
+            self.digest,
+            self.offset,
+            self.size,
+            self.allowed.as_secs()
+        ))
+    }
+
     fn open(&mut self) -> Result<()> {
-        let mut req = Req::new("GET", self.url.clone());
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.overdue());
+        }
+        let mut req = Req::new("GET", self.url.clone()).timeout(left);
         if self.offset > 0 {
             req = req.header("Range", format!("bytes={}-", self.offset));
         }
@@ -321,6 +410,11 @@ impl Read for BlobReader<'_> {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) if Instant::now() >= self.deadline => {
+                    self.body = None;
+                    let e = self.overdue();
+                    return Err(self.fail(e));
+                }
                 Err(e) => {
                     self.body = None;
                     self.resumes += 1;
@@ -397,8 +491,13 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<Pulled> {
         let repo = r.repository.as_str();
-        let (mut bytes, mut mt, top) =
-            fetch_manifest(client, repo, &r.manifest_ref(), r.digest.as_ref())?;
+        let (mut bytes, mut mt, top) = fetch_manifest(
+            client,
+            repo,
+            &r.manifest_ref(),
+            r.digest.as_ref(),
+            &opts.deadline,
+        )?;
         let mut mdigest = top;
         if mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST {
             let idx: ImageIndex = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
@@ -408,7 +507,8 @@ impl Store {
             let want = opts.platform.clone().unwrap_or_else(Platform::host);
             let d = choose(client, &idx, &want)?;
             let dd = parse_digest(client, d.digest())?;
-            let (b, m, _) = fetch_manifest(client, repo, &dd.to_string(), Some(&dd))?;
+            let (b, m, _) =
+                fetch_manifest(client, repo, &dd.to_string(), Some(&dd), &opts.deadline)?;
             (bytes, mt, mdigest) = (b, m, dd);
         }
         if mt != MT_OCI_MANIFEST && mt != MT_DOCKER_MANIFEST {
@@ -429,7 +529,7 @@ impl Store {
         }
         let cd = parse_digest(client, m.config().digest())?;
         let config = self
-            .fetch_config(client, repo, cd, m.config().size(), progress)
+            .fetch_config(client, repo, cd, m.config().size(), opts, progress)
             .map_err(|e| blob_err(cd, e))?;
         let cfg = ImageConfig::parse(&config, &format!("config {cd} of {}", r.repo()))
             .map_err(|e| blob_err(cd, e))?;
@@ -478,7 +578,7 @@ impl Store {
                 parent: if i == 0 { None } else { Some(chain[i - 1]) },
             });
         }
-        let mut pending = self.fetch_layers(client, repo, &jobs, opts.jobs, progress)?;
+        let mut pending = self.fetch_layers(client, repo, &jobs, opts, progress)?;
         let names: Vec<ImageName> = r.image_name().into_iter().collect();
         let l = self.lock(true)?;
         let id = self.store_image_locked(&l, &mut pending, &chain, &config, &names)?;
@@ -499,6 +599,7 @@ impl Store {
         repo: &str,
         digest: Digest,
         size: u64,
+        opts: &PullOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<u8>> {
         if size > CONFIG_LIMIT {
@@ -507,7 +608,15 @@ impl Store {
             )));
         }
         let cancel = AtomicBool::new(false);
-        let mut br = BlobReader::new(client, repo, digest, size, &cancel, progress);
+        let mut br = BlobReader::new(
+            client,
+            repo,
+            digest,
+            size,
+            &cancel,
+            progress,
+            &opts.deadline,
+        );
         let mut bytes = Vec::with_capacity(size as usize);
         let res = br.read_to_end(&mut bytes);
         if let Err(e) = res {
@@ -532,14 +641,14 @@ impl Store {
         client: &Client,
         repo: &str,
         jobs: &[LayerJob],
-        n: usize,
+        opts: &PullOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<PendingLayer>> {
         for j in jobs {
             progress.queued(&j.digest, j.size);
         }
-        super::in_parallel(jobs.len(), n, |i, cancel| {
-            self.fetch_layer(client, repo, &jobs[i], cancel, progress)
+        super::in_parallel(jobs.len(), opts.jobs, |i, cancel| {
+            self.fetch_layer(client, repo, &jobs[i], cancel, &opts.deadline, progress)
         })
     }
 
@@ -549,6 +658,7 @@ impl Store {
         repo: &str,
         job: &LayerJob,
         cancel: &AtomicBool,
+        deadline: &BlobDeadline,
         progress: &dyn Progress,
     ) -> Result<PendingLayer> {
         progress.started(&job.digest, job.size);
@@ -558,7 +668,9 @@ impl Store {
             job.media_type,
             client.registry()
         );
-        let mut br = BlobReader::new(client, repo, job.digest, job.size, cancel, progress);
+        let mut br = BlobReader::new(
+            client, repo, job.digest, job.size, cancel, progress, deadline,
+        );
         let res = {
             let mut hr = HashingReader::new(&mut br);
             match self.extract_layer(&mut hr, job.parent, Some(job.diff), &what) {

@@ -467,7 +467,9 @@ fn append_archive<W: Write>(b: &mut tar::Builder<W>, src: &Path, dest: &str) -> 
     } else {
         Box::new(r)
     };
-    let mut a = tar::Archive::new(input);
+    // Extension headers bounded as in a layer: the tar crate reads PAX
+    // and GNU long-name data whole.
+    let mut a = tar::Archive::new(strata_layerdb::BoundedTarReader::new(input));
     for e in a.entries().map_err(fail)? {
         let mut e = e.map_err(fail)?;
         let path = e.path().map_err(fail)?.to_string_lossy().into_owned();

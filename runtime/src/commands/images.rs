@@ -1,6 +1,7 @@
 //! Image commands: images, save, rmi, history, and image inspect.
 
 use super::*;
+use crate::cli::{ImageFilter, OutputFormat};
 
 pub(super) fn split_name(n: &str) -> (String, String) {
     match n.rfind(':') {
@@ -9,13 +10,199 @@ pub(super) fn split_name(n: &str) -> (String, String) {
     }
 }
 
+/// Whether `pattern` (a glob: `*`, `?` and `[...]` within one path
+/// component, as docker's `reference` filter) matches `name`
+/// (`REGISTRY/REPO:TAG`): against the repository alone when the pattern
+/// has no tag, and with the registry, then `library/`, left off as well.
+fn reference_matches(pattern: &str, name: &str) -> bool {
+    let (repo, tag) = split_name(name);
+    let with_tag = pattern
+        .rfind(':')
+        .is_some_and(|i| !pattern[i..].contains('/'));
+    let mut repos = vec![repo.clone()];
+    if let Some((first, rest)) = repo.split_once('/') {
+        if first.contains(['.', ':']) || first == "localhost" {
+            repos.push(rest.to_string());
+            if let Some(short) = rest.strip_prefix("library/") {
+                repos.push(short.to_string());
+            }
+        }
+    }
+    repos.iter().any(|r| {
+        let candidate = if with_tag {
+            format!("{r}:{tag}")
+        } else {
+            r.clone()
+        };
+        glob_match(pattern.as_bytes(), candidate.as_bytes())
+    })
+}
+
+/// `path.Match` semantics: `*` and `?` never match `/`.
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some(b'*') => (0..=s.len())
+            .take_while(|&i| i == 0 || s[i - 1] != b'/')
+            .any(|i| glob_match(&p[1..], &s[i..])),
+        Some(b'?') => s.first().is_some_and(|c| *c != b'/') && glob_match(&p[1..], &s[1..]),
+        Some(b'[') => {
+            let Some(close) = p.iter().skip(1).position(|c| *c == b']').map(|i| i + 1) else {
+                return s.first() == Some(&b'[') && glob_match(&p[1..], &s[1..]);
+            };
+            let Some(&c) = s.first() else { return false };
+            let (neg, set) = match &p[1..close] {
+                [b'^' | b'!', rest @ ..] => (true, rest),
+                set => (false, set),
+            };
+            let mut hit = false;
+            let mut i = 0;
+            while i < set.len() {
+                if i + 2 < set.len() && set[i + 1] == b'-' {
+                    hit |= set[i] <= c && c <= set[i + 2];
+                    i += 3;
+                } else {
+                    hit |= set[i] == c;
+                    i += 1;
+                }
+            }
+            hit != neg && c != b'/' && glob_match(&p[close + 1..], &s[1..])
+        }
+        Some(&c) => s.first() == Some(&c) && glob_match(&p[1..], &s[1..]),
+    }
+}
+
+/// A creation time as (seconds, nanoseconds), so that images made in the
+/// same second still order for `before=` and `since=`.
+fn created_key(created: Option<&str>) -> Option<(i64, u32)> {
+    let c = created?;
+    let secs = parse_rfc3339(c)?;
+    let frac = c
+        .get(19..)
+        .and_then(|r| r.strip_prefix('.'))
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .take(9)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().unwrap_or(0)
+    };
+    Some((secs, nanos))
+}
+
+/// The `--filter`s and the REPOSITORY[:TAG] argument, resolved against
+/// the store: different keys must all hold; several `reference`s are
+/// alternatives; several `label`s must all hold.
+struct ImageFilters {
+    references: Vec<String>,
+    dangling: Option<bool>,
+    before: Option<(i64, u32)>,
+    since: Option<(i64, u32)>,
+    labels: Vec<(String, Option<String>)>,
+}
+
+impl ImageFilters {
+    fn new(ctx: &Ctx, a: &ImagesArgs) -> Result<ImageFilters> {
+        let created = |image: &str| -> Result<(i64, u32)> {
+            let info = ctx.store.inspect(image)?;
+            created_key(info.config.created.as_deref())
+                .ok_or_else(|| anyhow!("image {image} has no creation time to compare with"))
+        };
+        let mut f = ImageFilters {
+            references: a.reference.iter().cloned().collect(),
+            dangling: None,
+            before: None,
+            since: None,
+            labels: Vec::new(),
+        };
+        for x in &a.filter {
+            match x {
+                ImageFilter::Reference(p) => f.references.push(p.clone()),
+                ImageFilter::Dangling(d) => f.dangling = Some(*d),
+                ImageFilter::Before(i) => f.before = Some(created(i)?),
+                ImageFilter::Since(i) => f.since = Some(created(i)?),
+                ImageFilter::Label(k, v) => f.labels.push((k.clone(), v.clone())),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether the image passes the filters that look at it as a whole.
+    fn keeps(&self, ctx: &Ctx, i: &strata_layerdb::store::ImageSummary) -> Result<bool> {
+        if self.dangling.is_some_and(|d| d != i.names.is_empty()) {
+            return Ok(false);
+        }
+        let created = created_key(i.created.as_deref());
+        if self.before.is_some_and(|b| created.is_none_or(|c| c >= b)) {
+            return Ok(false);
+        }
+        if self.since.is_some_and(|s| created.is_none_or(|c| c <= s)) {
+            return Ok(false);
+        }
+        if !self.labels.is_empty() {
+            let info = ctx.store.inspect(&i.id.to_string())?;
+            let labels = info
+                .config
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default();
+            let all = self.labels.iter().all(|(k, v)| match (labels.get(k), v) {
+                (Some(have), Some(want)) => have == want,
+                (Some(_), None) => true,
+                (None, _) => false,
+            });
+            if !all {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a name of a kept image is listed.
+    fn keeps_name(&self, name: Option<&String>) -> bool {
+        if self.references.is_empty() {
+            return true;
+        }
+        name.is_some_and(|n| self.references.iter().any(|p| reference_matches(p, n)))
+    }
+}
+
+/// The heading podman gives a field of `images --format 'table ...'`.
+fn image_heading(field: &str) -> String {
+    match field {
+        "ID" | "Id" => "IMAGE ID".into(),
+        "CreatedSince" => "CREATED".into(),
+        f => format::heading(f),
+    }
+}
+
 pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
+    let filters = ImageFilters::new(ctx, a)?;
     let mut list = ctx.store.images()?;
     if !a.all {
         // Untagged images of build steps, as docker hides them.
         let steps = ctx.store.cache_intermediate_images()?;
         list.retain(|i| !i.names.is_empty() || !steps.contains(&i.id));
     }
+    let mut kept = Vec::new();
+    for i in list {
+        if filters.keeps(ctx, &i)? {
+            kept.push(i);
+        }
+    }
+    let mut list = kept;
+    list.retain(|i| {
+        if i.names.is_empty() {
+            filters.keeps_name(None)
+        } else {
+            i.names.iter().any(|n| filters.keeps_name(Some(n)))
+        }
+    });
     list.sort_by_key(|i| std::cmp::Reverse(i.created.as_deref().and_then(parse_rfc3339)));
     if a.quiet {
         for i in &list {
@@ -35,7 +222,11 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
         let names = if i.names.is_empty() {
             vec![None]
         } else {
-            i.names.iter().map(Some).collect()
+            i.names
+                .iter()
+                .filter(|n| filters.keeps_name(Some(n)))
+                .map(Some)
+                .collect()
         };
         for n in names {
             let (repo, tag) = match n {
@@ -65,14 +256,17 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             }));
         }
     }
-    match a.format.as_deref() {
-        Some("json") => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Some(tpl) => {
+    match &a.format {
+        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Some(OutputFormat::Template(tpl)) => {
             for r in &rows {
                 println!("{}", format::go_template(tpl, r));
             }
         }
-        None => {
+        Some(OutputFormat::Table(tpl)) if !tpl.trim().is_empty() => {
+            print!("{}", format::table_template(tpl, &rows, &image_heading));
+        }
+        Some(OutputFormat::Table(_)) | None => {
             let mut head = vec!["REPOSITORY", "TAG"];
             if a.digests {
                 head.push("DIGEST");
@@ -235,4 +429,34 @@ pub(super) fn image_json(ctx: &Ctx, r: &str) -> Result<Value> {
         "History": cfg.get("history"),
         "Containers": info.users,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_match_as_docker() {
+        let n = "docker.io/library/busybox:latest";
+        for p in [
+            "busybox",
+            "busybox:latest",
+            "library/busybox",
+            "docker.io/library/busybox",
+            "busy*",
+            "*:latest",
+            "busybox:l*",
+        ] {
+            assert!(reference_matches(p, n), "{p}");
+        }
+        for p in ["busybox:1.36", "box", "*box/x", "bus"] {
+            assert!(!reference_matches(p, n), "{p}");
+        }
+        assert!(reference_matches("*", n));
+        assert!(reference_matches("foo", "localhost/foo:1"));
+        assert!(!reference_matches("*", "localhost/a/b:1"));
+        assert!(reference_matches("a/*", "localhost/a/b:1"));
+        assert!(reference_matches("[ab]usybox", n));
+        assert!(!reference_matches("[!b]usybox", n));
+    }
 }
