@@ -6,7 +6,14 @@
 //! always relative to a layer's directory fd; `openat2` is called with
 //! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` so nothing a layer holds (a
 //! symlink, `..`) can make the caller open a host path outside that layer.
-//! This is the only module of the crate allowed to use `unsafe`.
+//! This is the only module of the crate allowed to use `unsafe`, and it
+//! calls `nix`'s wrappers wherever nix has one. The raw calls left are
+//! those nix does not wrap: the xattr calls (`getxattrat` and friends, with
+//! `/proc/self/fd` paths on kernels older than 6.13), `getdents64` (one
+//! 64 KiB buffer a call, names with their `d_ino` and `d_type`: nix's `Dir`
+//! reads through libc's `readdir`, one entry a call and no `d_ino` of
+//! ours), and `fstatvfs`, whose raw `statvfs` the FUSE `statfs` reply
+//! takes field by field.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -15,18 +22,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
-
-/// `openat2(2)` resolve flags used for every open inside a layer.
-const RESOLVE_BENEATH: u64 = 0x08;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::sys::time::TimeSpec;
 
 /// The short-path form of the public function of the same name.
 fn open_beneath_short(
@@ -35,36 +33,25 @@ fn open_beneath_short(
     flags: i32,
     mode: u32,
 ) -> Result<OwnedFd, Errno> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
-        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-            mode as u64
+    let how = OpenHow::new()
+        .flags(OFlag::from_bits_retain(
+            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        ))
+        .mode(if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+            Mode::from_bits_retain(mode)
         } else {
-            0
-        },
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
-    };
+            Mode::empty()
+        })
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_SYMLINKS,
+        );
     loop {
-        // SAFETY: `how` is a valid open_how of the size passed; `path` is a
-        // NUL-terminated string that outlives the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if ret >= 0 {
-            // SAFETY: the kernel returned a new, owned file descriptor.
-            return Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) });
+        match nix::fcntl::openat2(dir, path, how) {
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            r => return r,
         }
-        let err = Errno::last();
-        if err == Errno::EAGAIN || err == Errno::EINTR {
-            continue;
-        }
-        return Err(err);
     }
 }
 
@@ -264,21 +251,7 @@ pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
 
 /// The short-path form of the public function of the same name.
 fn stat_at_short(dir: BorrowedFd<'_>, path: &CStr) -> Result<libc::stat, Errno> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a valid out-pointer; `path` is NUL-terminated.
-    let ret = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: fstatat succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() })
+    nix::sys::stat::fstatat(dir, path, AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
 /// An all-zero `stat` (the attributes of a negative lookup entry).
@@ -290,14 +263,7 @@ pub fn fstat_placeholder() -> libc::stat {
 
 /// `fstat(fd)`.
 pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a valid out-pointer.
-    let ret = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: fstat succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() })
+    nix::sys::stat::fstat(fd)
 }
 
 /// `fstatvfs(fd)`.
@@ -323,20 +289,19 @@ pub fn check(ret: libc::c_int) -> Result<(), Errno> {
 
 /// The short-path form of the public function of the same name.
 fn mkdir_at_short(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
-    // SAFETY: plain syscall on a NUL-terminated path.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), path.as_ptr(), mode) })
+    nix::sys::stat::mkdirat(dir, path, Mode::from_bits_retain(mode))
 }
 
 /// The short-path form of the public function of the same name.
 fn mknod_at_short(dir: BorrowedFd<'_>, path: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
-    // SAFETY: plain syscall on a NUL-terminated path.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), path.as_ptr(), mode, rdev) })
+    let kind = SFlag::from_bits_retain(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    nix::sys::stat::mknodat(dir, path, kind, perm, rdev)
 }
 
 /// The short-path form of the public function of the same name.
 fn symlink_at_short(target: &CStr, dir: BorrowedFd<'_>, path: &CStr) -> Result<(), Errno> {
-    // SAFETY: plain syscall on NUL-terminated strings.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), path.as_ptr()) })
+    nix::unistd::symlinkat(target, dir, path)
 }
 
 /// The short-path form of the public function of the same name.
@@ -346,37 +311,22 @@ fn link_at_short(
     new_dir: BorrowedFd<'_>,
     new: &CStr,
 ) -> Result<(), Errno> {
-    // SAFETY: plain syscall on NUL-terminated paths.
-    check(unsafe {
-        libc::linkat(
-            old_dir.as_raw_fd(),
-            old.as_ptr(),
-            new_dir.as_raw_fd(),
-            new.as_ptr(),
-            0,
-        )
-    })
+    nix::unistd::linkat(old_dir, old, new_dir, new, AtFlags::empty())
 }
 
 /// The short-path form of the public function of the same name.
 fn link_fd_short(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new: &CStr) -> Result<(), Errno> {
-    // SAFETY: plain syscall; the empty path is a valid NUL-terminated string.
-    check(unsafe {
-        libc::linkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            new_dir.as_raw_fd(),
-            new.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })
+    nix::unistd::linkat(fd, c"", new_dir, new, AtFlags::AT_EMPTY_PATH)
 }
 
 /// The short-path form of the public function of the same name.
 fn unlink_at_short(dir: BorrowedFd<'_>, path: &CStr, remove_dir: bool) -> Result<(), Errno> {
-    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: plain syscall on a NUL-terminated path.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), path.as_ptr(), flags) })
+    let flag = if remove_dir {
+        nix::unistd::UnlinkatFlags::RemoveDir
+    } else {
+        nix::unistd::UnlinkatFlags::NoRemoveDir
+    };
+    nix::unistd::unlinkat(dir, path, flag)
 }
 
 /// The short-path form of the public function of the same name.
@@ -387,54 +337,43 @@ fn rename_at2_short(
     new: &CStr,
     flags: u32,
 ) -> Result<(), Errno> {
-    // SAFETY: plain syscall on NUL-terminated paths.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            old_dir.as_raw_fd(),
-            old.as_ptr(),
-            new_dir.as_raw_fd(),
-            new.as_ptr(),
-            flags,
-        )
-    };
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    let flags = nix::fcntl::RenameFlags::from_bits_retain(flags);
+    nix::fcntl::renameat2(old_dir, old, new_dir, new, flags)
 }
 
 /// The short-path form of the public function of the same name.
 fn chown_at_short(dir: BorrowedFd<'_>, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
-    // SAFETY: plain syscall on a NUL-terminated path.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::fchownat(
+        dir,
+        path,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
 }
 
 /// The short-path form of the public function of the same name.
 fn chmod_at_short(dir: BorrowedFd<'_>, path: &CStr, mode: u32) -> Result<(), Errno> {
-    // SAFETY: plain syscall on a NUL-terminated path.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), path.as_ptr(), mode, 0) })
+    let follow = nix::sys::stat::FchmodatFlags::FollowSymlink;
+    nix::sys::stat::fchmodat(dir, path, Mode::from_bits_retain(mode), follow)
 }
 
 /// `fchown(fd)`.
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<(), Errno> {
-    // SAFETY: plain syscall on an fd.
-    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::fchown(fd, Some(uid), Some(gid))
 }
 
 /// `fchmod(fd)`.
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
-    // SAFETY: plain syscall on an fd.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })
+    nix::sys::stat::fchmod(fd, Mode::from_bits_retain(mode))
 }
 
 /// A timestamp for [`utimens_at`]: a value, now, or leave alone.
@@ -471,42 +410,32 @@ fn utimens_at_short(
     atime: Time,
     mtime: Time,
 ) -> Result<(), Errno> {
-    let ts = [atime.timespec(), mtime.timespec()];
-    // SAFETY: `ts` is a two-element array as utimensat requires.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let (a, m) = (
+        TimeSpec::from(atime.timespec()),
+        TimeSpec::from(mtime.timespec()),
+    );
+    nix::sys::stat::utimensat(
+        dir,
+        path,
+        &a,
+        &m,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
 }
 
 /// `futimens(fd, [atime, mtime])`.
 pub fn futimens(fd: BorrowedFd<'_>, atime: Time, mtime: Time) -> Result<(), Errno> {
-    let ts = [atime.timespec(), mtime.timespec()];
-    // SAFETY: `ts` is a two-element array as futimens requires.
-    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })
+    let (a, m) = (
+        TimeSpec::from(atime.timespec()),
+        TimeSpec::from(mtime.timespec()),
+    );
+    nix::sys::stat::futimens(fd, &a, &m)
 }
 
 /// The short-path form of the public function of the same name.
 fn readlink_at_short(dir: BorrowedFd<'_>, path: &CStr) -> Result<Vec<u8>, Errno> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `buf` is writable for its whole length.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(Errno::last());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+    use std::os::unix::ffi::OsStringExt;
+    nix::fcntl::readlinkat(dir, path).map(OsStringExt::into_vec)
 }
 
 /// The path `/proc/self/fd/DIR/PATH`, through which the `l*xattr` calls reach
@@ -735,26 +664,12 @@ fn removexattr_at_short(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> Result
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
     let mut done = 0;
     while done < buf.len() {
-        // SAFETY: the slice is writable for the length passed.
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                (offset + done as u64) as i64,
-            )
-        };
-        if n < 0 {
-            let e = Errno::last();
-            if e == Errno::EINTR {
-                continue;
-            }
-            return Err(e);
+        match nix::sys::uio::pread(fd, &mut buf[done..], (offset + done as u64) as i64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
         }
-        if n == 0 {
-            break;
-        }
-        done += n as usize;
     }
     Ok(done)
 }
@@ -763,26 +678,12 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize, E
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<usize, Errno> {
     let mut done = 0;
     while done < buf.len() {
-        // SAFETY: the slice is readable for the length passed.
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                buf[done..].as_ptr().cast(),
-                buf.len() - done,
-                (offset + done as u64) as i64,
-            )
-        };
-        if n < 0 {
-            let e = Errno::last();
-            if e == Errno::EINTR {
-                continue;
-            }
-            if done > 0 {
-                return Ok(done);
-            }
-            return Err(e);
+        match nix::sys::uio::pwrite(fd, &buf[done..], (offset + done as u64) as i64) {
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(_) if done > 0 => return Ok(done),
+            Err(e) => return Err(e),
         }
-        done += n as usize;
     }
     Ok(done)
 }
@@ -801,65 +702,48 @@ pub fn copy_range(
     let mut done = 0u64;
     while done < len {
         let chunk = (len - done).min(1 << 30) as usize;
-        // SAFETY: offsets are valid out-pointers; fds are borrowed for the call.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                chunk,
-                0,
-            )
-        };
-        if n < 0 {
-            let e = Errno::last();
-            if e == Errno::EINTR {
-                continue;
-            }
-            return Err(e);
+        match nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
         }
-        if n == 0 {
-            break;
-        }
-        done += n as u64;
     }
     Ok(done)
 }
 
 /// `lseek(2)` (used for SEEK_DATA / SEEK_HOLE).
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64, Errno> {
-    // SAFETY: plain syscall on an fd.
-    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r)
-    }
+    use nix::unistd::Whence;
+    let whence = match whence {
+        libc::SEEK_SET => Whence::SeekSet,
+        libc::SEEK_CUR => Whence::SeekCur,
+        libc::SEEK_END => Whence::SeekEnd,
+        libc::SEEK_DATA => Whence::SeekData,
+        libc::SEEK_HOLE => Whence::SeekHole,
+        _ => return Err(Errno::EINVAL),
+    };
+    nix::unistd::lseek(fd, offset, whence)
 }
 
 /// `fallocate(2)`.
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: i64, len: i64) -> Result<(), Errno> {
-    // SAFETY: plain syscall on an fd.
-    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) })
+    let mode = nix::fcntl::FallocateFlags::from_bits_retain(mode);
+    nix::fcntl::fallocate(fd, mode, offset, len)
 }
 
 /// `fsync(2)` or `fdatasync(2)`.
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<(), Errno> {
-    // SAFETY: plain syscall on an fd.
-    check(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
+    if datasync {
+        nix::unistd::fdatasync(fd)
+    } else {
+        nix::unistd::fsync(fd)
+    }
 }
 
 /// `ftruncate(2)`.
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> Result<(), Errno> {
-    // SAFETY: plain syscall on an fd.
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) })
+    nix::unistd::ftruncate(fd, len as i64)
 }
 
 /// Reads directory entries of an open directory fd: (name, d_ino, d_type).
