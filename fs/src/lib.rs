@@ -69,12 +69,6 @@ pub enum MountError {
     },
     #[error("{kind} {dir} is in use by another live mount; unmount that one first (two mounts sharing an upperdir or workdir corrupt each other)")]
     InUse { kind: &'static str, dir: PathBuf },
-    #[error("cannot lock {kind} {dir}: {err}")]
-    Lock {
-        kind: &'static str,
-        dir: PathBuf,
-        err: Errno,
-    },
     #[error("cannot open /dev/fuse: {0} (is the fuse module loaded?)")]
     Device(Errno),
     #[error("mount of {0} failed: {1}")]
@@ -146,7 +140,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// the returned fds (`flock`), so a server forked after the mount keeps
 /// them, and they go when its last copy of the fds closes, at its exit.
 /// Taken before the work directory is emptied of leftovers, which would
-/// destroy another mount's copy-ups in flight.
+/// destroy another mount's copy-ups in flight. A directory that cannot be
+/// locked at all (a filesystem without `flock`) is mounted unlocked, with a
+/// warning, as before.
 fn lock_layers(upper: Option<&Path>, work: Option<&Path>) -> Result<Vec<OwnedFd>, MountError> {
     let mut locks = Vec::new();
     let dirs = [
@@ -158,7 +154,7 @@ fn lock_layers(upper: Option<&Path>, work: Option<&Path>) -> Result<Vec<OwnedFd>
         let start = std::time::Instant::now();
         let fd = loop {
             match sys::lock_dir(dir) {
-                Ok(fd) => break fd,
+                Ok(fd) => break Some(fd),
                 Err(Errno::EWOULDBLOCK) if start.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -169,15 +165,12 @@ fn lock_layers(upper: Option<&Path>, work: Option<&Path>) -> Result<Vec<OwnedFd>
                     })
                 }
                 Err(err) => {
-                    return Err(MountError::Lock {
-                        kind,
-                        dir: dir.to_path_buf(),
-                        err,
-                    })
+                    tracing::warn!(%err, dir = %dir.display(), kind, "cannot lock; a second mount of it will not be refused");
+                    break None;
                 }
             }
         };
-        locks.push(fd);
+        locks.extend(fd);
     }
     Ok(locks)
 }
