@@ -4,8 +4,9 @@
 //! Parents are copied up first. Data and metadata (mode, owner, times,
 //! xattrs) are assembled under a temporary name in `WORKDIR/work` and renamed
 //! into place, so a crash never leaves a half-copied file visible; leftovers
-//! are removed at the next mount. Data moves with `copy_file_range`, which
-//! reflinks where the filesystem can. A copied-up entry records its
+//! are removed at the next mount. Data moves extent by extent
+//! (`SEEK_DATA`/`SEEK_HOLE`, then `copy_file_range`, which reflinks where
+//! the filesystem can), so holes stay holes. A copied-up entry records its
 //! origin's inode number (`trusted.overlay.strata.origin`) so `st_ino` stays
 //! the same, also for a directory once it no longer merges a lower one
 //! (renamed, so made opaque).
@@ -214,6 +215,9 @@ impl Overlay {
                 match data {
                     CopyData::All if st.st_size > 0 => {
                         let inp = sys::open_beneath(src, path.c(), libc::O_RDONLY, 0)?;
+                        // The size first: the holes copy_data skips stay
+                        // holes, also one at the end.
+                        sys::ftruncate(out.as_fd(), st.st_size as u64)?;
                         copy_data(inp.as_fd(), out.as_fd(), st.st_size as u64)?;
                         if self.do_fsync() {
                             sys::fsync(out.as_fd(), false)?;
@@ -260,22 +264,55 @@ impl Overlay {
     }
 }
 
-/// Copies `len` bytes from `inp` to `out`, by `copy_file_range` where the
-/// kernel can, else by read and write.
+/// Copies the first `len` bytes of `inp` into `out` (at the same offsets)
+/// extent by extent, as the kernel's overlayfs does: `SEEK_DATA` and
+/// `SEEK_HOLE` find the data, `copy_file_range` (a reflink where the
+/// filesystem can) or read and write copies it, and holes are skipped, so
+/// a sparse file stays sparse and answers `SEEK_DATA`/`SEEK_HOLE` as
+/// before. `out` must already be `len` bytes long (or longer): holes are
+/// never written, so its size is the caller's.
 pub fn copy_data(inp: BorrowedFd<'_>, out: BorrowedFd<'_>, len: u64) -> Res<()> {
-    match sys::copy_range(inp, 0, out, 0, len) {
-        Ok(n) if n == len => return Ok(()),
-        Ok(n) => return copy_loop(inp, out, n, len),
+    let mut off = 0u64;
+    while off < len {
+        let data = match sys::lseek(inp, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            // Nothing but a hole up to the end.
+            Err(Errno::ENXIO) => return Ok(()),
+            // A filesystem without SEEK_DATA: all of it is data.
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => return copy_extent(inp, out, off, len),
+            Err(e) => return Err(e),
+        };
+        if data >= len {
+            return Ok(());
+        }
+        let hole = match sys::lseek(inp, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(len),
+            Err(Errno::ENXIO) => len,
+            Err(e) => return Err(e),
+        };
+        copy_extent(inp, out, data, hole.max(data + 1))?;
+        off = hole.max(data + 1);
+    }
+    Ok(())
+}
+
+/// Copies the bytes `start..end` of `inp` to the same offsets of `out`, by
+/// `copy_file_range` where the kernel can, else by read and write.
+fn copy_extent(inp: BorrowedFd<'_>, out: BorrowedFd<'_>, start: u64, end: u64) -> Res<()> {
+    match sys::copy_range(inp, start, out, start, end - start) {
+        Ok(n) if start + n == end => return Ok(()),
+        Ok(n) => return copy_loop(inp, out, start + n, end),
         Err(Errno::EXDEV) | Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => {}
         Err(e) => return Err(e),
     }
-    copy_loop(inp, out, 0, len)
+    copy_loop(inp, out, start, end)
 }
 
-fn copy_loop(inp: BorrowedFd<'_>, out: BorrowedFd<'_>, mut off: u64, len: u64) -> Res<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    while off < len {
-        let n = sys::pread(inp, &mut buf, off)?;
+fn copy_loop(inp: BorrowedFd<'_>, out: BorrowedFd<'_>, mut off: u64, end: u64) -> Res<()> {
+    let mut buf = vec![0u8; (end - off).min(1 << 20) as usize];
+    while off < end {
+        let want = (end - off).min(buf.len() as u64) as usize;
+        let n = sys::pread(inp, &mut buf[..want], off)?;
         if n == 0 {
             break;
         }

@@ -63,6 +63,14 @@ pub enum MountError {
         dir: PathBuf,
         mnt: PathBuf,
     },
+    #[error("the mountpoint {mnt} is inside the {kind} {dir}: the server would look itself up; mount outside the layers")]
+    MountpointInsideLayer {
+        kind: &'static str,
+        dir: PathBuf,
+        mnt: PathBuf,
+    },
+    #[error("{kind} {dir} is in use by another live mount; unmount that one first (two mounts sharing an upperdir or workdir corrupt each other)")]
+    InUse { kind: &'static str, dir: PathBuf },
     #[error("cannot open /dev/fuse: {0} (is the fuse module loaded?)")]
     Device(Errno),
     #[error("mount of {0} failed: {1}")]
@@ -83,6 +91,8 @@ pub struct Mounted {
     threads: usize,
     /// Kept open while serving: fusermount3 unmounts when it closes.
     fusermount: Option<OwnedFd>,
+    /// The locks on the upper and work directories (see [`lock_layers`]).
+    _locks: Vec<OwnedFd>,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -118,6 +128,55 @@ pub struct Prepared {
     /// The socket to fusermount3 for a mount it made (see
     /// [`sys::mount_fuse_fusermount`]).
     fusermount: Option<OwnedFd>,
+    /// The locks on the upper and work directories (see [`lock_layers`]).
+    locks: Vec<OwnedFd>,
+}
+
+/// How long a mount waits for the lock of an upper or work directory that
+/// another server holds: long enough for a server whose mount was just
+/// unmounted to exit (it takes milliseconds), short enough to refuse a
+/// live one quickly.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Takes exclusive locks on the upper and work directories for the mount's
+/// life, as the kernel's overlayfs marks them in use: a second live mount
+/// sharing either is refused ([`MountError::InUse`]). The locks belong to
+/// the returned fds (`flock`), so a server forked after the mount keeps
+/// them, and they go when its last copy of the fds closes, at its exit.
+/// Taken before the work directory is emptied of leftovers, which would
+/// destroy another mount's copy-ups in flight. A directory that cannot be
+/// locked at all (a filesystem without `flock`) is mounted unlocked, with a
+/// warning, as before.
+fn lock_layers(upper: Option<&Path>, work: Option<&Path>) -> Result<Vec<OwnedFd>, MountError> {
+    let mut locks = Vec::new();
+    let dirs = [
+        ("upperdir", upper),
+        ("workdir", work.filter(|w| Some(*w) != upper)),
+    ];
+    for (kind, dir) in dirs {
+        let Some(dir) = dir else { continue };
+        let start = std::time::Instant::now();
+        let fd = loop {
+            match sys::lock_dir(dir) {
+                Ok(fd) => break Some(fd),
+                Err(Errno::EWOULDBLOCK) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(Errno::EWOULDBLOCK) => {
+                    return Err(MountError::InUse {
+                        kind,
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                Err(err) => {
+                    tracing::warn!(%err, dir = %dir.display(), kind, "cannot lock; a second mount of it will not be refused");
+                    break None;
+                }
+            }
+        };
+        locks.extend(fd);
+    }
+    Ok(locks)
 }
 
 /// fusermount3's option string for a mount with `flags`. It unmounts when
@@ -227,6 +286,21 @@ impl Prepared {
                 *p = c;
             }
         }
+        // The server resolves names beneath its layers' fds: a mountpoint
+        // inside a layer would lead it into its own mount.
+        let layers = opts.lowers.iter().map(|l| ("lowerdir", l));
+        let rw = [("upperdir", &opts.upper), ("workdir", &opts.work)];
+        let rw = rw
+            .into_iter()
+            .filter_map(|(k, d)| d.as_ref().map(|d| (k, d)));
+        if let Some((kind, dir)) = layers.chain(rw).find(|(_, d)| mnt.starts_with(d)) {
+            return Err(MountError::MountpointInsideLayer {
+                kind,
+                dir: dir.clone(),
+                mnt,
+            });
+        }
+        let locks = lock_layers(opts.upper.as_deref(), opts.work.as_deref())?;
         sys::raise_nofile_limit();
         sys::set_umask(0);
         let stack = layers::Stack::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())?;
@@ -277,6 +351,7 @@ impl Prepared {
             overlay,
             threads,
             fusermount,
+            locks,
         })
     }
 
@@ -294,6 +369,7 @@ impl Prepared {
             overlay,
             threads,
             fusermount,
+            locks,
         } = self;
         let mut config = Config::default();
         config.acl = SessionACL::All;
@@ -321,6 +397,7 @@ impl Prepared {
             overlay,
             threads,
             fusermount,
+            _locks: locks,
         })
     }
 }

@@ -95,6 +95,14 @@ impl Overlay {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
+        // A character device 0/0 is a whiteout: made through the mount it
+        // would hide the lower entry of its name after a remount. Refused
+        // before anything is copied up, as the kernel's overlayfs does.
+        if let NewEntry::Node { rdev: 0, file_type } = entry {
+            if file_type == libc::S_IFCHR {
+                return Err(Errno::EPERM);
+            }
+        }
         if is_reserved_name(name.as_bytes()) {
             return Err(Errno::EINVAL);
         }

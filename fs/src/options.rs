@@ -1,8 +1,9 @@
 //! The fuse-overlayfs `-o` option string, parsed once into [`MountOptions`].
 //!
 //! Accepted as podman, buildah and dockerd pass it: `lowerdir=` (topmost
-//! first, `:`-separated, `\:` escapes a colon, `\\` a backslash),
-//! `upperdir=`, `workdir=`, `volatile`, `fsync=0`, `squash_to_uid=N`,
+//! first, `:`-separated, `\:` escapes a colon, `\,` a comma, `\\` a
+//! backslash), `upperdir=`, `workdir=` (`\,` and `\\` escaped alike),
+//! `volatile`, `fsync=0`, `squash_to_uid=N`,
 //! `squash_to_gid=N`, `squash_to_root`, `uidmapping=` / `gidmapping=`
 //! (`CTR:HOST:LEN` triples separated by `:` or `,`, a leading `:` allowed),
 //! `noatime`, `nodev`, `nosuid`, `noexec`, `ro`, `context=...`, and empty
@@ -294,6 +295,21 @@ mod tests {
             split_lowerdirs(r"/a\:b:/c"),
             vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
         );
+    }
+
+    #[test]
+    fn escaped_comma_in_layer_paths() {
+        let o = MountOptions::parse([
+            r"lowerdir=/l/a\,b:/l/c\:d\,e,upperdir=/u\,1,workdir=/w\,1,debug",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.lowers,
+            vec![PathBuf::from("/l/a,b"), PathBuf::from("/l/c:d,e")]
+        );
+        assert_eq!(o.upper, Some(PathBuf::from("/u,1")));
+        assert_eq!(o.work, Some(PathBuf::from("/w,1")));
+        assert_eq!(o.ignored, vec!["debug".to_string()]);
     }
 
     #[test]

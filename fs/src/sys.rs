@@ -183,6 +183,30 @@ pub fn fuse_conf_allows_other() -> bool {
     })
 }
 
+/// Opens the directory `path` (`O_RDONLY | O_DIRECTORY | O_CLOEXEC`) and
+/// takes an exclusive `flock` on it without waiting: `EWOULDBLOCK` while
+/// another open file holds it. The lock belongs to the open file, so a
+/// forked child that keeps the fd keeps the lock, and it goes when the last
+/// fd closes (no explicit unlock that a child could run by mistake).
+pub fn lock_dir(path: &std::path::Path) -> Result<OwnedFd, Errno> {
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new fd from open(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain syscall on an fd we own.
+    check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+    Ok(fd)
+}
+
 /// Opens `/dev/fuse` for a new connection.
 pub fn open_fuse_device() -> Result<OwnedFd, Errno> {
     // SAFETY: literal NUL-terminated path.

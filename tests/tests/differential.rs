@@ -744,6 +744,30 @@ fn device_nodes_are_usable() {
     );
 }
 
+/// Issue 15: mknod of a character device 0/0 through the mount succeeded;
+/// such a node is a whiteout, and would hide the lower file of that name
+/// after a remount. The kernel's overlayfs refuses it with EPERM, on a new
+/// name, in a lower directory and over a whiteout alike; other devices are
+/// made as before.
+#[test]
+fn mknod_of_a_whiteout_device_is_refused() {
+    differential(
+        &base(),
+        &[
+            Op::Mknod("wh_new", 0o644, 0, 0),
+            Op::Mknod("dlo/wh_new", 0o600, 0, 0),
+            Op::Mknod("gone_dev", 0o644, 0, 0),
+            Op::Mknod("gone_wh", 0o644, 0, 0),
+            Op::Unlink("lo"),
+            Op::Mknod("lo", 0o644, 0, 0),
+            Op::Mknod("dm/null", 0o644, 1, 3),
+            Op::List(""),
+            Op::List("dlo"),
+            Op::Stat("dm/null"),
+        ],
+    );
+}
+
 fn errno_of(e: &std::io::Error) -> nix::errno::Errno {
     nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }

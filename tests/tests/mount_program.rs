@@ -474,6 +474,209 @@ fn layer_inside_mountpoint_is_refused() {
     }
 }
 
+/// Runs the program with `opts` on the mountpoint `mnt` (not `m`'s), at
+/// most 20 s; whatever it mounted is killed and detached at once. Returns
+/// the outcome and whether `mnt` was mounted.
+fn run_at(m: &Mounted, opts: &str, mnt: &Path) -> (Outcome, bool) {
+    let prog = strata_program();
+    let args: Vec<OsString> = vec!["-o".into(), opts.into(), mnt.into()];
+    let out = run_program_for(
+        &prog,
+        &args,
+        m.root(),
+        &m.root().join("second.stderr"),
+        Duration::from_secs(20),
+    );
+    let mounted = is_mountpoint(mnt);
+    for pid in pids_with_arg(mnt) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if mounted {
+        let _ = umount2(mnt, MntFlags::MNT_DETACH);
+    }
+    (out, mounted)
+}
+
+/// Asserts that a run of [`run_at`] was refused: exited non-zero, nothing
+/// mounted, one line on stderr that contains `reason`.
+fn assert_refused_with(what: &str, (out, mounted): (Outcome, bool), reason: &str) {
+    assert!(
+        out.status.is_some(),
+        "{what}: the program hung (killed after 20 s)"
+    );
+    assert!(
+        !out.success(),
+        "{what}: must be refused with a non-zero exit"
+    );
+    assert!(!mounted, "{what}: refused, yet something is mounted");
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains(reason),
+        "{what}: one line on stderr saying {reason:?}, got {:?}",
+        out.stderr
+    );
+}
+
+/// Issue 15: a mountpoint inside one of its own layers (lower, upper or
+/// workdir) was accepted, and the first listing of the mount hung (the
+/// server looked itself up through the layer). Refused at mount time.
+#[test]
+fn mountpoint_inside_a_layer_is_refused() {
+    let m = two_lowers().materialize(false);
+    let (l0, l1, u, w) = (
+        m.lowers()[0].clone(),
+        m.lowers()[1].clone(),
+        m.upper().to_path_buf(),
+        m.work().to_path_buf(),
+    );
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        l0.display(),
+        l1.display(),
+        u.display(),
+        w.display()
+    );
+    for (what, inside) in [
+        ("mountpoint inside the top lower", l0.join("mnt")),
+        ("mountpoint deep inside the bottom lower", l1.join("e/mnt")),
+        ("mountpoint inside the upper", u.join("mnt")),
+        ("mountpoint inside the workdir", w.join("mnt")),
+    ] {
+        fs::create_dir_all(&inside).expect("mkdir the mountpoint");
+        assert_refused_with(what, run_at(&m, &opts, &inside), "inside");
+        fs::remove_dir(&inside).expect("rmdir the mountpoint");
+    }
+}
+
+/// Issue 15: two live mounts sharing an upper or a work directory corrupt
+/// each other (each empties the other's work directory, each caches the
+/// upper); the kernel refuses the second ("upperdir is in-use"). The first
+/// mount's forked server holds the lock for the mount's life (the program
+/// that mounted has exited), and releases it when it exits: the same
+/// directories mount again after an unmount.
+#[test]
+fn second_mount_sharing_upper_or_work_is_refused() {
+    let (mut m, servers) = two_lowers_by_program();
+    let (u, w) = (m.upper().to_path_buf(), m.work().to_path_buf());
+    let (u2, w2, mnt2) = (
+        m.root().join("u2"),
+        m.root().join("w2"),
+        m.root().join("m2"),
+    );
+    for d in [&u2, &w2, &mnt2] {
+        fs::create_dir(d).expect("mkdir");
+    }
+    let lowers = format!("lowerdir={}", m.lowers()[1].display());
+    for (what, upper, work, reason) in [
+        ("same upper and work", &u, &w, "upperdir"),
+        ("same upper, another work", &u, &w2, "upperdir"),
+        ("another upper, same work", &u2, &w, "workdir"),
+        ("work is the first mount's upper", &u2, &u, "workdir"),
+    ] {
+        let opts = format!(
+            "{lowers},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        assert_refused_with(what, run_at(&m, &opts, &mnt2), reason);
+    }
+    fs::write(m.join("still_served"), "yes\n").expect("the first mount still works");
+    m.unmount();
+    for pid in servers {
+        assert!(
+            wait_process_gone(pid, PROCESS_TIMEOUT),
+            "server {pid} after unmount"
+        );
+    }
+    let opts = format!("{lowers},upperdir={},workdir={}", u.display(), w.display());
+    let (out, mounted) = run_at(&m, &opts, &mnt2);
+    assert!(
+        out.success() && mounted,
+        "the same upper and work again after the first mount ended: {:?} {}",
+        out.status,
+        out.stderr.trim()
+    );
+}
+
+/// Issue 15: `\,` escapes a comma in layer paths, as in the kernel and
+/// fuse-overlayfs. strata-mount's own look for the `debug` option split
+/// the `-o` string on every comma, so a path such as `x\,debug` made the
+/// program stay in the foreground (the caller hung).
+#[test]
+fn escaped_comma_in_layer_paths() {
+    let mut m = two_lowers().materialize(false);
+    let esc = |p: &Path| escape_colon(&p.to_string_lossy()).replace(',', "\\,");
+    let (a, b, u, w) = (
+        m.root().join("x,debug"),
+        m.root().join("y:z,w"),
+        m.root().join("u,1"),
+        m.root().join("w,1"),
+    );
+    for d in [&a, &b, &u, &w] {
+        fs::create_dir(d).expect("mkdir");
+    }
+    fs::write(a.join("from_a"), "a\n").expect("write");
+    fs::write(b.join("from_b"), "b\n").expect("write");
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        esc(&b),
+        esc(&a),
+        esc(&u),
+        esc(&w)
+    );
+    let out = run_on_for(&mut m, &opts, None, Duration::from_secs(20));
+    assert_mounted_ok(&m, &out);
+    assert_eq!(
+        fs::read(m.join("from_a")).expect("read from x,debug"),
+        b"a\n"
+    );
+    assert_eq!(fs::read(m.join("from_b")).expect("read from y:z,w"), b"b\n");
+    fs::write(m.join("new"), "n").expect("write");
+    assert_eq!(fs::read(u.join("new")).expect("in the upper u,1"), b"n");
+}
+
+/// Issue 15: the server must be gone soon after the mount is unmounted,
+/// also right after `ls -l` and `rm -rf` of a directory with 5000 entries
+/// (thousands of nodes, whiteouts and a cached directory to let go). A liveness check, not a timing assert: the server must exit, polled
+/// for at most 5 s; the time it took is printed.
+#[test]
+fn server_exits_after_unmount_following_big_directories() {
+    const N: usize = 5000;
+    let mut m = Layers::new().lower(|l| l.dir("big")).materialize(false);
+    for i in 0..N {
+        fs::write(m.lowers()[0].join(format!("big/f{i:05}")), "x").expect("write");
+    }
+    m.mount_again(Backend::strata(), false);
+    let servers = m.servers().to_vec();
+    assert!(!servers.is_empty(), "no server process");
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.join("big"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("ls");
+    assert!(out.success(), "ls -l");
+    let out = Command::new("rm")
+        .arg("-rf")
+        .arg(m.join("big"))
+        .status()
+        .expect("rm -rf");
+    assert!(out.success(), "rm -rf");
+    let start = std::time::Instant::now();
+    umount2(m.path(), MntFlags::MNT_DETACH).expect("umount2 MNT_DETACH");
+    for &pid in &servers {
+        assert!(
+            wait_process_gone(pid, Duration::from_secs(5)),
+            "server {pid} still runs 5 s after the unmount"
+        );
+    }
+    eprintln!("the server exited {:?} after the unmount", start.elapsed());
+}
+
 /// A missing lower directory: non-zero exit, one line on stderr, nothing
 /// mounted, no server left.
 #[test]
@@ -502,6 +705,33 @@ fn remount_same_upper_after_unmount() {
     );
 }
 
+/// Polls until every thread of `pid` is stopped (state `T`), at most
+/// `timeout`; returns whether they all are.
+fn all_threads_stopped(pid: i32, timeout: Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        let stopped = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                        st.rsplit(')')
+                            .next()
+                            .and_then(|r| r.split_whitespace().next())
+                            == Some("T")
+                    })
+                })
+            })
+            .unwrap_or(false);
+        if stopped {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The harness's hang guard: a server that stops answering is killed by
 /// the mount's watchdog, so the blocked call fails instead of hanging the
 /// suite.
@@ -513,6 +743,14 @@ fn harness_watchdog_unblocks_a_hung_server() {
     m.set_hang_timeout(Duration::from_secs(2));
     for &pid in &servers {
         kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP the server");
+    }
+    // kill(2) returns before every thread has stopped: a worker still
+    // running on a busy machine could answer the call below.
+    for &pid in &servers {
+        assert!(
+            all_threads_stopped(pid, PROCESS_TIMEOUT),
+            "server {pid} did not stop on SIGSTOP"
+        );
     }
     let r = fs::read(m.join("never_looked_up"));
     let errno = r.as_ref().err().and_then(|e| e.raw_os_error());

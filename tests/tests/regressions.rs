@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -972,3 +972,92 @@ on_both!(
     moved_copied_up_files_list_their_inode_numbers,
     moved_copied_up_files_list_their_inode_numbers
 );
+
+/// The data extents of `f` as `SEEK_DATA`/`SEEK_HOLE` report them.
+fn data_extents(f: &File) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    let len = f.metadata().expect("fstat").len() as i64;
+    let mut out = Vec::new();
+    let mut off = 0i64;
+    while off < len {
+        let data = match lseek(f, off, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => panic!("SEEK_DATA at {off}: {e}"),
+        };
+        let hole = lseek(f, data, Whence::SeekHole).expect("SEEK_HOLE");
+        out.push((data as u64, hole as u64));
+        off = hole;
+    }
+    out
+}
+
+/// Issue 15: copy-up filled holes. A sparse file (a VM image, a database)
+/// became fully allocated in the upper layer, and `SEEK_DATA`/`SEEK_HOLE`
+/// then answered differently than before the copy-up. After a copy-up
+/// (opened for writing, nothing written; with `metacopy=on` a chmod first,
+/// then the data) the upper file uses the lower's blocks and the merged
+/// file reports the lower's extents. The extents are whole MiB at MiB
+/// offsets, the granularity at which the kernel's overlayfs skips holes.
+fn copy_up_keeps_holes(backend: &Backend) {
+    const LEN: u64 = 64 * MIB as u64;
+    let chunk = vec![0x5au8; MIB];
+    for metacopy in [false, true] {
+        let mut m = Layers::new()
+            .lower(|l| l.dir("img"))
+            .materialize(backend.is_kernel());
+        if metacopy {
+            m.set_extra_options(Some("metacopy=on"));
+        }
+        let lower = m.lowers()[0].join("img/disk");
+        let f = File::create(&lower).expect("create the sparse lower file");
+        f.set_len(LEN).expect("set_len");
+        for at in [0, 31, 40] {
+            f.write_all_at(&chunk, at * MIB as u64).expect("pwrite");
+        }
+        f.sync_all().expect("fsync");
+        drop(f);
+        let want = data_extents(&File::open(&lower).expect("open lower"));
+        let lower_blocks = fs::metadata(&lower).expect("stat lower").blocks();
+        assert_eq!(want.len(), 3, "the lower file has three data extents");
+        m.mount_again(backend.clone(), false);
+        let name = format!("{} (metacopy={metacopy})", m.backend().name());
+        let path = m.join("img/disk");
+        if metacopy {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        drop(
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open for write"),
+        );
+        let upper = m.upper().join("img/disk");
+        let md = fs::metadata(&upper).expect("stat upper");
+        assert_eq!(md.len(), LEN, "{name}: size of the copy");
+        assert_eq!(
+            md.blocks(),
+            lower_blocks,
+            "{name}: blocks of the upper copy (the lower file has {lower_blocks})"
+        );
+        let merged = File::open(&path).expect("open merged");
+        assert_eq!(
+            data_extents(&merged),
+            want,
+            "{name}: extents through the mount"
+        );
+        assert_eq!(
+            pread_all(&merged),
+            fs::read(&lower).expect("read lower"),
+            "{name}: the data"
+        );
+        drop(merged);
+        m.unmount();
+        assert_eq!(
+            data_extents(&File::open(&upper).expect("open upper")),
+            want,
+            "{name}: extents of the upper copy"
+        );
+    }
+}
+on_both!(copy_up_keeps_holes, copy_up_keeps_holes);

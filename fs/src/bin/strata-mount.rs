@@ -69,10 +69,6 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
         }
     }
-    if a.options.iter().any(|o| o.split(',').any(|x| x == "debug")) {
-        a.debug = true;
-        a.foreground = true;
-    }
     Ok(Some(a))
 }
 
@@ -123,7 +119,7 @@ fn serve(mounted: Mounted) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let mut args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
@@ -145,6 +141,12 @@ fn main() -> ExitCode {
     if let Err(e) = opts.validate() {
         eprintln!("strata-mount: {e}");
         return ExitCode::from(2);
+    }
+    // `-o debug` as fuse-overlayfs: found among the parsed options, so a
+    // layer path with an escaped comma (`x\,debug`) is not mistaken for it.
+    if opts.ignored.iter().any(|o| o == "debug") {
+        args.debug = true;
+        args.foreground = true;
     }
     init_logging(args.debug);
     // Everything that can fail happens here, in the caller's process, so
