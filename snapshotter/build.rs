@@ -6,9 +6,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = "proto/containerd/api";
     println!("cargo:rerun-if-changed=proto");
-    tonic_build::configure().build_server(true).build_client(true).compile_protos(
-        &[format!("{root}/services/snapshots/v1/snapshots.proto")],
-        &[root.to_string(), "/usr/include".to_string()],
-    )?;
+    tonic_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(
+            &[format!("{root}/services/snapshots/v1/snapshots.proto")],
+            &[root.to_string(), "/usr/include".to_string()],
+        )?;
     Ok(())
 }
