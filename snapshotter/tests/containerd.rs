@@ -8,7 +8,7 @@ mod support;
 
 use std::os::unix::fs::FileTypeExt;
 
-use support::{have_containerd_tools, temp_dir, Containerd, Registry, Snapshotter};
+use support::{have_containerd_tools, temp_dir, wait_for, Containerd, Registry, Snapshotter};
 
 /// The two-layer fixture: its second layer adds /root/file ("data"),
 /// deletes /bin/vi (a `.wh.vi` whiteout) and makes /opt/d.
@@ -95,7 +95,7 @@ fn flows(e: &Env, sn: &str) {
         info.contains("\"Kind\": \"Committed\"") && info.contains(&top),
         "{info}"
     );
-    c.snapshots(sn, &["view", "look", "done"]).ok();
+    view_kept(c, sn, "look", "done");
     let cmd = c
         .snapshots(sn, &["mounts", mnt.to_str().unwrap(), "look"])
         .ok();
@@ -184,6 +184,23 @@ fn flows(e: &Env, sn: &str) {
         );
         assert_eq!(out, format!("{i}\ndata\n{i}\n/mark{i}\n"), "container {i}");
     }
+}
+
+/// `ctr snapshots view KEY PARENT`, then a `containerd.io/gc.root` label so
+/// that containerd's garbage collector keeps it: ctr makes views without
+/// one, and a collection scheduled by an earlier deletion (or commit) may
+/// take the view before it is labelled; then it is made again.
+fn view_kept(c: &Containerd, sn: &str, key: &str, parent: &str) {
+    for _ in 0..5 {
+        c.snapshots(sn, &["view", key, parent]).ok();
+        if c.snapshots(sn, &["label", key, "containerd.io/gc.root=test"])
+            .code
+            == 0
+        {
+            return;
+        }
+    }
+    panic!("the view {key} was collected five times in a row");
 }
 
 /// The key of the image's top layer (the committed snapshot with a parent).
@@ -280,4 +297,115 @@ fn pull_goes_around_fuse() {
     let Some(e) = env("strata-pull") else { return };
     pull(&e, "strata");
     assert_eq!(e.containerd.mount.calls(), Vec::<String>::new());
+}
+
+#[test]
+fn snapshotter_killed_mid_pull_and_under_running_containers() {
+    let Some(mut e) = env("strata-crash") else {
+        return;
+    };
+    let sn = "strata";
+
+    // A snapshot whose Usage tells when containerd reaches the snapshotter
+    // (ctr snapshots ls reads containerd's own records only).
+    e.containerd.snapshots(sn, &["prepare", "probe"]).ok();
+    let reconnected = |c: &Containerd| {
+        wait_for("containerd to reach the restarted snapshotter", 30, || {
+            (c.snapshots(sn, &["usage", "probe"]).code == 0).then_some(())
+        })
+    };
+
+    // SIGKILL mid-pull: the snapshotter dies while making the first
+    // layer's snapshot (its directory in place, not yet recorded).
+    e.snapshotter.kill9();
+    e.snapshotter.spawn(Some("prepare-renamed"));
+    reconnected(&e.containerd);
+    let r = e.containerd.ctr(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        sn,
+        &e.image,
+    ]);
+    assert_ne!(r.code, 0, "the pull survived the snapshotter's death");
+    e.snapshotter.wait_crashed();
+    let (dirs, ids) = (e.snapshotter.dirs(), e.snapshotter.recorded_ids());
+    assert_eq!(
+        dirs.len(),
+        ids.len() + 1,
+        "the half-made snapshot: {dirs:?}, recorded {ids:?}"
+    );
+
+    // Restarted, it serves containerd again (containerd redials within
+    // its backoff of at most 3 s); the pull completes and containers run.
+    e.snapshotter.spawn(None);
+    reconnected(&e.containerd);
+    pull(&e, sn);
+    let c = &e.containerd;
+    let out = c
+        .ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            sn,
+            &e.image,
+            "after",
+            "cat",
+            "/root/file",
+        ])
+        .ok();
+    assert_eq!(out, "data\n");
+
+    // SIGKILL while a container runs: its mount belongs to containerd's
+    // shim, and the container goes on reading and writing its files.
+    c.ctr(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        sn,
+        &e.image,
+        "long",
+        "sleep",
+        "600",
+    ])
+    .ok();
+    e.snapshotter.kill9();
+    let out = c
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "x1",
+            "long",
+            "sh",
+            "-c",
+            "cat /root/file; echo w > /w; cat /w",
+        ])
+        .ok();
+    assert_eq!(out, "data\nw\n");
+    e.snapshotter.spawn(None);
+    let c = &e.containerd;
+    reconnected(c);
+    c.ctr(&["task", "kill", "-s", "SIGKILL", "long"]).ok();
+    wait_for("the container to stop", 30, || {
+        let ls = c.ctr(&["task", "ls"]).ok();
+        (!ls.contains("RUNNING")).then_some(())
+    });
+    c.ctr(&["task", "rm", "long"]).ok();
+    c.ctr(&["containers", "rm", "long"]).ok();
+
+    // Removing the image with a synchronous garbage collection removes
+    // every snapshot and then calls Cleanup, which deletes the half-made
+    // one: nothing is left, on disk or mounted.
+    c.snapshots(sn, &["rm", "probe"]).ok();
+    c.ctr(&["images", "rm", "--sync", &e.image]).ok();
+    assert_eq!(e.snapshotter.recorded_ids(), Vec::<String>::new());
+    assert_eq!(
+        e.snapshotter.dirs(),
+        Vec::<String>::new(),
+        "{}",
+        e.snapshotter.log_text()
+    );
+    assert!(c.mounts_inside().is_empty(), "{:?}", c.mounts_inside());
 }

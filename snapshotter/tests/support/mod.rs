@@ -160,7 +160,7 @@ impl Snapshotter {
             .arg("--address")
             .arg(&self.socket)
             .arg("--log")
-            .arg("debug")
+            .arg("info,strata_snapshotter=debug")
             .env_remove(strata_snapshotter::crash::CRASH_AT_ENV)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -194,7 +194,9 @@ impl Snapshotter {
     /// exited any other way.
     pub fn wait_crashed(&mut self) {
         let mut c = self.child.take().expect("running");
-        let st = c.wait().unwrap();
+        let st = wait_for("the snapshotter to reach its crash point", 60, || {
+            c.try_wait().unwrap()
+        });
         assert_eq!(
             st.signal(),
             Some(9),
