@@ -4,6 +4,9 @@
 //! with field paths, List filters, and SIGKILL at each crash point followed
 //! by a restart and Cleanup.
 
+// tonic::Status, what every call answers, is large; these are test helpers.
+#![allow(clippy::result_large_err)]
+
 mod support;
 
 use std::collections::HashMap;
@@ -507,4 +510,41 @@ fn sigkill_at_every_crash_point_then_cleanup_leaves_nothing_behind() {
     }
     sn.remove("c4").unwrap();
     assert_eq!(sn.list(&[]).unwrap(), ["base", "p1", "p2", "p3"]);
+}
+
+#[test]
+fn strata_mount_takes_the_mount_helper_form() {
+    // `strata-mount SOURCE MOUNTPOINT -o OPTIONS`, as mount.fuse3 runs it,
+    // with mount(8)'s generic options it has no use for.
+    let dir = temp_dir();
+    let (lower, mnt) = (dir.path().join("l"), dir.path().join("m"));
+    std::fs::create_dir_all(&lower).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(lower.join("f"), "x").unwrap();
+    let prog = support::strata_mount();
+    let o = Command::new(&prog)
+        .arg("overlay")
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},rw,dev,suid,exec,nofail,auto",
+            lower.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _g = Mounted(mnt.clone());
+    assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "x");
+    drop(_g);
+    let o = Command::new(&prog)
+        .args(["a", "b", "c", "-o"])
+        .arg(format!("lowerdir={}", lower.display()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "three paths: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
