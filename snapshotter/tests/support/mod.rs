@@ -419,7 +419,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             child: Some(child),
             dir: dir.to_path_buf(),
             socket,
-            namespace: namespace.to_string(),
+            // runc keeps its state in /run/containerd/runc/NAMESPACE/ID
+            // whatever containerd's state dir: unique per test process.
+            namespace: format!("{namespace}-{}", std::process::id()),
             mount,
         };
         wait_for("containerd", 20, || {
