@@ -289,7 +289,10 @@ impl Snapshotter {
             let _ = remove_tree(&tmp);
             return Err(e);
         }
-        sync_dir(self.layout.snapshots())?;
+        if let Err(e) = sync_dir(self.layout.snapshots()) {
+            let _ = remove_tree(&dir);
+            return Err(e);
+        }
         crash::point("prepare-renamed");
         let now = Time::now();
         let mut next = md.clone();
