@@ -412,3 +412,96 @@ fn snapshotter_killed_mid_pull_and_under_running_containers() {
     );
     assert!(c.mounts_inside().is_empty(), "{:?}", c.mounts_inside());
 }
+
+#[test]
+fn opaque_directories_and_whiteouts_as_containerd_writes_them() {
+    // Two layers over busybox: /data gets a, b and sub/x; then /data is
+    // made opaque (`.wh..wh..opq`) with c, and /etc/group is whited out.
+    // containerd's applier writes the opaque directory as an xattr and the
+    // whiteout as a 0/0 device straight into the upper directories; the
+    // containers must see what the overlayfs control sees.
+    let Some(e) = env("strata-opaque") else {
+        return;
+    };
+    use support::Entry::{Dir, File};
+    let image = e._registry.push_layered(
+        e._dir.path(),
+        "busybox",
+        "opaque",
+        &[
+            &[
+                Dir("data"),
+                File("data/a", "a"),
+                File("data/b", "b"),
+                Dir("data/sub"),
+                File("data/sub/x", "x"),
+            ],
+            &[
+                Dir("data"),
+                File("data/.wh..wh..opq", ""),
+                File("data/c", "c\n"),
+                Dir("etc"),
+                File("etc/.wh.group", ""),
+            ],
+        ],
+    );
+    let script =
+        "ls -A /data; cat /data/c; test -e /etc/group || echo no-group; cat /etc/passwd | head -1";
+    let mut outputs = Vec::new();
+    for sn in ["strata", "overlayfs"] {
+        let c = &e.containerd;
+        c.ctr(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            sn,
+            &image,
+        ])
+        .ok();
+        let out = c
+            .ctr(&[
+                "run",
+                "--rm",
+                "--snapshotter",
+                sn,
+                &image,
+                &format!("op-{sn}"),
+                "sh",
+                "-c",
+                script,
+            ])
+            .ok();
+        outputs.push(out);
+    }
+    assert_eq!(
+        outputs[0],
+        "c\nc\nno-group\nroot:x:0:0:root:/root:/bin/sh\n"
+    );
+    assert_eq!(outputs[0], outputs[1], "strata and overlayfs differ");
+    assert_eq!(
+        e.containerd
+            .mount
+            .calls()
+            .iter()
+            .filter(|c| c.contains("tmpmounts"))
+            .count(),
+        0,
+        "an unpack went through FUSE"
+    );
+    // The opaque marker as the applier left it, in strata's upper directory.
+    let opaque = std::fs::read_dir(e.snapshotter.root.join("snapshots"))
+        .unwrap()
+        .map(|d| d.unwrap().path().join("fs/data"))
+        .filter(|p| p.join("c").exists())
+        .map(|p| {
+            let o = std::process::Command::new("getfattr")
+                .args(["--only-values", "-n", "trusted.overlay.opaque"])
+                .arg(&p)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(opaque, ["y"]);
+}

@@ -519,3 +519,115 @@ impl Drop for Containerd {
         }
     }
 }
+
+/// A layer to add to an image: tar entries, in order.
+pub enum Entry<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a str),
+}
+
+impl Registry {
+    /// Pushes the fixture `base` with `layers` added on top as
+    /// `ADDR/NAME:latest` (an OCI image with uncompressed layers), and
+    /// returns that reference. Whiteouts are written as tar files
+    /// `.wh.NAME` and `.wh..wh..opq`, as image layers carry them.
+    pub fn push_layered(&self, dir: &Path, base: &str, name: &str, layers: &[&[Entry]]) -> String {
+        use sha2::{Digest, Sha256};
+        let layout = dir.join(format!("oci-{name}"));
+        let archive = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(format!("{base}-docker-archive.tar"));
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("oci:{}:{name}", layout.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let blobs = layout.join("blobs/sha256");
+        let read_json = |digest: &str| -> serde_json::Value {
+            serde_json::from_slice(
+                &std::fs::read(blobs.join(digest.trim_start_matches("sha256:"))).unwrap(),
+            )
+            .unwrap()
+        };
+        let write_blob = |bytes: &[u8]| -> (String, usize) {
+            let d = hex::encode(Sha256::digest(bytes));
+            std::fs::write(blobs.join(&d), bytes).unwrap();
+            (format!("sha256:{d}"), bytes.len())
+        };
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let mut manifest = read_json(index["manifests"][0]["digest"].as_str().unwrap());
+        let mut config = read_json(manifest["config"]["digest"].as_str().unwrap());
+        for entries in layers {
+            let mut b = tar::Builder::new(Vec::new());
+            for e in *entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
+                match e {
+                    Entry::Dir(p) => {
+                        h.set_entry_type(tar::EntryType::Directory);
+                        h.set_mode(0o755);
+                        h.set_size(0);
+                        b.append_data(&mut h, p, std::io::empty()).unwrap();
+                    }
+                    Entry::File(p, content) => {
+                        h.set_entry_type(tar::EntryType::Regular);
+                        h.set_mode(0o644);
+                        h.set_size(content.len() as u64);
+                        b.append_data(&mut h, p, content.as_bytes()).unwrap();
+                    }
+                }
+            }
+            let tar = b.into_inner().unwrap();
+            let (digest, size) = write_blob(&tar);
+            manifest["layers"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest,
+                    "size": size,
+                }));
+            config["rootfs"]["diff_ids"]
+                .as_array_mut()
+                .unwrap()
+                .push(digest.into());
+        }
+        if let Some(h) = config.get_mut("history") {
+            // History entries are optional; drop them rather than count them.
+            *h = serde_json::json!([]);
+        }
+        let (digest, size) = write_blob(&serde_json::to_vec(&config).unwrap());
+        manifest["config"]["digest"] = digest.into();
+        manifest["config"]["size"] = size.into();
+        let (digest, size) = write_blob(&serde_json::to_vec(&manifest).unwrap());
+        index["manifests"][0]["digest"] = digest.into();
+        index["manifests"][0]["size"] = size.into();
+        std::fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        let reference = format!("{}/{name}:latest", self.addr);
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{name}", layout.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+}
