@@ -548,3 +548,32 @@ fn strata_mount_takes_the_mount_helper_form() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_second_snapshotter_on_the_same_root_is_refused() {
+    let dir = temp_dir();
+    let s = Snapshotter::start(dir.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
+        .arg("--root")
+        .arg(&s.root)
+        .arg("--address")
+        .arg(dir.path().join("other.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("locked by another strata-snapshotter"),
+        "{err}"
+    );
+    // And one cannot take over a socket that is being served.
+    let o = Command::new(env!("CARGO_BIN_EXE_strata-snapshotter"))
+        .arg("--root")
+        .arg(dir.path().join("other-root"))
+        .arg("--address")
+        .arg(&s.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("served by another process"), "{err}");
+}
