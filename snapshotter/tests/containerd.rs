@@ -14,12 +14,14 @@ use support::{have_containerd_tools, temp_dir, wait_for, Containerd, Registry, S
 /// deletes /bin/vi (a `.wh.vi` whiteout) and makes /opt/d.
 const IMAGE: &str = "busybox-c1";
 
+/// Fields drop in order: containerd, the snapshotter and the registry
+/// stop before their directory is removed.
 struct Env {
-    _dir: tempfile::TempDir,
-    _registry: Registry,
-    snapshotter: Snapshotter,
     containerd: Containerd,
+    snapshotter: Snapshotter,
+    _registry: Registry,
     image: String,
+    _dir: tempfile::TempDir,
 }
 
 fn env(ns: &str) -> Option<Env> {

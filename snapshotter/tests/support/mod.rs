@@ -517,6 +517,9 @@ impl Drop for Containerd {
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        // runc's state directory for the namespace, host-wide (empty once
+        // every container is gone).
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
     }
 }
 
