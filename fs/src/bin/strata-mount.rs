@@ -3,6 +3,13 @@
 //!
 //! `strata-mount [-f] [-d] -o lowerdir=A:B[,upperdir=U,workdir=W][,...] MNT`
 //!
+//! or, as mount helpers are called (`mount.fuse3 overlay MNT -o OPTIONS -t
+//! strata-mount` runs `strata-mount overlay MNT -o OPTIONS`, which is how
+//! containerd mounts `fuse3.strata-mount` mounts):
+//! `strata-mount SOURCE MNT -o OPTIONS`, the source ignored as fuse-overlayfs
+//! ignores it. mount(8)'s generic options that mean nothing here (`rw`,
+//! `dev`, `suid`, `exec`, `nofail`, ...) are ignored too.
+//!
 //! Without `-f` it forks: the parent exits 0 once the mount is live (or
 //! non-zero with a one-line reason on stderr, leaving nothing mounted), and
 //! the server, a child forked after the handshake, goes on in the
@@ -20,19 +27,20 @@ use strata_fs::{MountOptions, Mounted};
 
 struct Args {
     options: Vec<String>,
-    mountpoint: Option<PathBuf>,
+    /// `MNT`, or `SOURCE MNT` as mount helpers are called.
+    positional: Vec<PathBuf>,
     foreground: bool,
     debug: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: strata-mount [-f] [-d] -o lowerdir=LOWER1:LOWER2[,upperdir=UPPER,workdir=WORK][,OPTIONS] MOUNTPOINT"
+    "usage: strata-mount [-f] [-d] -o lowerdir=LOWER1:LOWER2[,upperdir=UPPER,workdir=WORK][,OPTIONS] [SOURCE] MOUNTPOINT"
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut a = Args {
         options: Vec::new(),
-        mountpoint: None,
+        positional: Vec::new(),
         foreground: false,
         debug: false,
     };
@@ -60,13 +68,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "-o" => a.options.push(it.next().ok_or("-o needs an argument")?),
             s if s.starts_with("-o") && s.len() > 2 => a.options.push(s[2..].to_string()),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}\n{}", usage())),
-            s => {
-                if a.mountpoint.is_some() {
-                    // fuse-overlayfs accepts (and ignores) a source argument
-                    // before the mountpoint: keep the last path as mountpoint.
-                }
-                a.mountpoint = Some(PathBuf::from(s));
-            }
+            s => a.positional.push(PathBuf::from(s)),
         }
     }
     Ok(Some(a))
@@ -127,9 +129,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(mnt) = args.mountpoint.clone() else {
-        eprintln!("strata-mount: no mountpoint given\n{}", usage());
-        return ExitCode::from(2);
+    // `MNT`, or `SOURCE MNT` (the mount-helper form; the source is ignored).
+    let mnt = match args.positional.as_slice() {
+        [mnt] | [_, mnt] => mnt.clone(),
+        [] => {
+            eprintln!("strata-mount: no mountpoint given\n{}", usage());
+            return ExitCode::from(2);
+        }
+        more => {
+            eprintln!(
+                "strata-mount: {} paths given, expected [SOURCE] MOUNTPOINT\n{}",
+                more.len(),
+                usage()
+            );
+            return ExitCode::from(2);
+        }
     };
     let opts = match MountOptions::parse(args.options.iter().map(String::as_str)) {
         Ok(o) => o,
