@@ -42,7 +42,7 @@ use crate::proc::{self, ProcId};
 use crate::process::{self, EXIT_RUNTIME};
 use crate::spec::{self, RunFlags};
 use crate::supervisor::{self, Mode};
-use crate::sys::{self, Forked};
+use crate::sys;
 
 /// An error that exits with a particular code.
 #[derive(Debug, thiserror::Error)]
