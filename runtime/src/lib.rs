@@ -28,6 +28,7 @@ pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod container;
+pub mod cp;
 pub mod diff;
 pub mod format;
 pub mod ids;
