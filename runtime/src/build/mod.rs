@@ -823,12 +823,18 @@ impl<'a> Builder<'a> {
         let mut o = copy::Overrides::default();
         if let Some(c) = &spec.chown {
             let c = word(c)?;
+            // The image's /etc/passwd, its symlinks resolved inside the
+            // image and each layer read beneath its own root.
             let read = |p: &str| {
-                copy::lower_meta(&lowers, p)
+                let p = copy::resolve_in_image(&lowers, p, false);
+                copy::lower_meta(&lowers, &p)
                     .and_then(|_| {
-                        lowers
-                            .iter()
-                            .find_map(|l| std::fs::read_to_string(l.join(p)).ok())
+                        lowers.iter().find_map(|l| {
+                            let root = crate::beneath::Root::open(l).ok()?;
+                            let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW;
+                            let fd = root.open_at(Path::new(&p), flags, 0).ok()?;
+                            std::io::read_to_string(std::fs::File::from(fd)).ok()
+                        })
                     })
                     .unwrap_or_default()
             };
