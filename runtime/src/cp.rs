@@ -99,11 +99,7 @@ pub fn copy_in(src: &Path, root: &Root, rel: &Path) -> io::Result<()> {
         nix::unistd::symlinkat(&target, parent.as_fd(), &name).map_err(io_err)?;
     } else if ft.is_file() {
         let out = root
-            .open_at(
-                rel,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
-                mode,
-            )
+            .open_at(rel, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC, mode)
             .map_err(|e| ctx(e, "in the container: create", rel))?;
         let mut out = fs::File::from(out);
         io::copy(
@@ -155,11 +151,7 @@ mod tests {
         symlink(host.join("victim"), root.join("file-link")).unwrap();
         symlink(&host, root.join("dir-link")).unwrap();
         symlink("/etc/shadow", root.join("shadow-link")).unwrap();
-        Planted {
-            _t: t,
-            root,
-            host,
-        }
+        Planted { _t: t, root, host }
     }
 
     #[test]
@@ -176,7 +168,10 @@ mod tests {
             fs::read_to_string(p.root.join("etc/shadow")).unwrap(),
             "new"
         );
-        let inside = p.root.join(p.host.strip_prefix("/").unwrap()).join("victim");
+        let inside = p
+            .root
+            .join(p.host.strip_prefix("/").unwrap())
+            .join("victim");
         assert_eq!(fs::read_to_string(inside).unwrap(), "new");
     }
 

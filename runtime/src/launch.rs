@@ -153,6 +153,7 @@ pub fn start(
     stdio: Stdio,
     err_fd: &OwnedFd,
     ctty: bool,
+    own_netns: bool,
 ) -> Result<Started, StartFailure> {
     clean_stale(paths, id);
     let root = oci_root(paths);
@@ -178,6 +179,12 @@ pub fn start(
         .build()
         .map_err(|e| failure("cannot create the container", e))?;
     let pid = oci.pid();
+    if let (Some(p), true) = (pid, own_netns) {
+        if let Err(e) = loopback_up_in(libc::pid_t::from(p)) {
+            let _ = oci.delete(true);
+            return Err(failure("bring up lo in the container", e));
+        }
+    }
     let started = oci.start();
     let Some(pid) = pid else {
         let _ = oci.delete(true);
@@ -191,6 +198,19 @@ pub fn start(
     };
     started.map_err(|e| failure("cannot start the container", e))?;
     Ok(s)
+}
+
+/// Brings up `lo` in the network namespace of process `pid`, from a
+/// thread of its own (setns changes only the calling thread, which then
+/// ends).
+fn loopback_up_in(pid: libc::pid_t) -> Result<(), String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || -> Result<(), String> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        sys::loopback_up().map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the thread panicked".to_string())?
 }
 
 /// What `exec` runs.

@@ -247,7 +247,8 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         .into_iter()
         .map(|(src, user, log)| std::thread::spawn(move || copy_output(src, user, log)))
         .collect();
-    let started = launch::start(&c.paths, c.id().as_str(), stdio, &err_w, ctty);
+    let own_netns = c.config.network == crate::container::Network::None;
+    let started = launch::start(&c.paths, c.id().as_str(), stdio, &err_w, ctty, own_netns);
     drop(err_w);
     let started = match started {
         Ok(s) => s,
