@@ -83,6 +83,18 @@ pub enum Command {
     },
     /// Create and start a container.
     Run(RunArgs),
+    /// Memory, CPU and processes of running containers (from their
+    /// cgroups).
+    Stats {
+        /// Show all containers (default: running only).
+        #[arg(short, long)]
+        all: bool,
+        /// Print one table and exit.
+        #[arg(long)]
+        no_stream: bool,
+        /// The containers (default: all running).
+        containers: Vec<String>,
+    },
     /// List containers.
     Ps {
         /// Show all containers (default: running only).

@@ -204,6 +204,19 @@ pub(super) fn spawn_mount_daemon(
     read_report(&mut child)
 }
 
+fn security_opts(s: &crate::security::Security) -> Vec<String> {
+    let mut v = Vec::new();
+    if s.seccomp_unconfined {
+        v.push("seccomp=unconfined".to_string());
+    } else if s.seccomp_profile.is_some() {
+        v.push("seccomp=PROFILE".to_string());
+    }
+    if s.no_new_privileges {
+        v.push("no-new-privileges".to_string());
+    }
+    v
+}
+
 pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
     let s = c.state()?;
     let cfg = &c.config;
@@ -248,6 +261,15 @@ pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
             "AutoRemove": cfg.auto_remove,
             "NetworkMode": match cfg.network { crate::container::Network::Host => "host", crate::container::Network::None => "none" },
             "Binds": cfg.volumes.iter().map(|v| format!("{}:{}{}", v.host.display(), v.target, if v.read_only { ":ro" } else { "" })).collect::<Vec<_>>(),
+            "Privileged": cfg.security.privileged,
+            "CapAdd": cfg.security.cap_add,
+            "CapDrop": cfg.security.cap_drop,
+            "SecurityOpt": security_opts(&cfg.security),
+            "Memory": cfg.resources.memory.unwrap_or(0),
+            "MemorySwap": cfg.resources.memory_swap.unwrap_or(0),
+            "NanoCpus": cfg.resources.nano_cpus.unwrap_or(0),
+            "CpuShares": cfg.resources.cpu_shares.unwrap_or(0),
+            "PidsLimit": cfg.resources.pids_limit.unwrap_or(0),
         },
         "GraphDriver": {"Name": "strata", "Data": {
             "LowerDir": lowers,

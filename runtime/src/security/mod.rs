@@ -201,10 +201,10 @@ impl Security {
     /// (`ALL` in either).
     pub fn capabilities(&self) -> Vec<String> {
         if self.privileged {
-            return ALL_CAPS.iter().map(|c| c.to_string()).collect();
+            return all_caps_here();
         }
         let mut caps: Vec<String> = if self.cap_add.iter().any(|c| c == "ALL") {
-            ALL_CAPS.iter().map(|c| c.to_string()).collect()
+            all_caps_here()
         } else {
             DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
         };
@@ -232,6 +232,27 @@ impl Security {
             .unwrap_or(DEFAULT_SECCOMP_PROFILE);
         seccomp_for(text, &self.capabilities()).map(Some)
     }
+}
+
+/// "All" capabilities: every capability in this process's bounding set
+/// (a capability outside it cannot be given; root here may lack
+/// CAP_SYS_RESOURCE, for one), as podman does for `--privileged`.
+fn all_caps_here() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    // ALL_CAPS is in capability-number order.
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| bounding & (1u64 << n) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
 }
 
 /// docker's name of this machine's architecture (`amd64`, `arm64`...).
@@ -396,7 +417,8 @@ mod tests {
         let s = Security::from_flags(false, &["KILL".into()], &["ALL".into()], &[]).unwrap();
         assert_eq!(s.capabilities(), ["CAP_KILL"]);
         let s = Security::from_flags(true, &[], &[], &[]).unwrap();
-        assert_eq!(s.capabilities().len(), ALL_CAPS.len());
+        assert!(s.capabilities().len() > 30);
+        assert!(s.capabilities().contains(&"CAP_SYS_ADMIN".to_string()));
         assert!(s.seccomp().unwrap().is_none());
         assert!(Security::from_flags(false, &["NOPE".into()], &[], &[]).is_err());
         assert!(Security::from_flags(false, &[], &[], &["apparmor=x".into()]).is_err());
