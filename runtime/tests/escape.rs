@@ -76,6 +76,21 @@ fn seccomp_filters_and_mount_fails() {
         status_field(&env, &["--security-opt", "no-new-privileges"], "NoNewPrivs"),
         "1"
     );
+    // A profile of one's own: everything allowed but mkdir.
+    let profile = env.dir.path().join("profile.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let r = sh(
+        &env,
+        &["--security-opt", &opt],
+        "mkdir /made || echo refused",
+    );
+    assert_eq!(r.stdout.trim(), "refused", "{r:?}");
     // --privileged: all capabilities, no filter, mount works.
     let r = sh(
         &env,
