@@ -11,6 +11,8 @@
 //! ROOT/containers/ID/merged/     where the union is mounted while the container runs
 //! ROOT/containers/ID/{hostname,hosts,resolv.conf}  bind-mounted into the container
 //! ROOT/containers/ID/ctr.log     stdout and stderr of a detached container
+//! ROOT/containers/ID/bundle/     the OCI runtime spec (config.json), written at start
+//! ROOT/containers/ID/oci/        libcontainer's state while it runs
 //! ```
 //!
 //! Invariant: a container directory appears by one rename from a temporary
