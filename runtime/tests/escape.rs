@@ -368,3 +368,36 @@ fn image_and_container_mounts_are_nosuid_nodev() {
     env.ok(&["umount", "m"]);
     env.ok(&["rm", "m"]);
 }
+
+#[test]
+fn volume_targets_resolve_inside_the_container() {
+    let env = Env::new();
+    let host = env.dir.path().join("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    let h = host.to_str().unwrap().to_string();
+    let src = env.dir.path().join("vol");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "vol\n").unwrap();
+    // An image whose /v is a symlink to the host directory's path (which
+    // exists in the image too).
+    let script = format!("mkdir -p {h} && ln -s {h} /v");
+    env.ok(&["run", "--name", "mk", "busybox", "sh", "-c", &script]);
+    env.ok(&["commit", "mk", "linked"]);
+    let vol = format!("{}:/v/x", src.display());
+    let r = env.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &vol,
+        "linked",
+        "sh",
+        "-c",
+        "readlink /v; cat /v/x/f",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The image's symlink stays, and the volume is mounted where it leads
+    // inside the container; nothing is made on the host.
+    assert_eq!(r.stdout, format!("{h}\nvol\n"), "{r:?}");
+    assert!(!host.join("x").exists());
+    env.ok(&["rm", "mk"]);
+}
