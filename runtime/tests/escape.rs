@@ -331,15 +331,24 @@ fn copy_through_a_context_symlink_that_leaves_the_context_fails() {
         assert_ne!(r.code, 0, "{src}: {r:?}");
         assert!(r.stderr.contains("outside the build context"), "{r:?}");
     }
-    // A RUN step runs with the same isolation as `run`.
+    // A RUN step runs with the same isolation as `run`, in a network
+    // namespace of its own unless --network host.
     std::fs::write(
         ctx.join("Containerfile"),
-        "FROM busybox\nRUN grep -E 'CapBnd|Seccomp:' /proc/self/status > /caps\n",
+        "FROM busybox\nRUN grep -E 'CapBnd|Seccomp:' /proc/self/status > /caps; \
+         readlink /proc/self/ns/net >> /caps\n",
     )
     .unwrap();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let host = host.to_str().unwrap();
     env.ok(&["build", "-t", "caps", ctx.to_str().unwrap()]);
     let r = env.ok(&["run", "--rm", "caps", "cat", "/caps"]);
     assert!(r.contains(DOCKER_CAPS) && r.contains("Seccomp:\t2"), "{r}");
+    assert!(!r.contains(host), "{r}");
+    let c = ctx.to_str().unwrap();
+    env.ok(&["build", "--no-cache", "--network", "host", "-t", "caps", c]);
+    let r = env.ok(&["run", "--rm", "caps", "cat", "/caps"]);
+    assert!(r.contains(host), "{r}");
 }
 
 fn mount_options(dir: &str) -> String {
