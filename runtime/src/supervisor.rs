@@ -9,10 +9,11 @@
 //! (`run -d`). Readiness and start failures reach that command through the
 //! supervisor's stdout: one line, `ok` or `error CODE MESSAGE`.
 //!
-//! A killed supervisor leaves its container's processes to the next start
-//! or `rm` (which delete what libcontainer left, cgroups included);
-//! [`crate::container::Container::state`] then reports the container
-//! exited (137).
+//! The init gets the parent-death signal SIGKILL (from the executor): a
+//! killed supervisor takes its container with it, the next start or `rm`
+//! deletes what libcontainer left (its state, the cgroups), and
+//! [`crate::container::Container::state`] reports the container exited
+//! (137), which is the truth.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
