@@ -83,6 +83,18 @@ pub enum Command {
     },
     /// Create and start a container.
     Run(RunArgs),
+    /// Memory, CPU and processes of running containers (from their
+    /// cgroups).
+    Stats {
+        /// Show all containers (default: running only).
+        #[arg(short, long)]
+        all: bool,
+        /// Print one table and exit.
+        #[arg(long)]
+        no_stream: bool,
+        /// The containers (default: all running).
+        containers: Vec<String>,
+    },
     /// List containers.
     Ps {
         /// Show all containers (default: running only).
@@ -559,9 +571,37 @@ pub struct RunArgs {
     /// Bind-mount HOST:CONTAINER[:ro].
     #[arg(short, long)]
     pub volume: Vec<String>,
-    /// host (default) or none.
+    /// none (default: a network namespace of its own, loopback only) or
+    /// host.
     #[arg(long, alias = "net")]
     pub network: Option<String>,
+    /// Every capability, no seccomp filter, no masked paths, all devices.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a capability (NET_ADMIN, or ALL).
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (CHOWN, or ALL).
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges.
+    #[arg(long)]
+    pub security_opt: Vec<String>,
+    /// Memory limit (64m, 1g).
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited swap).
+    #[arg(long)]
+    pub memory_swap: Option<String>,
+    /// Number of CPUs (1.5).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// CPU shares (relative weight).
+    #[arg(short = 'c', long)]
+    pub cpu_shares: Option<u64>,
+    /// Most processes in the container (-1: unlimited).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
     /// IMAGE [COMMAND [ARG...]]
     #[arg(
         required = true,
@@ -597,7 +637,7 @@ pub struct BuildArgs {
     /// Print only the image ID.
     #[arg(short, long)]
     pub quiet: bool,
-    /// The network of RUN steps: host (default) or none.
+    /// The network of RUN steps: none (default: loopback only) or host.
     #[arg(long)]
     pub network: Option<String>,
     /// The build context directory.

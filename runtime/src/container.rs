@@ -11,6 +11,8 @@
 //! ROOT/containers/ID/merged/     where the union is mounted while the container runs
 //! ROOT/containers/ID/{hostname,hosts,resolv.conf}  bind-mounted into the container
 //! ROOT/containers/ID/ctr.log     stdout and stderr of a detached container
+//! ROOT/containers/ID/bundle/     the OCI runtime spec (config.json), written at start
+//! ROOT/containers/ID/oci/        libcontainer's state while it runs
 //! ```
 //!
 //! Invariant: a container directory appears by one rename from a temporary
@@ -95,10 +97,10 @@ impl<T> Ctx<T> for std::io::Result<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// The host's network namespace.
-    #[default]
+    /// The host's network namespace (`--network host`).
     Host,
-    /// A new network namespace with only `lo`, up.
+    /// A new network namespace with only `lo`, up (the default).
+    #[default]
     None,
 }
 
@@ -154,6 +156,13 @@ pub struct ContainerConfig {
     /// The signal `stop` sends first (image `StopSignal`, default SIGTERM).
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// Capabilities, seccomp, `no_new_privs` (docker's defaults unless
+    /// flags change them).
+    #[serde(default)]
+    pub security: crate::security::Security,
+    /// cgroup limits.
+    #[serde(default)]
+    pub resources: crate::resources::Resources,
 }
 
 /// Where a container is in its life.
@@ -556,6 +565,8 @@ impl Registry {
     /// away first, so a crash leaves either the container or debris that
     /// `system check` removes.
     pub fn delete(&self, c: &Container) -> Result<()> {
+        // What the OCI runtime left (a killed supervisor): processes, cgroups.
+        crate::launch::clean_stale(&c.paths, c.id().as_str());
         let _l = self.lock()?;
         let grave = self.dir.join(format!(".rm-{}", c.config.id));
         fs::rename(&c.paths.dir, &grave).ctx("rename", &c.paths.dir)?;

@@ -1,7 +1,7 @@
-//! The last steps before a container process runs, shared by a
-//! container's init and by `exec`: who it runs as, where, with which
-//! environment, and finding the program (127 when it is not found, 126
-//! when it cannot be run, as docker reports).
+//! The last step of a container process, shared by a container's init and
+//! by `exec` (libcontainer has set up the rest): finding the program and
+//! exec'ing it (127 when it is not found, 126 when it cannot be run, as
+//! docker reports).
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -9,10 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::unistd::{Gid, Uid};
 
 use crate::spec::DEFAULT_PATH;
-use crate::users;
 
 /// Exit code when the command is not found.
 pub const EXIT_NOT_FOUND: i32 = 127;
@@ -58,19 +56,6 @@ impl StartFailure {
     }
 }
 
-/// What to run, once the root filesystem is in place.
-#[derive(Debug, Clone)]
-pub struct ProcessSpec {
-    /// argv.
-    pub args: Vec<String>,
-    /// `KEY=VALUE`.
-    pub env: Vec<String>,
-    /// Working directory (created if missing, as docker does).
-    pub cwd: String,
-    /// `user[:group]`.
-    pub user: String,
-}
-
 /// Finds `cmd` as `execvp` would, in the `PATH` of `env`.
 pub fn find_program(cmd: &str, env: &[String]) -> Result<PathBuf, StartFailure> {
     if cmd.contains('/') {
@@ -114,41 +99,17 @@ fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, StartFailure> {
         .collect()
 }
 
-/// Becomes the user, enters the working directory and execs. Runs inside
-/// the container (after pivot_root or setns); returns only on failure.
-pub fn exec(spec: &ProcessSpec) -> Result<Infallible, StartFailure> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve(&spec.user, &passwd, &group).map_err(StartFailure::runtime)?;
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
-    let cwd = Path::new(&spec.cwd);
-    if !cwd.exists() {
-        std::fs::create_dir_all(cwd).map_err(|e| {
-            StartFailure::runtime(format!("cannot create working directory {}: {e}", spec.cwd))
-        })?;
-    }
-    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups)
-        .map_err(|e| StartFailure::runtime(format!("setgroups: {e}")))?;
-    nix::unistd::setgid(Gid::from_raw(user.gid))
-        .map_err(|e| StartFailure::runtime(format!("setgid {}: {e}", user.gid)))?;
-    nix::unistd::setuid(Uid::from_raw(user.uid))
-        .map_err(|e| StartFailure::runtime(format!("setuid {}: {e}", user.uid)))?;
-    nix::unistd::chdir(cwd).map_err(|e| {
-        StartFailure::runtime(format!("cannot enter working directory {}: {e}", spec.cwd))
-    })?;
-    crate::sys::set_umask(0o022);
-    let Some(cmd) = spec.args.first() else {
+/// Finds the program of `args` in the `PATH` of `env` and execs it with
+/// `env`. Runs inside the container, as its user; returns only on failure.
+pub fn exec_program(args: &[String], env: &[String]) -> Result<Infallible, StartFailure> {
+    let Some(cmd) = args.first() else {
         return Err(StartFailure::runtime("no command specified"));
     };
-    let prog = find_program(cmd, &env)?;
+    let prog = find_program(cmd, env)?;
     let prog_c = CString::new(prog.as_os_str().as_encoded_bytes())
         .map_err(|_| StartFailure::runtime("program path contains a NUL byte"))?;
-    let argv = cstrings(&spec.args, "argument")?;
-    let envp = cstrings(&env, "environment entry")?;
+    let argv = cstrings(args, "argument")?;
+    let envp = cstrings(env, "environment entry")?;
     crate::sys::cloexec_from_3();
     let e = nix::unistd::execve(&prog_c, &argv, &envp).unwrap_err();
     let code = match e {

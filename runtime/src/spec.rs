@@ -70,6 +70,10 @@ pub struct RunFlags {
     pub interactive: bool,
     /// `--rm`.
     pub auto_remove: bool,
+    /// `--privileged`, `--cap-add`, `--cap-drop`, `--security-opt`.
+    pub security: crate::security::Security,
+    /// `--memory`, `--cpus`... .
+    pub resources: crate::resources::Resources,
 }
 
 fn set_env(env: &mut Vec<String>, kv: String) {
@@ -218,8 +222,8 @@ pub fn build(
         });
     }
     let network = match flags.network.as_deref() {
-        None | Some("host") | Some("") => Network::Host,
-        Some("none") => Network::None,
+        Some("host") => Network::Host,
+        None | Some("none") | Some("") => Network::None,
         Some(other) => {
             return Err(SpecError::Invalid {
                 flag: "--network",
@@ -250,6 +254,8 @@ pub fn build(
         interactive: flags.interactive,
         auto_remove: flags.auto_remove,
         stop_signal: rc.stop_signal.clone(),
+        security: flags.security.clone(),
+        resources: flags.resources.clone(),
     })
 }
 

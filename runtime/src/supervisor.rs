@@ -1,32 +1,35 @@
 //! The supervisor: one process per running container. It mounts the
-//! container's union (strata-fs) and serves it on threads, forks the
-//! container's init into new namespaces, waits for it, records how it
-//! ended, unmounts, and exits with the container's exit code.
+//! container's union (strata-fs) and serves it on threads, writes the
+//! container's OCI spec and has youki's libcontainer start it
+//! (`crate::launch`), waits for its init, records how it ended, deletes it
+//! (its cgroups), unmounts, and exits with the container's exit code.
 //!
 //! It is the `strata` binary re-executed (`strata __supervise ID`), in a
 //! session of its own, so it outlives the command that started it
 //! (`run -d`). Readiness and start failures reach that command through the
 //! supervisor's stdout: one line, `ok` or `error CODE MESSAGE`.
 //!
-//! The init gets the parent-death signal SIGKILL: a killed supervisor takes
-//! its container with it, and [`crate::container::Container::state`] then
-//! reports the container exited (137), which is the truth.
+//! The init gets the parent-death signal SIGKILL (from the executor): a
+//! killed supervisor takes its container with it, the next start or `rm`
+//! deletes what libcontainer left (its state, the cgroups), and
+//! [`crate::container::Container::state`] reports the container exited
+//! (137), which is the truth.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use strata_layerdb::Store;
 
 use crate::attach;
-use crate::container::{Container, Network, Registry, Status};
+use crate::beneath::Root;
+use crate::container::{Container, Registry, Status};
 use crate::mounts::{self, ServedMount};
 use crate::proc::{self, ProcId};
 use crate::process::{self, StartFailure};
-use crate::rootfs::{self, RootfsPlan};
-use crate::sys::{self, RealSyscall, Syscall};
+use crate::sys;
+use crate::{launch, oci, users};
 
 /// The layer stack of a container, top first: its init layer, then its
 /// image's layers.
@@ -137,6 +140,10 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     })?;
     let merged = c.paths.merged();
     proc::unmount_all_under(&c.paths.dir);
+    // The pipe an exec failure comes back on, made first so that its
+    // descriptor is low (libcontainer keeps 3..=it open in the init).
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| StartFailure::runtime(format!("pipe: {e}")))?;
     let open_log = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -144,6 +151,11 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
             .open(c.paths.log())
             .map_err(|e| StartFailure::runtime(format!("open {}: {e}", c.paths.log().display())))
     };
+    let dup = |fd: BorrowedFd<'_>| {
+        nix::unistd::dup(fd).map_err(|e| StartFailure::runtime(format!("dup: {e}")))
+    };
+    let null =
+        || sys::dev_null().map_err(|e| StartFailure::runtime(format!("open /dev/null: {e}")));
     // What the container's stdio is, and the threads that copy its output:
     // - attached with -t: the caller's terminal, as is;
     // - attached: pipes, copied to the caller's stdout/stderr and the log
@@ -153,8 +165,20 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     //   programs see a tty, as with `docker run -dt`);
     // - detached: the log.
     let mut copies: Vec<(OwnedFd, Option<std::fs::File>, std::fs::File)> = Vec::new();
-    let stdio = match mode {
-        Mode::Attached if c.config.tty => InitStdio::Inherit,
+    let mut console = None;
+    let (stdio, ctty) = match mode {
+        Mode::Attached if c.config.tty => {
+            let tty = sys::is_tty(sys::borrow_std(0));
+            if tty {
+                console = std::fs::read_link("/proc/self/fd/0").ok();
+            }
+            let s = launch::Stdio {
+                stdin: dup(sys::borrow_std(0))?,
+                stdout: dup(sys::borrow_std(1))?,
+                stderr: dup(sys::borrow_std(2))?,
+            };
+            (s, tty)
+        }
         Mode::Attached => {
             let mut ends = Vec::new();
             for fd in [1, 2] {
@@ -166,9 +190,17 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
                 copies.push((r, user, open_log()?));
                 ends.push(w);
             }
-            let err = ends.pop().expect("two pipes");
-            let out = ends.pop().expect("two pipes");
-            InitStdio::Pipes(out, err)
+            let stderr = ends.pop().expect("two pipes");
+            let stdout = ends.pop().expect("two pipes");
+            let stdin = dup(sys::borrow_std(0))?;
+            (
+                launch::Stdio {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                false,
+            )
         }
         Mode::Detached if c.config.tty => {
             let pty = nix::pty::openpty(None, None)
@@ -176,55 +208,68 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
             sys::set_cloexec(&pty.master);
             sys::set_cloexec(&pty.slave);
             copies.push((pty.master, None, open_log()?));
-            InitStdio::Tty(pty.slave)
+            console = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).ok();
+            let s = launch::Stdio {
+                stdin: dup(pty.slave.as_fd())?,
+                stdout: dup(pty.slave.as_fd())?,
+                stderr: pty.slave,
+            };
+            (s, true)
         }
-        Mode::Detached => InitStdio::Log(OwnedFd::from(open_log()?)),
+        Mode::Detached => {
+            let log = OwnedFd::from(open_log()?);
+            let s = launch::Stdio {
+                stdin: null()?,
+                stdout: dup(log.as_fd())?,
+                stderr: log,
+            };
+            (s, false)
+        }
     };
     let opts = mounts::options(lowers, Some((c.paths.upper(), c.paths.work())));
     let mounted = strata_fs::Mounted::mount(opts, &merged).map_err(|e| {
         StartFailure::runtime(format!("cannot mount the container's root filesystem: {e}"))
     })?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| StartFailure::runtime(format!("pipe: {e}")))?;
-    let err_w = std::cell::Cell::new(Some(err_w));
-    let mut init_fn = || -> isize {
-        match err_w.take() {
-            Some(w) => container_init(c, &stdio, w),
-            None => sys::exit_child(process::EXIT_RUNTIME),
-        }
+    let served = ServedMount::serve(mounted)
+        .map_err(|e| StartFailure::runtime(format!("cannot serve the filesystem: {e}")))?;
+    let fail_after_mount = |served: ServedMount, f: StartFailure| {
+        served.unmount();
+        proc::unmount_all_under(&c.paths.dir);
+        f
     };
-    let child = match sys::clone_child(CloneFlags::CLONE_NEWPID, &mut init_fn) {
-        Ok(pid) => pid,
-        Err(e) => {
-            let _ = strata_fs::unmount(&merged);
-            return Err(StartFailure::runtime(format!(
-                "cannot start the container's init: {e}"
-            )));
-        }
+    let spec = match container_spec(c, console.as_deref()) {
+        Ok(s) => s,
+        Err(f) => return Err(fail_after_mount(served, f)),
     };
-    drop(err_w.take());
-    drop(stdio);
+    if let Err(f) = launch::write_bundle(&c.paths, &spec) {
+        return Err(fail_after_mount(served, f));
+    }
     let pumps: Vec<_> = copies
         .into_iter()
         .map(|(src, user, log)| std::thread::spawn(move || copy_output(src, user, log)))
         .collect();
-    let served = match ServedMount::serve(mounted) {
+    let own_netns = c.config.network == crate::container::Network::None;
+    let started = launch::start(&c.paths, c.id().as_str(), stdio, &err_w, ctty, own_netns);
+    drop(err_w);
+    let started = match started {
         Ok(s) => s,
-        Err(e) => {
-            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            attach::wait_exit(child);
-            return Err(StartFailure::runtime(format!(
-                "cannot serve the filesystem: {e}"
-            )));
+        Err(f) => {
+            for p in pumps {
+                let _ = p.join();
+            }
+            return Err(fail_after_mount(served, f));
         }
     };
+    let child = started.pid;
     let mut msg = Vec::new();
     let _ = std::fs::File::from(err_r).read_to_end(&mut msg);
     if !msg.is_empty() {
         attach::wait_exit(child);
-        served.unmount();
-        proc::unmount_all_under(&c.paths.dir);
-        return Err(StartFailure::decode(&msg));
+        drop(started);
+        for p in pumps {
+            let _ = p.join();
+        }
+        return Err(fail_after_mount(served, StartFailure::decode(&msg)));
     }
     let init = ProcId::of(child.as_raw()).unwrap_or(ProcId {
         pid: child.as_raw(),
@@ -248,6 +293,9 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         }
     }
     let code = attach::wait_exit(child);
+    // Ends what is left in the container (its PID namespace dies with its
+    // init) and removes its cgroups.
+    drop(started);
     for p in pumps {
         let _ = p.join();
     }
@@ -263,18 +311,52 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     Ok(code)
 }
 
-/// The container's init, in the forked child: new namespaces, the root
-/// filesystem, then exec. Never returns; a failure is written to `err`.
-/// The standard descriptors a container's init gets.
-enum InitStdio {
-    /// The supervisor's own (attached: the user's terminal or pipes).
-    Inherit,
-    /// stdin from /dev/null, stdout and stderr to the log.
-    Log(OwnedFd),
-    /// All three on this terminal (the slave of a pty).
-    Tty(OwnedFd),
-    /// stdin inherited, stdout and stderr to these pipes.
-    Pipes(OwnedFd, OwnedFd),
+/// The OCI spec of `c`, its user and `/etc` files looked up in its merged
+/// tree (mounted and served), beneath its root; a missing working directory
+/// is made there, as docker does.
+fn container_spec(
+    c: &Container,
+    console: Option<&Path>,
+) -> Result<serde_json::Value, StartFailure> {
+    let cfg = &c.config;
+    let root = Root::open(&c.paths.merged())
+        .map_err(|e| StartFailure::runtime(format!("open the container's root: {e}")))?;
+    let text = |p: &str| {
+        root.read(Path::new(p))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let user = users::resolve(&cfg.user, &text("/etc/passwd"), &text("/etc/group"))
+        .map_err(StartFailure::runtime)?;
+    let mut env = cfg.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    root.mkdir_all(Path::new(&cfg.workdir), 0o755)
+        .map_err(|e| {
+            StartFailure::runtime(format!(
+                "cannot create working directory {}: {e}",
+                cfg.workdir
+            ))
+        })?;
+    let is_file = |p: &str| {
+        root.open_at(Path::new(p), nix::fcntl::OFlag::O_PATH, 0)
+            .ok()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.is_file())
+    };
+    let inputs = oci::ProcessInputs {
+        user: &user,
+        env,
+        console,
+        etc_files: [
+            is_file("/etc/hostname"),
+            is_file("/etc/hosts"),
+            is_file("/etc/resolv.conf"),
+        ],
+    };
+    oci::spec(c, &inputs).map_err(|e| StartFailure::runtime(format!("seccomp profile: {e}")))
 }
 
 /// Copies a container's output to the caller (while it listens) and the
@@ -297,70 +379,6 @@ fn copy_output(src: OwnedFd, mut user: Option<std::fs::File>, mut log: std::fs::
             Err(_) => return,
         }
     }
-}
-
-fn container_init(c: &Container, stdio: &InitStdio, err: OwnedFd) -> ! {
-    let failure = match init_steps(c, stdio) {
-        Ok(never) => match never {},
-        Err(f) => f,
-    };
-    let _ = nix::unistd::write(&err, &failure.encode());
-    sys::exit_child(failure.code)
-}
-
-fn init_steps(c: &Container, stdio: &InitStdio) -> Result<std::convert::Infallible, StartFailure> {
-    let fail =
-        |what: &str, e: &dyn std::fmt::Display| StartFailure::runtime(format!("{what}: {e}"));
-    sys::default_signals();
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| fail("set the parent-death signal", &e))?;
-    let dup3 = |fds: [&OwnedFd; 3]| -> Result<(), StartFailure> {
-        for (n, fd) in fds.into_iter().enumerate() {
-            sys::dup_onto(fd.as_fd(), n as i32).map_err(|e| fail("dup", &e))?;
-        }
-        Ok(())
-    };
-    match stdio {
-        InitStdio::Inherit => {}
-        InitStdio::Log(log) => {
-            let null = sys::dev_null().map_err(|e| fail("open /dev/null", &e))?;
-            dup3([&null, log, log])?;
-        }
-        InitStdio::Tty(slave) => dup3([slave, slave, slave])?,
-        InitStdio::Pipes(out, err) => {
-            sys::dup_onto(out.as_fd(), 1).map_err(|e| fail("dup", &e))?;
-            sys::dup_onto(err.as_fd(), 2).map_err(|e| fail("dup", &e))?;
-        }
-    }
-    let cfg = &c.config;
-    let mut plan = RootfsPlan::for_container(&c.paths, cfg);
-    if cfg.tty && sys::is_tty(sys::borrow_std(0)) {
-        nix::unistd::setsid().map_err(|e| fail("setsid", &e))?;
-        sys::set_controlling_tty(sys::borrow_std(0))
-            .map_err(|e| fail("set the controlling terminal", &e))?;
-        plan.console = std::fs::read_link("/proc/self/fd/0").ok();
-    }
-    sys::set_umask(0);
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-    if cfg.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    let sys = RealSyscall;
-    sys.unshare(flags)
-        .map_err(|e| fail("unshare namespaces", &e))?;
-    rootfs::setup_mounts(&sys, &plan).map_err(|e| fail("set up the root filesystem", &e))?;
-    rootfs::pivot(&sys, &plan.root).map_err(|e| fail("set up the root filesystem", &e))?;
-    sys.sethostname(&cfg.hostname)
-        .map_err(|e| fail("sethostname", &e))?;
-    if cfg.network == Network::None {
-        sys.loopback_up().map_err(|e| fail("bring up lo", &e))?;
-    }
-    process::exec(&process::ProcessSpec {
-        args: cfg.args.clone(),
-        env: cfg.env.clone(),
-        cwd: cfg.workdir.clone(),
-        user: cfg.user.clone(),
-    })
 }
 
 /// Runs the mount daemon: mounts the stack at `at`, says `ok` (or `error

@@ -1,232 +1,42 @@
-//! Every privileged or unsafe system call of the runtime.
-//!
-//! The calls that change the machine (mount, umount, pivot_root, unshare,
-//! mknod, sethostname, bringing up loopback) go through the [`Syscall`]
-//! trait: [`RealSyscall`] makes them, [`RecordingSyscall`] only records
-//! them, so unit tests can check what a container's root would look like
-//! without mounting anything (as youki's `syscall` module does).
-//!
-//! The few calls that need `unsafe` (fork, ioctls on terminals and sockets)
-//! live here too, each with a `SAFETY:` line.
+//! The runtime's system calls that need `unsafe` (fork, ioctls on
+//! terminals, signal dispositions), each with a `SAFETY:` line. A
+//! container's namespaces, mounts and privileges are libcontainer's
+//! (`crate::launch`).
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
-use nix::sched::CloneFlags;
-use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::Pid;
 
-/// The privileged calls a container's setup makes.
-pub trait Syscall {
-    /// mount(2).
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), Errno>;
-    /// umount2(2).
-    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
-    /// pivot_root(2).
-    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno>;
-    /// unshare(2).
-    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
-    /// mknod(2).
-    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<(), Errno>;
-    /// sethostname(2).
-    fn sethostname(&self, name: &str) -> Result<(), Errno>;
-    /// chdir(2) (pivot_root works on the current directory).
-    fn chdir(&self, path: &Path) -> Result<(), Errno>;
-    /// Sets the `lo` interface up in the current network namespace.
-    fn loopback_up(&self) -> Result<(), Errno>;
-}
-
-/// Makes the calls.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealSyscall;
-
-impl Syscall for RealSyscall {
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), Errno> {
-        nix::mount::mount(source, target, fstype, flags, data)
+/// Brings up `lo` in the calling thread's network namespace (as docker's
+/// `--network none` has it).
+pub fn loopback_up() -> Result<(), Errno> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
     }
-
-    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
-        nix::mount::umount2(target, flags)
+    // SAFETY: SIOCGIFFLAGS reads into the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(Errno::last());
     }
-
-    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
-        nix::unistd::pivot_root(new_root, put_old)
+    // SAFETY: the flags member of the union was just filled in.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     }
-
-    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
-        nix::sched::unshare(flags)
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(Errno::last());
     }
-
-    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<(), Errno> {
-        nix::sys::stat::mknod(path, kind, perm, dev)
-    }
-
-    fn sethostname(&self, name: &str) -> Result<(), Errno> {
-        nix::unistd::sethostname(name)
-    }
-
-    fn chdir(&self, path: &Path) -> Result<(), Errno> {
-        nix::unistd::chdir(path)
-    }
-
-    fn loopback_up(&self) -> Result<(), Errno> {
-        let sock = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Datagram,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        // SAFETY: ifreq is plain data; zeroed is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
-        }
-        // SAFETY: SIOCGIFFLAGS reads into the ifreq we own.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-            return Err(Errno::last());
-        }
-        // SAFETY: the flags member of the union was just filled in.
-        unsafe {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        }
-        // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-            return Err(Errno::last());
-        }
-        Ok(())
-    }
-}
-
-/// One call seen by [`RecordingSyscall`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
-    /// A mount.
-    Mount {
-        /// Source.
-        source: Option<PathBuf>,
-        /// Target.
-        target: PathBuf,
-        /// Filesystem type.
-        fstype: Option<String>,
-        /// Flags.
-        flags: MsFlags,
-        /// Data string.
-        data: Option<String>,
-    },
-    /// An unmount.
-    Umount2(PathBuf, MntFlags),
-    /// pivot_root(new, old).
-    PivotRoot(PathBuf, PathBuf),
-    /// unshare.
-    Unshare(CloneFlags),
-    /// mknod(path, kind, perm, dev).
-    Mknod(PathBuf, SFlag, Mode, u64),
-    /// sethostname.
-    Sethostname(String),
-    /// chdir.
-    Chdir(PathBuf),
-    /// loopback up.
-    LoopbackUp,
-}
-
-/// Records calls and makes none of them: for unit tests.
-#[derive(Debug, Default)]
-pub struct RecordingSyscall {
-    calls: RefCell<Vec<Call>>,
-}
-
-impl RecordingSyscall {
-    /// Every call made so far, in order.
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.borrow().clone()
-    }
-
-    /// The mounts made, as (target, fstype or "bind", flags).
-    pub fn mounts(&self) -> Vec<(PathBuf, String, MsFlags)> {
-        self.calls
-            .borrow()
-            .iter()
-            .filter_map(|c| match c {
-                Call::Mount {
-                    target,
-                    fstype,
-                    flags,
-                    ..
-                } => Some((
-                    target.clone(),
-                    fstype.clone().unwrap_or_else(|| "bind".into()),
-                    *flags,
-                )),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn push(&self, c: Call) -> Result<(), Errno> {
-        self.calls.borrow_mut().push(c);
-        Ok(())
-    }
-}
-
-impl Syscall for RecordingSyscall {
-    fn mount(
-        &self,
-        source: Option<&Path>,
-        target: &Path,
-        fstype: Option<&str>,
-        flags: MsFlags,
-        data: Option<&str>,
-    ) -> Result<(), Errno> {
-        self.push(Call::Mount {
-            source: source.map(Path::to_path_buf),
-            target: target.to_path_buf(),
-            fstype: fstype.map(str::to_string),
-            flags,
-            data: data.map(str::to_string),
-        })
-    }
-    fn umount2(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
-        self.push(Call::Umount2(target.to_path_buf(), flags))
-    }
-    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
-        self.push(Call::PivotRoot(
-            new_root.to_path_buf(),
-            put_old.to_path_buf(),
-        ))
-    }
-    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
-        self.push(Call::Unshare(flags))
-    }
-    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> Result<(), Errno> {
-        self.push(Call::Mknod(path.to_path_buf(), kind, perm, dev))
-    }
-    fn sethostname(&self, name: &str) -> Result<(), Errno> {
-        self.push(Call::Sethostname(name.to_string()))
-    }
-    fn chdir(&self, path: &Path) -> Result<(), Errno> {
-        self.push(Call::Chdir(path.to_path_buf()))
-    }
-    fn loopback_up(&self) -> Result<(), Errno> {
-        self.push(Call::LoopbackUp)
-    }
+    Ok(())
 }
 
 /// What [`fork`] returns in each process.
@@ -286,7 +96,7 @@ pub fn set_winsize(fd: BorrowedFd<'_>, ws: &libc::winsize) {
 
 /// Sets the process umask.
 pub fn set_umask(mask: u32) {
-    nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
 }
 
 /// Duplicates `fd` onto descriptor number `target` (0, 1 or 2).
@@ -378,19 +188,6 @@ pub fn lgetxattr(p: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
     }
     buf.truncate(n as usize);
     Ok(Some(buf))
-}
-
-/// Starts `child` as a new process (clone(2) with `flags`, SIGCHLD to the
-/// parent on exit), on a stack of its own. Like [`fork`], call it while the
-/// process has one thread. Used with `CLONE_NEWPID` so that the parent's
-/// own PID namespace for children is unchanged (threads created after an
-/// `unshare(CLONE_NEWPID)` would fail).
-pub fn clone_child(flags: CloneFlags, child: &mut dyn FnMut() -> isize) -> Result<Pid, Errno> {
-    let mut stack = vec![0u8; 1 << 20];
-    // SAFETY: the child gets a copy of the address space (no CLONE_VM), its
-    // own stack, and only makes syscalls before exec or _exit; the caller
-    // is single-threaded (documented above).
-    unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
 }
 
 /// Restores the default SIGPIPE action (Rust ignores it): `strata logs |

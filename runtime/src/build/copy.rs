@@ -143,12 +143,32 @@ impl SourceRoot<'_> {
             }
             return Ok(hits);
         }
+        if !self.keep_owner {
+            self.beneath_context(src, &rel)?;
+        }
         let p = self.dir.join(&rel);
         match fs::symlink_metadata(&p) {
             Ok(_) if !rel.is_empty() && self.excluded(&rel) => Err(format!(
                 "{src} is excluded by the ignore file (.dockerignore/.containerignore)"
             )),
             Ok(md) => Ok(vec![(rel, md)]),
+            Err(_) => Err(format!("{src}: no such file or directory")),
+        }
+    }
+
+    /// Fails when the directories of a context source lead out of the
+    /// context through a symlink (`link/secret` with `link -> /etc`): the
+    /// kernel resolves them beneath the context (`RESOLVE_BENEATH`). The
+    /// source itself, when a symlink, is copied as one.
+    fn beneath_context(&self, src: &str, rel: &str) -> Result<(), String> {
+        let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
+        let root = crate::beneath::Root::open(self.dir)
+            .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        match root.open_beneath(parent, nix::fcntl::OFlag::O_PATH, 0) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(format!(
+                "{src} leads outside the build context through a symbolic link"
+            )),
             Err(_) => Err(format!("{src}: no such file or directory")),
         }
     }

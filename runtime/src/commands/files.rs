@@ -140,51 +140,6 @@ pub(super) fn export(ctx: &Ctx, c: &Container, output: Option<&Path>) -> Result<
     Ok(())
 }
 
-/// A path inside a container view, refusing paths whose symlinks lead out
-/// of it.
-pub(super) fn container_path(root: &Path, p: &str, must_exist: bool) -> Result<PathBuf> {
-    let joined = crate::rootfs::in_root(root, p);
-    let check = if must_exist {
-        joined.clone()
-    } else {
-        joined
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or(joined.clone())
-    };
-    let canon = check
-        .canonicalize()
-        .with_context(|| format!("{p}: no such file or directory in the container"))?;
-    if !canon.starts_with(root) {
-        bail!("{p} leads outside the container (a symbolic link); give the resolved path");
-    }
-    Ok(if must_exist {
-        canon
-    } else {
-        canon.join(joined.file_name().unwrap_or_default())
-    })
-}
-
-pub(super) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    let m = fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
-    if m.is_dir() {
-        fs::create_dir_all(dst).with_context(|| format!("mkdir {}", dst.display()))?;
-        fs::set_permissions(dst, m.permissions())?;
-        for e in fs::read_dir(src)? {
-            let e = e?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-    } else if m.file_type().is_symlink() {
-        let t = fs::read_link(src)?;
-        let _ = fs::remove_file(dst);
-        std::os::unix::fs::symlink(t, dst)?;
-    } else {
-        fs::copy(src, dst)
-            .with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
-    }
-    Ok(())
-}
-
 pub(super) fn cp(ctx: &Ctx, src: &str, dst: &str) -> Result<i32> {
     let split = |s: &str| -> Option<(String, String)> {
         if s.starts_with('/') || s.starts_with('.') {
@@ -197,22 +152,27 @@ pub(super) fn cp(ctx: &Ctx, src: &str, dst: &str) -> Result<i32> {
         (Some((cref, cpath)), None) => {
             let c = ctx.container(&cref)?;
             let v = view(ctx, &c, false)?;
-            let from = container_path(&v.path, &cpath, true)?;
+            let root = crate::beneath::Root::open(&v.path)?;
+            let from = Path::new(&cpath);
             let mut to = PathBuf::from(dst);
             if to.is_dir() {
-                to = to.join(from.file_name().unwrap_or_default());
+                let name = from
+                    .file_name()
+                    .ok_or_else(|| anyhow!("{cref}:{cpath}: give a path below /"))?;
+                to = to.join(name);
             }
-            copy_tree(&from, &to)?;
+            crate::cp::copy_out(&root, from, &to)?;
         }
         (None, Some((cref, cpath))) => {
             let c = ctx.container(&cref)?;
             let v = view(ctx, &c, true)?;
+            let root = crate::beneath::Root::open(&v.path)?;
             let from = PathBuf::from(src);
-            let mut to = container_path(&v.path, &cpath, false)?;
-            if to.is_dir() {
-                to = to.join(from.file_name().unwrap_or_default());
-            }
-            copy_tree(&from, &to)?;
+            let name = from
+                .file_name()
+                .ok_or_else(|| anyhow!("{src}: give a file or directory name"))?;
+            let to = crate::cp::target_in(&root, Path::new(&cpath), name);
+            crate::cp::copy_in(&from, &root, &to)?;
         }
         _ => {
             bail!("copy between a container and the host: one of the paths must be CONTAINER:PATH")
@@ -242,6 +202,19 @@ pub(super) fn spawn_mount_daemon(
         .stderr(Stdio::null());
     let mut child = cmd.spawn().context("cannot start the mount server")?;
     read_report(&mut child)
+}
+
+fn security_opts(s: &crate::security::Security) -> Vec<String> {
+    let mut v = Vec::new();
+    if s.seccomp_unconfined {
+        v.push("seccomp=unconfined".to_string());
+    } else if s.seccomp_profile.is_some() {
+        v.push("seccomp=PROFILE".to_string());
+    }
+    if s.no_new_privileges {
+        v.push("no-new-privileges".to_string());
+    }
+    v
 }
 
 pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
@@ -288,6 +261,15 @@ pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
             "AutoRemove": cfg.auto_remove,
             "NetworkMode": match cfg.network { crate::container::Network::Host => "host", crate::container::Network::None => "none" },
             "Binds": cfg.volumes.iter().map(|v| format!("{}:{}{}", v.host.display(), v.target, if v.read_only { ":ro" } else { "" })).collect::<Vec<_>>(),
+            "Privileged": cfg.security.privileged,
+            "CapAdd": cfg.security.cap_add,
+            "CapDrop": cfg.security.cap_drop,
+            "SecurityOpt": security_opts(&cfg.security),
+            "Memory": cfg.resources.memory.unwrap_or(0),
+            "MemorySwap": cfg.resources.memory_swap.unwrap_or(0),
+            "NanoCpus": cfg.resources.nano_cpus.unwrap_or(0),
+            "CpuShares": cfg.resources.cpu_shares.unwrap_or(0),
+            "PidsLimit": cfg.resources.pids_limit.unwrap_or(0),
         },
         "GraphDriver": {"Name": "strata", "Data": {
             "LowerDir": lowers,

@@ -3,8 +3,21 @@
 
 use super::*;
 
-pub(super) fn run_flags(a: &RunArgs) -> RunFlags {
-    RunFlags {
+pub(super) fn run_flags(a: &RunArgs) -> Result<RunFlags> {
+    let security = crate::security::Security::from_flags(
+        a.privileged,
+        &a.cap_add,
+        &a.cap_drop,
+        &a.security_opt,
+    )?;
+    let resources = crate::resources::Resources::from_flags(
+        a.memory.as_deref(),
+        a.memory_swap.as_deref(),
+        a.cpus.as_deref(),
+        a.cpu_shares,
+        a.pids_limit,
+    )?;
+    Ok(RunFlags {
         name: a.name.clone(),
         env: a.env.clone(),
         env_files: a.env_file.clone(),
@@ -17,7 +30,9 @@ pub(super) fn run_flags(a: &RunArgs) -> RunFlags {
         tty: a.tty,
         interactive: a.interactive,
         auto_remove: a.rm,
-    }
+        security,
+        resources,
+    })
 }
 
 /// `create`: a container directory, its init layer, and a user mark on its
@@ -29,7 +44,7 @@ pub fn create(ctx: &Ctx, a: &RunArgs) -> Result<Container> {
         .ok_or_else(|| anyhow!("no image given"))?;
     let info = ctx.store.inspect(image_ref)?;
     let id = ContainerId::generate();
-    let config = spec::build(id, image_ref, &info, cmd, &run_flags(a))?;
+    let config = spec::build(id, image_ref, &info, cmd, &run_flags(a)?)?;
     let lowers: Vec<PathBuf> = info.layers.iter().rev().map(|l| l.path.clone()).collect();
     let c = ctx.reg.create(config, |paths, cfg| {
         crate::rootfs::prepare_init_layer(paths, cfg, &lowers).map_err(|err| {

@@ -9,6 +9,7 @@ mod files;
 mod images;
 mod lifecycle;
 mod registry;
+mod stats;
 mod system;
 
 use exec::*;
@@ -16,6 +17,7 @@ use files::*;
 use images::*;
 use lifecycle::*;
 use registry::*;
+use stats::*;
 use system::*;
 
 use std::fs;
@@ -42,7 +44,7 @@ use crate::proc::{self, ProcId};
 use crate::process::{self, EXIT_RUNTIME};
 use crate::spec::{self, RunFlags};
 use crate::supervisor::{self, Mode};
-use crate::sys::{self, Forked};
+use crate::sys;
 
 /// An error that exits with a particular code.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +182,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             no_trunc,
             format,
         } => ps(&ctx, all, quiet, no_trunc, format.as_deref()),
+        Command::Stats {
+            all,
+            no_stream,
+            containers,
+        } => stats(&ctx, &containers, all, no_stream),
         Command::Stop { time, containers } => {
             for r in &containers {
                 let c = ctx.container(r)?;
@@ -349,7 +356,14 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             dir,
         } => {
             let up = upper.zip(work);
-            Ok(supervisor::serve_mount(mounts::options(lowers, up), &dir))
+            // `image mount` and `mount` are for the host's eyes: an
+            // image's setuid programs and device nodes mean nothing there.
+            let opts = strata_fs::MountOptions {
+                nosuid: true,
+                nodev: true,
+                ..mounts::options(lowers, up)
+            };
+            Ok(supervisor::serve_mount(opts, &dir))
         }
     }
 }

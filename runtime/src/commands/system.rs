@@ -156,7 +156,14 @@ pub(super) fn system_check(ctx: &Ctx, repair: bool) -> Result<i32> {
             candidates.extend(proc::mounts_under(&c.paths.dir));
         }
     }
-    for m in candidates.into_iter().filter(|m| fs::read_dir(m).is_err()) {
+    // Opening the directory may be answered from the kernel's cache (when
+    // the server said it needs no opendir): reading it asks the server.
+    let dead = |m: &PathBuf| {
+        fs::read_dir(m)
+            .and_then(|mut d| d.next().transpose())
+            .is_err()
+    };
+    for m in candidates.into_iter().filter(dead) {
         if repair {
             let _ = strata_fs::unmount(&m);
             println!("repaired: orphaned mount {}", m.display());
