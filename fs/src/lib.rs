@@ -16,6 +16,7 @@
 
 pub(crate) mod copyup;
 pub(crate) mod dircache;
+pub(crate) mod faults;
 pub(crate) mod fuse;
 pub(crate) mod hardlink;
 pub(crate) mod ids;

@@ -372,22 +372,33 @@ impl Overlay {
                 let tmp = temp_name();
                 self.make_whiteout(work, &tmp)?;
                 if dir {
-                    if let Err(e) =
+                    if let Err(e) = crate::faults::point("unlink.exchange").and_then(|()| {
                         sys::rename_at2(work, &tmp, ufd, path.c(), libc::RENAME_EXCHANGE)
-                    {
+                    }) {
                         let _ = sys::unlink_at(work, &tmp, false);
                         return Err(e);
                     }
                     remove_tree(work, &tmp, true)?;
-                } else if let Err(e) = sys::rename_at2(work, &tmp, ufd, path.c(), 0) {
+                } else if let Err(e) = crate::faults::point("unlink.exchange")
+                    .and_then(|()| sys::rename_at2(work, &tmp, ufd, path.c(), 0))
+                {
                     let _ = sys::unlink_at(work, &tmp, false);
                     return Err(e);
                 }
                 Ok(())
             }
             WhiteoutForm::WhFile => {
-                remove_tree(ufd, path.c(), dir)?;
-                whiteout::make_whiteout(ufd, path, WhiteoutForm::WhFile)
+                // `.wh.NAME` first: beside the upper entry it hides only
+                // the layers below, so nothing changes in view until the
+                // entry goes; if that fails, the whiteout goes again.
+                whiteout::make_whiteout(ufd, path, WhiteoutForm::WhFile)?;
+                let removed = crate::faults::point("unlink.remove_upper")
+                    .and_then(|()| remove_tree(ufd, path.c(), dir));
+                if let Err(e) = removed {
+                    let _ = whiteout::remove_wh_file(ufd, path);
+                    return Err(e);
+                }
+                Ok(())
             }
         }
     }

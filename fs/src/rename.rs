@@ -131,16 +131,39 @@ impl Overlay {
                 done = true;
             }
             if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::Device {
-                match sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT) {
+                let atomic = crate::faults::point("rename.rename_whiteout").and_then(|()| {
+                    sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT)
+                });
+                match atomic {
                     Ok(()) => done = true,
                     Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
                     Err(e) => return Err(e),
                 }
             }
+            if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::WhFile {
+                // `.wh.OLD` beside the upper entry hides only the layers
+                // below: the old name stays in view until the entry moves.
+                self.make_whiteout(ufd, path1.c())?;
+                let moved = crate::faults::point("rename.move")
+                    .and_then(|()| sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0));
+                if let Err(e) = moved {
+                    let _ = whiteout::remove_wh_file(ufd, &path1);
+                    return Err(e);
+                }
+                done = true;
+            }
             if !done {
                 sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0)?;
                 if needs_whiteout {
-                    self.make_whiteout(ufd, path1.c())?;
+                    // The entry moved: without its whiteout the lower entry
+                    // of the old name would show again, so a failure here
+                    // moves it back.
+                    let hidden = crate::faults::point("rename.whiteout")
+                        .and_then(|()| self.make_whiteout(ufd, path1.c()));
+                    if let Err(e) = hidden {
+                        let _ = sys::rename_at2(ufd, path2.c(), ufd, path1.c(), 0);
+                        return Err(e);
+                    }
                 }
             }
             if self.forms.whiteout == WhiteoutForm::WhFile {
@@ -261,10 +284,21 @@ impl Overlay {
                 )?;
             }
         }
-        whiteout::remove_whiteouts(ufd, path)?;
+        // Whiteouts go before the directory is made opaque (the kernel's
+        // overlayfs would list them in a directory that merges nothing);
+        // if marking it fails, they come back, or deleted lower entries
+        // would show again.
+        let removed = whiteout::remove_whiteouts(ufd, path)?;
         // No longer merged, and full of copied-up entries.
         self.mark_impure(path);
-        whiteout::set_opaque(ufd, path, self.forms.opaque)?;
+        let marked = crate::faults::point("materialize.opaque")
+            .and_then(|()| whiteout::set_opaque(ufd, path, self.forms.opaque));
+        if let Err(e) = marked {
+            for name in removed {
+                let _ = self.make_whiteout(ufd, path.join(&name).c());
+            }
+            return Err(e);
+        }
         Ok(())
     }
 }

@@ -37,6 +37,11 @@ impl Union {
     }
 
     fn mount(&self) -> Overlay {
+        self.mount_with(None)
+    }
+
+    /// Mounts writing `forms` (default: what the probe of the workdir finds).
+    fn mount_with(&self, forms: Option<strata_ovl::Forms>) -> Overlay {
         let o = format!(
             "lowerdir={},upperdir={},workdir={}",
             self.path("lower").display(),
@@ -50,7 +55,7 @@ impl Union {
             Some(&self.path("work")),
         )
         .unwrap();
-        let forms = crate::overlay::upper_forms(&stack, &opts).unwrap();
+        let forms = forms.unwrap_or_else(|| crate::overlay::upper_forms(&stack, &opts).unwrap());
         Overlay::new(stack, opts, forms).unwrap()
     }
 }
@@ -170,4 +175,196 @@ fn renaming_a_lower_directory_moves_its_tree() {
         ov.rename(&r, OsStr::new("e"), &r, OsStr::new("f"), bad),
         Err(Errno::EINVAL)
     );
+}
+
+/// Every file under the upper directory (names and types), to check that
+/// a failed change left nothing behind.
+fn upper_tree(u: &Union) -> Vec<String> {
+    fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
+        let Ok(rd) = fs::read_dir(root.join(rel)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let t = e.file_type().unwrap();
+            let kind = if t.is_dir() {
+                "d"
+            } else if t.is_char_device() {
+                "c"
+            } else {
+                "f"
+            };
+            out.push(format!("{kind} {p}"));
+            if t.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&u.path("upper"), "", &mut out);
+    out.sort();
+    out
+}
+
+/// The merged view: every path with its type, through the overlay.
+fn view(ov: &Overlay) -> Vec<String> {
+    fn walk(ov: &Overlay, dir: &str, out: &mut Vec<String>) {
+        for n in names(ov, dir) {
+            let p = if dir.is_empty() {
+                n
+            } else {
+                format!("{dir}/{n}")
+            };
+            let is_dir = ov.list_dir(&find(ov, &p).unwrap()).is_ok();
+            out.push(p.clone());
+            if is_dir {
+                walk(ov, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(ov, "", &mut out);
+    out
+}
+
+/// How much of the upper directory a failed change must leave as it was.
+#[derive(Clone, Copy, PartialEq)]
+enum Upper {
+    /// All of it.
+    Same,
+    /// Its whiteouts and what was there; copies of lower entries brought up
+    /// before the failure may stay (they show what the lower ones showed).
+    SameOrCopiedUp,
+}
+
+/// Runs `change` with `points` armed to fail: it must fail with EIO, every
+/// armed point must have been reached, and the view and the upper
+/// directory must be as before; then the same change, unarmed, succeeds.
+fn fails_cleanly(
+    u: &Union,
+    forms: strata_ovl::Forms,
+    points: &[(&'static str, Errno)],
+    upper: Upper,
+    change: impl Fn(&Overlay) -> Result<(), Errno>,
+) {
+    let ov = u.mount_with(Some(forms));
+    let (before, upper_before) = (view(&ov), upper_tree(u));
+    crate::faults::arm(points);
+    assert_eq!(change(&ov), Err(Errno::EIO), "{points:?}");
+    assert!(crate::faults::all_fired(), "{points:?} not all reached");
+    crate::faults::arm(&[]);
+    assert_eq!(view(&ov), before, "the view after {points:?}");
+    let upper_after = upper_tree(u);
+    match upper {
+        Upper::Same => assert_eq!(upper_after, upper_before, "the upper after {points:?}"),
+        Upper::SameOrCopiedUp => {
+            for e in &upper_before {
+                assert!(
+                    upper_after.contains(e),
+                    "{e} lost from the upper after {points:?}"
+                );
+            }
+            for e in upper_after.iter().filter(|e| !upper_before.contains(e)) {
+                let path = e.split_once(' ').unwrap().1;
+                assert!(
+                    u.path("lower").join(path).exists(),
+                    "{e} in the upper after {points:?} is no copy of a lower entry"
+                );
+            }
+        }
+    }
+    change(&ov).unwrap();
+}
+
+const WH_FILES: strata_ovl::Forms = strata_ovl::Forms::AUFS;
+const DEVICES: strata_ovl::Forms = strata_ovl::Forms::KERNEL;
+
+#[test]
+fn an_unlink_that_fails_half_way_changes_nothing() {
+    let u = Union::new(|l| put(l, "d/a"), |up| put(up, "d/a"));
+    fails_cleanly(
+        &u,
+        WH_FILES,
+        &[("unlink.remove_upper", Errno::EIO)],
+        Upper::Same,
+        |ov| ov.unlink(&*find(ov, "d")?, OsStr::new("a")),
+    );
+    let u = Union::new(|l| put(l, "d/a"), |up| put(up, "d/a"));
+    fails_cleanly(
+        &u,
+        DEVICES,
+        &[("unlink.exchange", Errno::EIO)],
+        Upper::Same,
+        |ov| ov.unlink(&*find(ov, "d")?, OsStr::new("a")),
+    );
+}
+
+#[test]
+fn a_rename_that_fails_half_way_changes_nothing() {
+    let rename = |ov: &Overlay| {
+        let r = root(ov);
+        ov.rename(
+            &r,
+            OsStr::new("f"),
+            &r,
+            OsStr::new("g"),
+            fuser::RenameFlags::empty(),
+        )
+    };
+    let lower = |l: &Path| put(l, "f");
+    fails_cleanly(
+        &Union::new(lower, |up| put(up, "f")),
+        WH_FILES,
+        &[("rename.move", Errno::EIO)],
+        Upper::Same,
+        rename,
+    );
+    // Where RENAME_WHITEOUT is refused, the entry moves and then its old
+    // name gets a whiteout: if that fails, it moves back.
+    fails_cleanly(
+        &Union::new(lower, |up| put(up, "f")),
+        DEVICES,
+        &[
+            ("rename.rename_whiteout", Errno::EINVAL),
+            ("rename.whiteout", Errno::EIO),
+        ],
+        Upper::Same,
+        rename,
+    );
+}
+
+#[test]
+fn renaming_a_lower_directory_that_fails_before_it_is_opaque_changes_nothing() {
+    // The lower directory had an entry deleted: its whiteout must still hide
+    // it after the failure, though the copy-up had already removed it.
+    for forms in [WH_FILES, DEVICES] {
+        let u = Union::new(
+            |l| {
+                put(l, "d/x");
+                put(l, "d/gone");
+            },
+            |_| {},
+        );
+        {
+            let ov = u.mount_with(Some(forms));
+            ov.unlink(&find(&ov, "d").unwrap(), OsStr::new("gone"))
+                .unwrap();
+        }
+        let points = &[("materialize.opaque", Errno::EIO)];
+        fails_cleanly(&u, forms, points, Upper::SameOrCopiedUp, |ov| {
+            let r = root(ov);
+            ov.rename(
+                &r,
+                OsStr::new("d"),
+                &r,
+                OsStr::new("e"),
+                fuser::RenameFlags::empty(),
+            )
+        });
+    }
 }

@@ -180,26 +180,31 @@ pub fn swap_dir_onto_whiteout(
 /// the directory is opaque nothing below it shows through, and the
 /// kernel's overlayfs lists a non-merged directory as it is on disk, so a
 /// whiteout left there would show up as a name that cannot be looked up.
-pub fn remove_whiteouts(dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), Errno> {
+/// Returns the names the removed whiteouts hid.
+pub fn remove_whiteouts(dir: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut hidden = Vec::new();
     let fd = sys::open_beneath(dir, path.c(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     for (name, _, dtype) in sys::read_dir_fd(fd)? {
         let child = path.join(&name);
-        let gone = match EntryName::of(&name) {
-            EntryName::Whiteout(_) | EntryName::AufsMeta => true,
-            EntryName::OpaqueMarker => false,
+        let target = match EntryName::of(&name) {
+            EntryName::Whiteout(t) => Some(Some(t.to_vec())),
+            EntryName::AufsMeta => Some(None),
+            EntryName::OpaqueMarker => None,
             EntryName::Plain
                 if dtype == libc::DT_CHR || dtype == libc::DT_REG || dtype == libc::DT_UNKNOWN =>
             {
-                sys::stat_at(dir, child.c()).is_ok_and(|st| is_whiteout(dir, &child, &st))
+                sys::stat_at(dir, child.c())
+                    .is_ok_and(|st| is_whiteout(dir, &child, &st))
+                    .then(|| Some(name.clone()))
             }
-            EntryName::Plain => false,
+            EntryName::Plain => None,
         };
-        if gone {
+        if let Some(target) = target {
             match sys::unlink_at(dir, child.c(), false) {
-                Ok(()) | Err(Errno::ENOENT) => {}
+                Ok(()) | Err(Errno::ENOENT) => hidden.extend(target),
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok(())
+    Ok(hidden)
 }
