@@ -403,6 +403,12 @@ impl Mounted {
         &self.servers
     }
 
+    /// Adds `dir` (an outside directory, such as another mount) as the
+    /// bottom lower layer from the next mount on.
+    pub fn push_lower(&mut self, dir: &Path) {
+        self.lowers.push(dir.to_path_buf());
+    }
+
     /// Mount options added after the usual ones from the next mount on
     /// (`metacopy=on`); for the kernel they override its defaults.
     pub fn set_extra_options(&mut self, extra: Option<&str>) {
@@ -609,7 +615,7 @@ impl Mounted {
             let stats = self.transport_stats();
             if let Ok(text) = fs::read_to_string(&stats) {
                 let last = text.lines().rev().find(|l| l.starts_with("transport"));
-                if !last.is_some_and(|l| l.split_whitespace().nth(1) == Some("io_uring")) {
+                if last.is_none_or(|l| l.split_whitespace().nth(1) != Some("io_uring")) {
                     problems.push(format!(
                         "{} was served by {:?}, not FUSE over io_uring (see {})",
                         self.mnt.display(),
