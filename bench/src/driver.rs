@@ -27,8 +27,7 @@ const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The drivers a run compares unless told otherwise: strata over the
 /// classic `/dev/fuse` loop and over io_uring, one column each.
-pub const DEFAULT_DRIVERS: &str =
-    "strata+uring=off,strata+uring=on,kernel,fuse-overlayfs,native";
+pub const DEFAULT_DRIVERS: &str = "strata+uring=off,strata+uring=on,kernel,fuse-overlayfs,native";
 
 /// Which driver a `--drivers` element names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,7 +61,10 @@ impl UringSwitch {
 impl Drop for UringSwitch {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(ENABLE_URING, &self.0) {
-            eprintln!("strata-bench: cannot put {ENABLE_URING} back to {}: {e}", self.0);
+            eprintln!(
+                "strata-bench: cannot put {ENABLE_URING} back to {}: {e}",
+                self.0
+            );
         }
     }
 }

@@ -358,6 +358,13 @@ impl Mounted {
         self.session.uring_negotiated()
     }
 
+    /// `f` is called once [`Mounted::run`] serves (with FUSE over io_uring,
+    /// once every CPU's queue is registered) or with the one-line reason it
+    /// cannot (the mount is then detached and `run` returns the error).
+    pub fn on_ready(&mut self, f: impl FnOnce(Result<(), String>) + Send + 'static) {
+        self.session.on_ready(Box::new(f));
+    }
+
     /// The counts of what each transport served, live while the mount is
     /// served: [`fuser::TransportStats::transport`] says which one serves.
     pub fn transport(&self) -> Arc<fuser::TransportStats> {

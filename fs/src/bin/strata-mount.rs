@@ -161,8 +161,23 @@ fn main() -> ExitCode {
         return serve(mounted);
     }
     // The mount is live and the kernel holds requests until the child
-    // serves them, so the parent returns at once. Single-threaded, so fork
-    // is sound.
+    // serves them, so the parent returns at once; with FUSE over io_uring
+    // it first waits for the child to register the ring, which can only
+    // happen there (the entries' buffers are the server's memory), so that
+    // a failure is this command's error. Single-threaded, so fork is sound.
+    let ready = if mounted.uring() {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("strata-mount: pipe: {e}");
+                let _ = strata_fs::unmount(mounted.mountpoint());
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    let mut mounted = mounted;
     match strata_fs::sys::fork_single_threaded() {
         Err(e) => {
             eprintln!("strata-mount: fork: {e}");
@@ -174,11 +189,37 @@ fn main() -> ExitCode {
         // its fds close as it exits.
         Ok(ForkResult::Parent { .. }) => {
             std::mem::forget(mounted);
-            ExitCode::SUCCESS
+            let Some((r, w)) = ready else {
+                return ExitCode::SUCCESS;
+            };
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut msg);
+            match msg.as_str() {
+                "ok" => ExitCode::SUCCESS,
+                "" => {
+                    eprintln!("strata-mount: the FUSE server ended before it served the mount");
+                    ExitCode::from(1)
+                }
+                why => {
+                    eprintln!("strata-mount: {why}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Ok(ForkResult::Child) => {
             let _ = setsid();
             redirect_stdio();
+            if let Some((r, w)) = ready {
+                drop(r);
+                mounted.on_ready(move |res| {
+                    let msg = match res {
+                        Ok(()) => "ok".to_string(),
+                        Err(why) => why,
+                    };
+                    let _ = std::io::Write::write_all(&mut std::fs::File::from(w), msg.as_bytes());
+                });
+            }
             serve(mounted)
         }
     }

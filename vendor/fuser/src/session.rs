@@ -145,7 +145,21 @@ pub struct Session<FS: Filesystem> {
     uring: Option<RingParams>,
     /// Strata patch: what each transport served.
     stats: Arc<TransportStats>,
+    /// Strata patch: told once `run` serves (the ring registered) or cannot.
+    on_ready: Option<OnReady>,
 }
+
+/// Strata patch: a [`ReadyCallback`] in a `Debug` struct.
+struct OnReady(ReadyCallback);
+
+impl std::fmt::Debug for OnReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnReady")
+    }
+}
+
+/// Strata patch: see [`Session::on_ready`].
+pub type ReadyCallback = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 impl<FS: Filesystem> AsFd for Session<FS> {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -194,6 +208,7 @@ impl<FS: Filesystem> Session<FS> {
             config: options.clone(),
             uring: None,
             stats: Arc::default(),
+            on_ready: None,
         };
 
         session.handshake()?;
@@ -224,6 +239,7 @@ impl<FS: Filesystem> Session<FS> {
             config,
             uring: None,
             stats: Arc::default(),
+            on_ready: None,
         };
 
         session.handshake()?;
@@ -264,6 +280,7 @@ impl<FS: Filesystem> Session<FS> {
             config,
             uring,
             stats,
+            on_ready,
         } = self;
 
         let mut n_threads = config.n_threads.unwrap_or(1);
@@ -308,6 +325,9 @@ impl<FS: Filesystem> Session<FS> {
                 }
                 Err(e) => {
                     error!("FUSE over io_uring: registration failed: {e}");
+                    if let Some(OnReady(f)) = on_ready {
+                        f(Err(format!("FUSE over io_uring: registration failed: {e}")));
+                    }
                     return Err(io::Error::new(
                         e.kind(),
                         format!("FUSE over io_uring: registration failed: {e}"),
@@ -316,6 +336,9 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
         let n_threads_minus_one = n_threads - 1;
+        if let Some(OnReady(f)) = on_ready {
+            f(Ok(()));
+        }
 
         // Strata patch: the first worker serves the session's own channel
         // and starts before the others' channels are cloned, so the first
@@ -555,6 +578,13 @@ impl<FS: Filesystem> Session<FS> {
     /// the session runs.
     pub fn transport_stats(&self) -> Arc<TransportStats> {
         self.stats.clone()
+    }
+
+    /// Strata patch: `f` is called once [`Session::run`] is about to serve
+    /// (with FUSE over io_uring: every queue's entries are registered), or
+    /// with the reason it cannot.
+    pub fn on_ready(&mut self, f: ReadyCallback) {
+        self.on_ready = Some(OnReady(f));
     }
 
     /// Strata patch: whether INIT accepted FUSE over io_uring (then
