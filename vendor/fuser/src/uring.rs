@@ -136,22 +136,41 @@ impl TransportStats {
     }
 }
 
-/// The number of queues the kernel expects: one per possible CPU
-/// (`/sys/devices/system/cpu/possible`, e.g. `0-3`).
-pub(crate) fn possible_cpus() -> io::Result<usize> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let mut max = 0usize;
-    for part in s.trim().split(',') {
-        let last = part.rsplit('-').next().unwrap_or(part);
-        let n: usize = last.parse().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/sys/devices/system/cpu/possible: cannot parse {s:?}"),
-            )
-        })?;
-        max = max.max(n);
+/// The CPUs of a sysfs cpu list (`0-3,6`).
+fn cpu_list(path: &str) -> io::Result<Vec<usize>> {
+    let s = std::fs::read_to_string(path)?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path}: cannot parse {s:?}"),
+        )
+    };
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let a: usize = a.parse().map_err(|_| bad())?;
+        let b: usize = b.parse().map_err(|_| bad())?;
+        out.extend(a..=b);
     }
-    Ok(max + 1)
+    Ok(out)
+}
+
+/// The number of queues the kernel expects: one per possible CPU
+/// (`/sys/devices/system/cpu/possible`).
+pub(crate) fn possible_cpus() -> io::Result<usize> {
+    let cpus = cpu_list("/sys/devices/system/cpu/possible")?;
+    Ok(cpus.iter().max().map_or(1, |m| m + 1))
+}
+
+/// Entries for queue `qid`: `ENTRIES_PER_QUEUE` for an online CPU, one for
+/// a CPU that is possible but offline (it issues no request until it is
+/// plugged in, and a VM may declare many more than it runs).
+fn entries_for(qid: usize, online: &[usize]) -> usize {
+    if online.is_empty() || online.contains(&qid) {
+        ENTRIES_PER_QUEUE
+    } else {
+        1
+    }
 }
 
 /// Strata patch: checks, before `FUSE_OVER_IO_URING` is accepted at INIT,
@@ -427,9 +446,10 @@ pub(crate) fn start<FS: Filesystem + 'static>(
     let queues = possible_cpus()?;
     let qmax = u16::try_from(queues).map_err(|_| io::Error::other("too many CPUs"))?;
     let (tx, rx) = mpsc::channel::<io::Result<()>>();
+    let online = cpu_list("/sys/devices/system/cpu/online").unwrap_or_default();
     let mut threads = Vec::with_capacity(queues * ENTRIES_PER_QUEUE);
     for qid in 0..qmax {
-        for slot in 0..ENTRIES_PER_QUEUE {
+        for slot in 0..entries_for(qid as usize, &online) {
             let name = format!("fuse-uring-{qid}.{slot}");
             let se = make_loop(name.clone());
             let ch = ch.clone();
@@ -462,7 +482,6 @@ fn serve_entry<FS: Filesystem>(
     ready: mpsc::Sender<io::Result<()>>,
     stats: Arc<TransportStats>,
 ) -> io::Result<()> {
-    pin_to(qid as usize);
     let setup = || -> io::Result<(IoUring<squeue::Entry128>, Arc<Slot>)> {
         let ring: IoUring<squeue::Entry128> = IoUring::builder().build(2)?;
         let buf = EntryBuf::new(params.payload_size)?;
@@ -521,6 +540,10 @@ fn serve_entry<FS: Filesystem>(
     }
     let _ = ready.send(Ok(()));
     drop(ready);
+    // Pinned only now: moving to a busy CPU can take milliseconds, which
+    // the mount need not wait for (the queue is chosen by `qid`, not by
+    // where this thread runs).
+    pin_to(qid as usize);
 
     let mut req_buf: Vec<u8> = Vec::with_capacity(IN_HEADER_LEN + OP_IN_SZ + 4096);
     let mut last = reg;
