@@ -6,8 +6,10 @@
 //! Without `-f` it forks: the parent exits 0 once the mount is live (or
 //! non-zero with a one-line reason on stderr, leaving nothing mounted), and
 //! the server, a child forked after the handshake, goes on in the
-//! background until the mount is unmounted
-//! (`fusermount3 -u MNT`) or it gets SIGTERM/SIGINT, which unmount it.
+//! background until the mount is unmounted (`fusermount3 -u MNT`) or it
+//! gets SIGTERM/SIGINT, which unmount it. With FUSE over io_uring
+//! (`uring=`) "live" includes the server's ring: the parent waits until the
+//! child has registered it, which only the child can do.
 #![deny(unsafe_code)]
 
 use std::io::Write;
