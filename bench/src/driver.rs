@@ -25,6 +25,10 @@ use crate::sys;
 /// How long a FUSE server may take to exit after its unmount.
 const SERVER_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The drivers a run compares unless told otherwise: strata over the
+/// classic `/dev/fuse` loop and over io_uring, one column each.
+pub const DEFAULT_DRIVERS: &str = "strata+uring=off,strata+uring=on,kernel,fuse-overlayfs,native";
+
 /// Which driver a `--drivers` element names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverKind {
@@ -58,12 +62,19 @@ impl DriverSpec {
         }
     }
 
-    /// The four standard drivers.
+    /// The standard drivers: strata on each FUSE transport, the kernel,
+    /// fuse-overlayfs, and the plain directory.
     pub fn defaults() -> Vec<Self> {
-        ["strata", "kernel", "fuse-overlayfs", "native"]
-            .iter()
+        DEFAULT_DRIVERS
+            .split(',')
             .map(|s| s.parse().expect("a known driver"))
             .collect()
+    }
+
+    /// Whether the driver asks for FUSE over io_uring (`+uring=on`), which
+    /// needs the kernel's `enable_uring` switch for the run.
+    pub fn wants_uring(&self) -> bool {
+        self.extra.iter().any(|o| o == "uring=on")
     }
 
     /// Finds the driver's program. `strata` is the path of `strata-mount`
@@ -84,6 +95,12 @@ impl DriverSpec {
                 extra: self.extra.clone(),
             }))
         };
+        if self.wants_uring() && !Path::new(crate::sys::ENABLE_URING).exists() {
+            return Err(format!(
+                "{name}: this kernel has no FUSE over io_uring ({} is missing)",
+                crate::sys::ENABLE_URING
+            ));
+        }
         match &self.kind {
             DriverKind::Strata => program(strata.to_path_buf()),
             DriverKind::FuseOverlayfs => match process::find_program("fuse-overlayfs") {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 use strata_bench::dataset::Sizes;
-use strata_bench::driver::DriverSpec;
+use strata_bench::driver::{self, DriverSpec};
 use strata_bench::workload::{self, Workload};
 use strata_bench::{report, runner, Config};
 
@@ -19,7 +19,10 @@ struct Args {
     /// Drivers, comma-separated: strata, kernel, fuse-overlayfs, native,
     /// prog:/path/to/mount-program; any may take extra mount options after
     /// a '+' (strata+metacopy=on, prog:/opt/strata-mount+threads=4).
-    #[arg(long, default_value = "strata,kernel,fuse-overlayfs,native")]
+    /// strata+uring=on serves over FUSE over io_uring (the run sets the
+    /// kernel's enable_uring and restores it), strata+uring=off over
+    /// /dev/fuse.
+    #[arg(long, default_value = driver::DEFAULT_DRIVERS)]
     drivers: String,
     /// Workloads, comma-separated, or `all` (see --list).
     #[arg(long, default_value = "all")]

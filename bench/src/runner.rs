@@ -80,6 +80,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
         return Err(BenchError::NotRoot);
     }
     sys::catch_interrupts();
+    let _uring = if cfg.drivers.iter().any(DriverSpec::wants_uring)
+        && Path::new(sys::ENABLE_URING).exists()
+    {
+        Some(sys::UringSwitch::on()?)
+    } else {
+        None
+    };
     let mut notes = Vec::new();
     let mut progress = Progress::new(0, false);
     let note = |p: &mut Progress, notes: &mut Vec<String>, msg: String| {

@@ -41,6 +41,34 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// The fuse module's switch for FUSE over io_uring (Linux 6.14+).
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Keeps FUSE over io_uring enabled (`enable_uring` = Y) for a run whose
+/// drivers ask for it, and puts back the value it found when dropped.
+#[derive(Debug)]
+pub struct UringSwitch(String);
+
+impl UringSwitch {
+    /// Sets the switch.
+    pub fn on() -> Result<UringSwitch> {
+        let old = std::fs::read_to_string(ENABLE_URING).map_err(io_err("read", ENABLE_URING))?;
+        std::fs::write(ENABLE_URING, b"Y").map_err(io_err("write", ENABLE_URING))?;
+        Ok(UringSwitch(old.trim().to_string()))
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(ENABLE_URING, &self.0) {
+            eprintln!(
+                "strata-bench: cannot put {ENABLE_URING} back to {}: {e}",
+                self.0
+            );
+        }
+    }
+}
+
 /// Whether the process runs with euid 0.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -62,8 +62,8 @@ fn quick_mode_runs_every_workload_with_every_driver_and_cleans_up() {
     );
     assert_nothing_left(&data);
 
-    // Every workload has a sample from strata, the kernel and native (and
-    // from fuse-overlayfs when it is installed).
+    // Every workload has a sample from strata on each FUSE transport, the
+    // kernel and native (and from fuse-overlayfs when it is installed).
     let csv = std::fs::read_to_string(out.join("samples.csv")).expect("samples.csv");
     let ran: BTreeSet<(String, String)> = csv
         .lines()
@@ -73,7 +73,7 @@ fn quick_mode_runs_every_workload_with_every_driver_and_cleans_up() {
             (f[0].to_string(), f[1].to_string())
         })
         .collect();
-    let mut drivers = vec!["strata", "kernel", "native"];
+    let mut drivers = vec!["strata+uring=off", "strata+uring=on", "kernel", "native"];
     if Path::new("/usr/bin/fuse-overlayfs").exists() {
         drivers.push("fuse-overlayfs");
     }
@@ -86,9 +86,12 @@ fn quick_mode_runs_every_workload_with_every_driver_and_cleans_up() {
         }
     }
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
-    assert!(md.contains("| workload | strata | kernel |"), "{md}");
+    assert!(
+        md.contains("| workload | strata+uring=off | strata+uring=on | kernel |"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(out.join("ratios.svg")).expect("ratios.svg");
-    assert!(svg.contains("<title>mount1 strata:"), "{svg}");
+    assert!(svg.contains("<title>mount1 strata+uring=on:"), "{svg}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ use tracing::{error, info};
 
 use crate::namespace::NewEntry;
 use crate::nodes::{Node, NodeId};
+use crate::options::Uring;
 use crate::overlay::{Caller, Overlay, Res};
 use crate::setattr::AttrChange;
 use crate::stats::Op;
@@ -38,6 +39,36 @@ impl StrataFs {
     /// Serves `ov`.
     pub fn new(ov: Arc<Overlay>) -> Self {
         StrataFs { ov }
+    }
+
+    /// Accepts `FUSE_OVER_IO_URING` at INIT as `uring=` says: with `auto`
+    /// when the kernel offers it and this process can create the ring
+    /// (otherwise one log line, and the classic loop serves); with `on` the
+    /// same, or the handshake fails with the reason.
+    fn negotiate_uring(&self, caps: InitFlags, config: &mut KernelConfig) -> std::io::Result<()> {
+        let mode = self.ov.opts.uring;
+        if mode == Uring::Off {
+            return Ok(());
+        }
+        let why_not = if !caps.contains(InitFlags::FUSE_OVER_IO_URING) {
+            "the kernel does not offer FUSE over io_uring (as root: echo Y > /sys/module/fuse/parameters/enable_uring)".to_string()
+        } else {
+            match fuser::io_uring_probe() {
+                Ok(()) => {
+                    let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
+                    return Ok(());
+                }
+                Err(e) => format!("this process cannot use io_uring: {e}"),
+            }
+        };
+        if mode == Uring::On {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("uring=on: {why_not}"),
+            ));
+        }
+        info!("serving /dev/fuse without io_uring: {why_not}");
+        Ok(())
     }
 
     /// Runs one request's handler: counted when `-o stats=` is on, and a
@@ -174,6 +205,7 @@ impl Filesystem for StrataFs {
                 }
             }
         }
+        self.negotiate_uring(caps, config)?;
         if crate::overlay::passthrough_on(&self.ov) {
             if caps.contains(InitFlags::FUSE_PASSTHROUGH) && config.set_max_stack_depth(1).is_ok() {
                 let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);

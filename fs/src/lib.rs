@@ -46,7 +46,7 @@ use std::sync::Arc;
 use fuser::{Config, Session, SessionACL};
 use nix::errno::Errno;
 
-pub use crate::options::{MountOptions, OptionsError};
+pub use crate::options::{MountOptions, OptionsError, Uring};
 pub use crate::overlay::Overlay;
 
 /// Why a mount could not be made. Each message names the path and the fix.
@@ -87,6 +87,8 @@ pub enum MountError {
 /// A live mount whose server has not started serving yet.
 pub struct Mounted {
     session: Session<fuse::StrataFs>,
+    /// What each FUSE transport served (see [`Mounted::transport`]).
+    transport: Arc<fuser::TransportStats>,
     mountpoint: PathBuf,
     overlay: Arc<Overlay>,
     threads: usize,
@@ -393,6 +395,7 @@ impl Prepared {
             }
         };
         Ok(Mounted {
+            transport: session.transport_stats(),
             session,
             mountpoint: mnt,
             overlay,
@@ -433,10 +436,37 @@ impl Mounted {
         self.threads
     }
 
+    /// Whether INIT accepted FUSE over io_uring: then [`Mounted::run`]
+    /// serves through per-CPU io_uring queues (`uring=`).
+    pub fn uring(&self) -> bool {
+        self.session.uring_negotiated()
+    }
+
+    /// `f` is called once [`Mounted::run`] serves (with FUSE over io_uring,
+    /// once every CPU's queue is registered) or with the one-line reason it
+    /// cannot (the mount is then detached and `run` returns the error).
+    pub fn on_ready(&mut self, f: impl FnOnce(Result<(), String>) + Send + 'static) {
+        self.session.on_ready(Box::new(f));
+    }
+
+    /// The counts of what each transport served, live while the mount is
+    /// served: [`fuser::TransportStats::transport`] says which one serves.
+    pub fn transport(&self) -> Arc<fuser::TransportStats> {
+        self.transport.clone()
+    }
+
     /// Serves requests until the filesystem is unmounted (`fusermount3 -u`,
     /// `umount`, or [`unmount`]).
+    ///
+    /// With FUSE over io_uring accepted at INIT, the ring is registered
+    /// first; if that fails the kernel would hold every request, so the
+    /// mount is detached and the error returned.
     pub fn run(self) -> std::io::Result<()> {
+        let uring = self.session.uring_negotiated();
         let res = self.session.run();
+        if uring && self.transport.ring_queues() == 0 {
+            let _ = sys::umount_detach(&self.mountpoint);
+        }
         if let Some(file) = &self.overlay.opts.stats {
             let pruned = self
                 .overlay
@@ -446,9 +476,19 @@ impl Mounted {
                 .overlay
                 .stats_peak_nodes
                 .load(std::sync::atomic::Ordering::Relaxed);
+            let t = &self.transport;
             let extra = format!(
-                "{:<16} {pruned:>10}\n{:<16} {peak:>10}\n{:<16} {}\n",
-                "pruned", "peak nodes", "forms", self.overlay.forms
+                "{:<16} {pruned:>10}\n{:<16} {peak:>10}\n{:<16} {:>10}\n{:<16} {:>10}\n{:<16} {:>10}\n{:<16} {}\n",
+                "pruned",
+                "peak nodes",
+                "transport",
+                t.transport().to_string(),
+                "ring requests",
+                t.ring_requests(),
+                "dev requests",
+                t.dev_requests(),
+                "forms",
+                self.overlay.forms
             );
             if let Err(e) = self.overlay.stats.append_to(file, &self.mountpoint, &extra) {
                 tracing::warn!(file = %file.display(), %e, "cannot write the request counts");

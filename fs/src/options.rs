@@ -77,8 +77,26 @@ pub struct MountOptions {
     /// fuse-overlayfs): every xattr call fails with EOPNOTSUPP. Copy-up
     /// still carries the layers' xattrs.
     pub noxattrs: bool,
+    /// FUSE over io_uring (`uring=auto|on|off`, default auto): see
+    /// [`Uring`].
+    pub uring: Uring,
     /// Options that were accepted but have no effect here.
     pub ignored: Vec<String>,
+}
+
+/// Which transport serves the mount's requests (`uring=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Uring {
+    /// FUSE over io_uring when the kernel offers it at INIT (root has set
+    /// `/sys/module/fuse/parameters/enable_uring`) and this process can
+    /// create the ring; the classic `/dev/fuse` loop otherwise, with one
+    /// log line saying why.
+    #[default]
+    Auto,
+    /// FUSE over io_uring or no mount: the mount fails with the reason.
+    On,
+    /// The classic `/dev/fuse` loop.
+    Off,
 }
 
 /// Splits a lowerdir list on unescaped `:`, unescaping `\:` and `\\`.
@@ -209,6 +227,19 @@ impl MountOptions {
             ("passthrough", Some(v)) => self.passthrough = v.trim() != "0",
             ("readdirplus", Some(v)) => self.readdirplus = v.trim() != "0",
             ("noxattrs", None) => self.noxattrs = true,
+            ("uring", Some(v)) => {
+                self.uring = match v.trim() {
+                    "auto" => Uring::Auto,
+                    "on" | "1" => Uring::On,
+                    "off" | "0" => Uring::Off,
+                    _ => {
+                        return Err(OptionsError::Invalid {
+                            option: opt.to_string(),
+                            reason: "expected uring=auto, uring=on or uring=off".into(),
+                        })
+                    }
+                }
+            }
             ("noxattrs", Some(v)) => self.noxattrs = v.trim() != "0",
             ("metacopy", Some(v)) => {
                 self.metacopy = match v.trim() {
@@ -287,6 +318,16 @@ mod tests {
         assert!(o.ignored.iter().any(|s| s == "weird_option"));
         assert!(o.ignored.iter().any(|s| s.starts_with("context=")));
         o.validate().unwrap();
+    }
+
+    #[test]
+    fn uring_modes() {
+        let parse = |s: &str| MountOptions::parse(["lowerdir=/l", s]).map(|o| o.uring);
+        assert_eq!(parse(""), Ok(Uring::Auto));
+        assert_eq!(parse("uring=on"), Ok(Uring::On));
+        assert_eq!(parse("uring=off"), Ok(Uring::Off));
+        assert_eq!(parse("uring=auto"), Ok(Uring::Auto));
+        assert!(parse("uring=maybe").is_err());
     }
 
     #[test]

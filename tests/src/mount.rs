@@ -21,6 +21,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::fixture::Layers;
+use crate::transport::{self, UringEnabled};
 
 /// How long a mount program may take to mount or a server to exit.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -294,6 +295,9 @@ pub struct Mounted {
     servers: Vec<i32>,
     watchdog: Option<Watchdog>,
     extra: Option<String>,
+    /// Held while a strata mount over io_uring is live (see
+    /// [`crate::transport`]).
+    uring: Option<UringEnabled>,
 }
 
 impl Layers {
@@ -348,6 +352,7 @@ impl Layers {
             servers: Vec::new(),
             watchdog: None,
             extra: None,
+            uring: None,
         }
     }
 }
@@ -398,20 +403,30 @@ impl Mounted {
         &self.servers
     }
 
+    /// Adds `dir` (an outside directory, such as another mount) as the
+    /// bottom lower layer from the next mount on.
+    pub fn push_lower(&mut self, dir: &Path) {
+        self.lowers.push(dir.to_path_buf());
+    }
+
     /// Mount options added after the usual ones from the next mount on
     /// (`metacopy=on`); for the kernel they override its defaults.
     pub fn set_extra_options(&mut self, extra: Option<&str>) {
         self.extra = extra.map(str::to_string);
     }
 
-    /// The `-o` option string for a mount program, with absolute paths.
-    pub fn program_options(&self) -> String {
+    fn lowers_option(&self) -> String {
         let lowers: Vec<String> = self
             .lowers
             .iter()
             .map(|l| escape_colon(&l.to_string_lossy()))
             .collect();
-        let mut o = format!("lowerdir={}", lowers.join(":"));
+        format!("lowerdir={}", lowers.join(":"))
+    }
+
+    /// The `-o` option string for a mount program, with absolute paths.
+    pub fn program_options(&self) -> String {
+        let mut o = self.lowers_option();
         if let (Some(u), Some(w)) = (&self.upper, &self.work) {
             o.push_str(&format!(
                 ",upperdir={},workdir={}",
@@ -486,12 +501,24 @@ impl Mounted {
         );
     }
 
+    /// The transport stats file of a strata mount in a `_uring` binary.
+    fn transport_stats(&self) -> PathBuf {
+        self.root_path.join("transport.stats")
+    }
+
     fn mount_program_now(&mut self, prog: &Path) {
-        let args: Vec<OsString> = vec![
-            "-o".into(),
-            self.program_options().into(),
-            self.mnt.clone().into(),
-        ];
+        let mut options = self.program_options();
+        if prog == strata_program() {
+            // This binary's transport, before the test's own options (which
+            // may name their own stats file).
+            let mut o = format!("{},{}", self.lowers_option(), transport::mount_option());
+            if transport::uring() {
+                self.uring = Some(UringEnabled::acquire());
+                o.push_str(&format!(",stats={}", self.transport_stats().display()));
+            }
+            options = options.replacen(&self.lowers_option(), &o, 1);
+        }
+        let args: Vec<OsString> = vec!["-o".into(), options.into(), self.mnt.clone().into()];
         let stderr_file = self.root_path.join("mount.stderr");
         let out = run_program(prog, &args, &self.root_path, &stderr_file);
         let servers = pids_with_arg(&self.mnt);
@@ -582,6 +609,23 @@ impl Mounted {
             }
         }
         self.servers.clear();
+        // A server that ended normally reported its transport: in a
+        // `_uring` binary it must have been the ring.
+        if self.uring.take().is_some() {
+            let stats = self.transport_stats();
+            if let Ok(text) = fs::read_to_string(&stats) {
+                let last = text.lines().rev().find(|l| l.starts_with("transport"));
+                if last.is_none_or(|l| l.split_whitespace().nth(1) != Some("io_uring")) {
+                    problems.push(format!(
+                        "{} was served by {:?}, not FUSE over io_uring (see {})",
+                        self.mnt.display(),
+                        last,
+                        stats.display()
+                    ));
+                }
+                let _ = fs::remove_file(&stats);
+            }
+        }
         if is_mountpoint(&self.mnt) {
             problems.push(format!("{} is still mounted", self.mnt.display()));
             // Never remove the directories through a live mount.

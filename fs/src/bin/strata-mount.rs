@@ -13,8 +13,10 @@
 //! Without `-f` it forks: the parent exits 0 once the mount is live (or
 //! non-zero with a one-line reason on stderr, leaving nothing mounted), and
 //! the server, a child forked after the handshake, goes on in the
-//! background until the mount is unmounted
-//! (`fusermount3 -u MNT`) or it gets SIGTERM/SIGINT, which unmount it.
+//! background until the mount is unmounted (`fusermount3 -u MNT`) or it
+//! gets SIGTERM/SIGINT, which unmount it. With FUSE over io_uring
+//! (`uring=`) "live" includes the server's ring: the parent waits until the
+//! child has registered it, which only the child can do.
 #![deny(unsafe_code)]
 
 use std::io::Write;
@@ -177,8 +179,23 @@ fn main() -> ExitCode {
         return serve(mounted);
     }
     // The mount is live and the kernel holds requests until the child
-    // serves them, so the parent returns at once. Single-threaded, so fork
-    // is sound.
+    // serves them, so the parent returns at once; with FUSE over io_uring
+    // it first waits for the child to register the ring, which can only
+    // happen there (the entries' buffers are the server's memory), so that
+    // a failure is this command's error. Single-threaded, so fork is sound.
+    let ready = if mounted.uring() {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("strata-mount: pipe: {e}");
+                let _ = strata_fs::unmount(mounted.mountpoint());
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    let mut mounted = mounted;
     match strata_fs::sys::fork_single_threaded() {
         Err(e) => {
             eprintln!("strata-mount: fork: {e}");
@@ -190,11 +207,37 @@ fn main() -> ExitCode {
         // its fds close as it exits.
         Ok(ForkResult::Parent { .. }) => {
             std::mem::forget(mounted);
-            ExitCode::SUCCESS
+            let Some((r, w)) = ready else {
+                return ExitCode::SUCCESS;
+            };
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut msg);
+            match msg.as_str() {
+                "ok" => ExitCode::SUCCESS,
+                "" => {
+                    eprintln!("strata-mount: the FUSE server ended before it served the mount");
+                    ExitCode::from(1)
+                }
+                why => {
+                    eprintln!("strata-mount: {why}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Ok(ForkResult::Child) => {
             let _ = setsid();
             redirect_stdio();
+            if let Some((r, w)) = ready {
+                drop(r);
+                mounted.on_ready(move |res| {
+                    let msg = match res {
+                        Ok(()) => "ok".to_string(),
+                        Err(why) => why,
+                    };
+                    let _ = std::io::Write::write_all(&mut std::fs::File::from(w), msg.as_bytes());
+                });
+            }
             serve(mounted)
         }
     }

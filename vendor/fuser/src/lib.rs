@@ -77,9 +77,13 @@ pub use crate::reply::ReplyXattr;
 pub use crate::request_param::Request;
 pub use crate::session::BackgroundSession;
 use crate::session::MAX_WRITE_SIZE;
+pub use crate::session::ReadyCallback;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
 pub use crate::session::SessionUnmounter;
+pub use crate::uring::Transport;
+pub use crate::uring::TransportStats;
+pub use crate::uring::probe as io_uring_probe;
 
 mod access_flags;
 mod bsd_file_flags;
@@ -102,6 +106,7 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+mod uring;
 
 /// We generally support async reads
 #[cfg(not(target_os = "macos"))]

@@ -32,8 +32,10 @@ use crate::session::SessionEventLoop;
 /// Request data structure
 #[derive(Debug)]
 pub(crate) struct RequestWithSender<'a> {
-    /// Channel sender for sending the reply
+    /// Channel sender for notifications (poll)
     ch: ChannelSender,
+    /// Strata patch: where the reply goes (`/dev/fuse` or an io_uring entry)
+    reply_to: ReplySender,
     /// Parsed request
     pub(crate) request: ll::AnyRequest<'a>,
 }
@@ -49,7 +51,23 @@ impl<'a> RequestWithSender<'a> {
             }
         };
 
-        Some(Self { ch, request })
+        let reply_to = ReplySender::Channel(ch.clone());
+        Some(Self {
+            ch,
+            reply_to,
+            request,
+        })
+    }
+
+    /// Strata patch: a request whose reply goes to `reply_to`.
+    pub(crate) fn with_reply(
+        ch: ChannelSender,
+        reply_to: ReplySender,
+        data: &'a [u8],
+    ) -> Option<RequestWithSender<'a>> {
+        let mut r = Self::new(ch, data)?;
+        r.reply_to = reply_to;
+        Some(r)
     }
 
     /// Dispatch request to the given filesystem.
@@ -304,7 +322,7 @@ impl<'a> RequestWithSender<'a> {
                     x.offset(),
                     ReplyDirectory::new(
                         self.request.unique(),
-                        ReplySender::Channel(self.ch.clone()),
+                        self.reply_to.clone(),
                         x.size() as usize,
                     ),
                 );
@@ -489,7 +507,7 @@ impl<'a> RequestWithSender<'a> {
                     x.offset(),
                     ReplyDirectoryPlus::new(
                         self.request.unique(),
-                        ReplySender::Channel(self.ch.clone()),
+                        self.reply_to.clone(),
                         x.size() as usize,
                     ),
                 );
@@ -562,7 +580,7 @@ impl<'a> RequestWithSender<'a> {
     /// Create a reply object for this request that can be passed to the filesystem
     /// implementation and makes sure that a request is replied exactly once
     pub(crate) fn reply<T: Reply>(&self) -> T {
-        Reply::new(self.request.unique(), ReplySender::Channel(self.ch.clone()))
+        Reply::new(self.request.unique(), self.reply_to.clone())
     }
 
     /// Returns a Request reference for this request

@@ -48,6 +48,8 @@ use crate::reply::Reply;
 use crate::reply::ReplyRaw;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
+use crate::uring::RingParams;
+use crate::uring::TransportStats;
 
 /// The max size of write requests from the kernel. The absolute minimum is 4k,
 /// FUSE recommends at least 128k, max 16M. The FUSE default is 16M on macOS
@@ -139,7 +141,25 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// Strata patch: set when INIT accepted `FUSE_OVER_IO_URING`.
+    uring: Option<RingParams>,
+    /// Strata patch: what each transport served.
+    stats: Arc<TransportStats>,
+    /// Strata patch: told once `run` serves (the ring registered) or cannot.
+    on_ready: Option<OnReady>,
 }
+
+/// Strata patch: a [`ReadyCallback`] in a `Debug` struct.
+struct OnReady(ReadyCallback);
+
+impl std::fmt::Debug for OnReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnReady")
+    }
+}
+
+/// Strata patch: see [`Session::on_ready`].
+pub type ReadyCallback = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 impl<FS: Filesystem> AsFd for Session<FS> {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -186,6 +206,9 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            uring: None,
+            stats: Arc::default(),
+            on_ready: None,
         };
 
         session.handshake()?;
@@ -214,6 +237,9 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            uring: None,
+            stats: Arc::default(),
+            on_ready: None,
         };
 
         session.handshake()?;
@@ -252,9 +278,12 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring,
+            stats,
+            on_ready,
         } = self;
 
-        let n_threads = config.n_threads.unwrap_or(1);
+        let mut n_threads = config.n_threads.unwrap_or(1);
 
         if !cfg!(target_os = "linux") && n_threads != 1 {
             // TODO: check whether it works on macOS/FreeBSD and enable if it works.
@@ -263,11 +292,53 @@ impl<FS: Filesystem> Session<FS> {
             ));
         }
 
-        let Some(n_threads_minus_one) = n_threads.checked_sub(1) else {
+        if n_threads == 0 {
             return Err(io::Error::other("n_threads"));
-        };
+        }
 
         let mut filesystem = Arc::new(filesystem);
+
+        // Strata patch: with FUSE over io_uring, the ring's threads serve
+        // the requests; one /dev/fuse reader is left for FORGET, INTERRUPT
+        // and what the kernel queued before the ring was ready. The ring
+        // starts first: until every queue has an entry the kernel holds
+        // every request, so a failure must end the session at once.
+        let mut ring = None;
+        if let Some(params) = uring {
+            let make_loop = |thread_name: String| SessionEventLoop {
+                thread_name,
+                filesystem: filesystem.clone(),
+                ch: ch.clone(),
+                allowed,
+                session_owner,
+                stats: stats.clone(),
+            };
+            match crate::uring::start(make_loop, &ch, params, stats.clone()) {
+                Ok(r) => {
+                    info!(
+                        "serving through FUSE over io_uring: {} queues, {} entries",
+                        stats.ring_queues(),
+                        r.threads.len()
+                    );
+                    ring = Some(r);
+                    n_threads = 1;
+                }
+                Err(e) => {
+                    error!("FUSE over io_uring: registration failed: {e}");
+                    if let Some(OnReady(f)) = on_ready {
+                        f(Err(format!("FUSE over io_uring: registration failed: {e}")));
+                    }
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("FUSE over io_uring: registration failed: {e}"),
+                    ));
+                }
+            }
+        }
+        let n_threads_minus_one = n_threads - 1;
+        if let Some(OnReady(f)) = on_ready {
+            f(Ok(()));
+        }
 
         // Strata patch: the first worker serves the session's own channel
         // and starts before the others' channels are cloned, so the first
@@ -280,6 +351,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                stats: stats.clone(),
             };
             thread::Builder::new()
                 .name(thread_name)
@@ -307,6 +379,9 @@ impl<FS: Filesystem> Session<FS> {
         drop(source);
 
         let mut reply: io::Result<()> = Ok(());
+        if let Some(r) = ring {
+            threads.extend(r.threads);
+        }
         for thread in threads {
             let res = match thread.join() {
                 Ok(res) => res,
@@ -469,6 +544,11 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            // Strata patch: remember what the ring will need.
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                self.uring = Some(RingParams::new(config.max_write, config.max_pages()));
+            }
+
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
@@ -492,6 +572,25 @@ impl<FS: Filesystem> Session<FS> {
     /// Returns an object that can be used to send notifications to the kernel
     pub fn notifier(&self) -> Notifier {
         Notifier::new(self.ch.sender())
+    }
+
+    /// Strata patch: the counts of what each transport serves, live while
+    /// the session runs.
+    pub fn transport_stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
+    /// Strata patch: `f` is called once [`Session::run`] is about to serve
+    /// (with FUSE over io_uring: every queue's entries are registered), or
+    /// with the reason it cannot.
+    pub fn on_ready(&mut self, f: ReadyCallback) {
+        self.on_ready = Some(OnReady(f));
+    }
+
+    /// Strata patch: whether INIT accepted FUSE over io_uring (then
+    /// [`Session::run`] serves through the ring, or fails).
+    pub fn uring_negotiated(&self) -> bool {
+        self.uring.is_some()
     }
 }
 
@@ -518,6 +617,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// Strata patch: counts requests read from /dev/fuse.
+    pub(crate) stats: Arc<TransportStats>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -530,7 +631,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                Ok(size) => match {
+                    self.stats.count_dev();
+                    RequestWithSender::new(self.ch.sender(), &buf[..size])
+                } {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {
