@@ -31,7 +31,9 @@ pub enum OverrideMode {
     Privileged,
     /// `user.containers.override_stat` (containers/storage's `force_mask`,
     /// fuse-overlayfs' `xattr_permissions=2`): regular files and
-    /// directories only, as every `user.*` xattr.
+    /// directories only, as every `user.*` xattr. Values are also read
+    /// from `user.fuseoverlayfs.override_stat`, where fuse-overlayfs 1.10
+    /// writes them in this mode.
     Containers,
     /// `user.fuseoverlayfs.override_stat` on the root (older
     /// fuse-overlayfs): values are read from `user.containers.override_stat`
@@ -70,8 +72,9 @@ impl OverrideMode {
     fn read_names(self) -> &'static [&'static std::ffi::CStr] {
         match self {
             OverrideMode::Privileged => &[OVERRIDE_STAT_PRIVILEGED],
-            OverrideMode::Containers => &[OVERRIDE_STAT_CONTAINERS],
-            OverrideMode::User => &[OVERRIDE_STAT_CONTAINERS, OVERRIDE_STAT_USER],
+            OverrideMode::Containers | OverrideMode::User => {
+                &[OVERRIDE_STAT_CONTAINERS, OVERRIDE_STAT_USER]
+            }
         }
     }
 
