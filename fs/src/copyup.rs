@@ -9,7 +9,8 @@
 //! the filesystem can), so holes stay holes. A copied-up entry records its
 //! origin's inode number (`trusted.overlay.strata.origin`) so `st_ino` stays
 //! the same, also for a directory once it no longer merges a lower one
-//! (renamed, so made opaque).
+//! (renamed, so made opaque). A lower entry's owner override is carried
+//! into the upper's form (see `ownership.rs`).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd};

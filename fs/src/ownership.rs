@@ -34,8 +34,9 @@ use crate::path::RelPath;
 use crate::sys;
 
 /// The override mode of every layer, indexed by [`LayerIdx`].
+/// Said once at `-d` when any layer has one.
 pub(crate) fn layer_modes(stack: &Stack, opts: &MountOptions) -> Vec<Option<OverrideMode>> {
-    stack
+    let modes: Vec<Option<OverrideMode>> = stack
         .all()
         .map(|l| {
             let found = OverrideMode::detect(stack.fd(l));
@@ -45,7 +46,14 @@ pub(crate) fn layer_modes(stack: &Stack, opts: &MountOptions) -> Vec<Option<Over
                 found
             }
         })
-        .collect()
+        .collect();
+    for (i, m) in modes.iter().enumerate() {
+        if let Some(m) = m {
+            let layer = &stack.layer(LayerIdx(i as u16)).path;
+            tracing::info!(?m, layer = %layer.display(), "owners and modes from override xattrs");
+        }
+    }
+    modes
 }
 
 /// The real owner and permission bits of a stat, as an override value.
