@@ -9,7 +9,8 @@
 //! the filesystem can), so holes stay holes. A copied-up entry records its
 //! origin's inode number (`trusted.overlay.strata.origin`) so `st_ino` stays
 //! the same, also for a directory once it no longer merges a lower one
-//! (renamed, so made opaque).
+//! (renamed, so made opaque). A lower entry's owner override is carried
+//! into the upper's form (see `ownership.rs`).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -162,7 +163,7 @@ impl Overlay {
             d => d,
         };
         let tmp = temp_name();
-        let res = self.build_copy(src, path, &st, kind, work, &tmp, data, ino);
+        let res = self.build_copy(from, path, &st, kind, work, &tmp, data, ino);
         if let Err(e) = res {
             error!(?e, %path, "copy-up failed");
             let _ = crate::layers::remove_tree(work, &tmp, kind == Kind::Dir);
@@ -191,7 +192,7 @@ impl Overlay {
     #[allow(clippy::too_many_arguments)]
     fn build_copy(
         &self,
-        src: BorrowedFd<'_>,
+        from: LayerIdx,
         path: &RelPath,
         st: &libc::stat,
         kind: Kind,
@@ -200,7 +201,7 @@ impl Overlay {
         data: CopyData,
         ino: u64,
     ) -> Res<()> {
-        let perm = st.st_mode & 0o7777;
+        let src = self.stack.fd(from);
         match kind {
             Kind::Dir => {
                 sys::mkdir_at(work, tmp, 0o700)?;
@@ -244,11 +245,9 @@ impl Overlay {
             }
         }
         // Owner first: a chown drops set-id bits and security.capability,
-        // which the mode and the xattrs then restore.
-        sys::chown_at(work, tmp, st.st_uid, st.st_gid)?;
-        if kind != Kind::Symlink {
-            sys::chmod_at(work, tmp, perm)?;
-        }
+        // which the mode and the xattrs then restore. An owner override
+        // is carried here (copy_xattrs skips private names).
+        self.copy_up_owner(from, path, st, work, tmp)?;
         let tmp_path = RelPath::from_bytes(tmp.to_bytes());
         copy_xattrs(src, path, work, &tmp_path)?;
         if let Some(origin) = self.xattr(Xattr::Origin) {

@@ -27,6 +27,7 @@ pub(crate) mod namespace;
 pub(crate) mod nodes;
 pub(crate) mod options;
 pub(crate) mod overlay;
+pub(crate) mod ownership;
 /// Paths relative to a layer root (the format crate's [`strata_ovl::RelPath`]).
 pub(crate) mod path {
     pub use strata_ovl::RelPath;

@@ -72,7 +72,8 @@ impl Overlay {
     /// directory).
     fn new_owner(&self, ppath: &RelPath, caller: &Caller) -> Res<(u32, u32, bool)> {
         let upper = self.upper()?;
-        let pst = sys::stat_at(self.stack.fd(upper), ppath.c())?;
+        let mut pst = sys::stat_at(self.stack.fd(upper), ppath.c())?;
+        self.apply_override(upper, ppath, &mut pst);
         let uid = self.disk_uid(caller.uid);
         if pst.st_mode & libc::S_ISGID != 0 {
             Ok((uid, pst.st_gid, true))
@@ -135,7 +136,13 @@ impl Overlay {
         };
         let fd = make_entry(dir_fd, &at, perm, &entry)?;
         let finish = || -> Res<()> {
-            sys::chown_at(dir_fd, &at, uid, gid)?;
+            let st_mode = match entry {
+                NewEntry::Dir => libc::S_IFDIR,
+                NewEntry::Symlink { .. } => libc::S_IFLNK,
+                NewEntry::Node { file_type, .. } => file_type,
+                NewEntry::File { .. } => libc::S_IFREG,
+            };
+            self.own_new_entry(dir_fd, &at, st_mode, uid, gid, perm)?;
             if !matches!(entry, NewEntry::Symlink { .. }) && (perm & 0o7000 != 0) {
                 sys::chmod_at(dir_fd, &at, perm)?;
             }

@@ -6,8 +6,8 @@
 //! `volatile`, `fsync=0`, `squash_to_uid=N`,
 //! `squash_to_gid=N`, `squash_to_root`, `uidmapping=` / `gidmapping=`
 //! (`CTR:HOST:LEN` triples separated by `:` or `,`, a leading `:` allowed),
-//! `noatime`, `nodev`, `nosuid`, `noexec`, `ro`, `context=...`, and empty
-//! elements. Unknown options are kept in [`MountOptions::ignored`] and never
+//! `noatime`, `nodev`, `nosuid`, `noexec`, `ro`, `context=...`,
+//! `xattr_permissions=0|1|2`, and empty elements. Unknown options are kept in [`MountOptions::ignored`] and never
 //! fail the mount.
 
 use std::path::PathBuf;
@@ -80,6 +80,10 @@ pub struct MountOptions {
     /// FUSE over io_uring (`uring=auto|on|off`, default auto): see
     /// [`Uring`].
     pub uring: Uring,
+    /// The upper layer's owner override when its root carries none
+    /// (`xattr_permissions=1`: `security.fuseoverlayfs.override_stat`,
+    /// `=2`: `user.containers.override_stat`; see `ownership.rs`).
+    pub xattr_permissions: Option<strata_ovl::OverrideMode>,
     /// Options that were accepted but have no effect here.
     pub ignored: Vec<String>,
 }
@@ -262,6 +266,17 @@ impl MountOptions {
             ("stats", Some(v)) if !v.is_empty() => {
                 self.stats = Some(std::path::absolute(v).unwrap_or_else(|_| PathBuf::from(v)))
             }
+            ("xattr_permissions", Some(v)) => {
+                self.xattr_permissions = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .and_then(strata_ovl::OverrideMode::from_option)
+                    .ok_or_else(|| OptionsError::Invalid {
+                        option: opt.to_string(),
+                        reason: "expected xattr_permissions=0, 1 or 2".into(),
+                    })?
+            }
             ("timeout", Some(v)) => {
                 self.timeout_secs = Some(v.trim().parse().map_err(|_| OptionsError::Invalid {
                     option: opt.to_string(),
@@ -351,6 +366,19 @@ mod tests {
         assert_eq!(o.upper, Some(PathBuf::from("/u,1")));
         assert_eq!(o.work, Some(PathBuf::from("/w,1")));
         assert_eq!(o.ignored, vec!["debug".to_string()]);
+    }
+
+    #[test]
+    fn xattr_permissions() {
+        use strata_ovl::OverrideMode;
+        let o = MountOptions::parse(["lowerdir=/a,xattr_permissions=2"]).unwrap();
+        assert_eq!(o.xattr_permissions, Some(OverrideMode::Containers));
+        assert!(o.ignored.is_empty());
+        let o = MountOptions::parse(["lowerdir=/a,xattr_permissions=1"]).unwrap();
+        assert_eq!(o.xattr_permissions, Some(OverrideMode::Privileged));
+        let o = MountOptions::parse(["xattr_permissions=1,xattr_permissions=0"]).unwrap();
+        assert_eq!(o.xattr_permissions, None);
+        assert!(MountOptions::parse(["xattr_permissions=3"]).is_err());
     }
 
     #[test]

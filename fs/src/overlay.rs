@@ -100,6 +100,9 @@ pub struct Overlay {
     /// a name since unlinked, say) changes the others behind the kernel's
     /// back, so their attributes are never cached.
     pub(crate) shared_inos: dashmap::DashMap<u64, ()>,
+    /// Each layer's owner override mode, by [`LayerIdx`] (see
+    /// `ownership.rs`).
+    pub(crate) overrides: Vec<Option<strata_ovl::OverrideMode>>,
 }
 
 impl Overlay {
@@ -123,7 +126,9 @@ impl Overlay {
                 "FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace; serving reads and writes through FUSE"
             );
         }
+        let overrides = crate::ownership::layer_modes(&stack, &opts);
         let ov = Overlay {
+            overrides,
             nodes: NodeTable::new(root_ino, crate::layers::Layers::new()),
             stack,
             handles: Handles::default(),
@@ -308,12 +313,20 @@ impl Overlay {
         self.opts.gid_map.to_disk(gid)
     }
 
-    /// The attributes users see for a real stat of a node.
+    /// The attributes users see for a real stat of a node (with its
+    /// owner override applied, see `ownership.rs`).
     pub fn attr_from_stat(&self, node: &Node, st: &libc::stat) -> FileAttr {
-        let (unlinked, merged) = {
+        let (unlinked, merged, top) = {
             let s = node.state.read();
-            (s.unlinked, s.layers.len() > 1)
+            (s.unlinked, s.layers.len() > 1, s.layers[0])
         };
+        let mut st = *st;
+        if !unlinked && self.override_mode(top).is_some() {
+            if let Ok(path) = self.nodes.path(node) {
+                self.apply_override(top, &path, &mut st);
+            }
+        }
+        let st = &st;
         let mut a = attr_of(st, node.ino);
         if st.st_nlink > 1
             && st.st_mode & libc::S_IFMT != libc::S_IFDIR

@@ -1,5 +1,7 @@
 //! Changing attributes: truncate, chown, chmod, utimes — each copies a lower
-//! entry up first (a truncate to zero copies no data).
+//! entry up first (a truncate to zero copies no data). In an upper with an
+//! owner override mode, chown and chmod write the override instead of
+//! changing the inode (see `ownership.rs`).
 
 use std::os::fd::AsFd;
 
@@ -71,15 +73,26 @@ impl Overlay {
             return self.getattr(node);
         }
         let path = self.nodes.path(node)?;
-        if ch.uid.is_some() || ch.gid.is_some() {
+        let mode = ch.mode.filter(|_| node.kind() != Kind::Symlink);
+        let owner = ch.uid.is_some() || ch.gid.is_some();
+        // An upper with an owner override mode keeps owner and mode in
+        // the override (see ownership.rs).
+        let overridden = (owner || mode.is_some())
+            && self.override_mode(upper).is_some()
+            && self.set_override(
+                &path,
+                &sys::stat_at(ufd, path.c())?,
+                ch.uid.map(|u| self.disk_uid(u)),
+                ch.gid.map(|g| self.disk_gid(g)),
+                mode,
+            )?;
+        if owner && !overridden {
             let uid = ch.uid.map(|u| self.disk_uid(u)).unwrap_or(u32::MAX);
             let gid = ch.gid.map(|g| self.disk_gid(g)).unwrap_or(u32::MAX);
             sys::chown_at(ufd, path.c(), uid, gid)?;
         }
-        if let Some(mode) = ch.mode {
-            if node.kind() != Kind::Symlink {
-                sys::chmod_at(ufd, path.c(), mode & 0o7777)?;
-            }
+        if let Some(mode) = mode.filter(|_| !overridden) {
+            sys::chmod_at(ufd, path.c(), mode & 0o7777)?;
         }
         if ch.atime.is_some() || ch.mtime.is_some() {
             sys::utimens_at(

@@ -1,8 +1,11 @@
 //! Extended attributes, with the overlay's private names hidden.
 //!
 //! `trusted.overlay.*`, `user.overlay.*` and `user.fuseoverlayfs.*` belong to
-//! the union (whiteouts, opacity, origins): they are never listed, reading one
-//! gives `ENODATA`, and setting or removing one is refused with `EPERM`.
+//! the union (whiteouts, opacity, origins), and so do the owner overrides
+//! (`security.fuseoverlayfs.override_stat`, `user.containers.override_stat`,
+//! shown as the owner and mode instead, see `ownership.rs`): they are never
+//! listed, reading one gives `ENODATA`, and setting or removing one is
+//! refused with `EPERM`.
 //! Changing any other xattr of a lower entry copies it up first. With
 //! `noxattrs=1` every xattr call fails (EOPNOTSUPP to the caller).
 //!

@@ -7,9 +7,11 @@
 //!
 //! - [`names`]: the AUFS/OCI names (`.wh.NAME`, `.wh..wh..opq`) and the
 //!   private xattrs (`trusted.overlay.*`, `user.overlay.*`,
-//!   `user.fuseoverlayfs.*`), with the filter that keeps them private;
+//!   `user.fuseoverlayfs.*`, the owner overrides), with the filter that keeps them private;
 //! - [`layer`]: every whiteout and opaque form read from one layer, and
 //!   the forms written into an upper one;
+//! - [`ownership`]: owners and modes kept in an xattr (fuse-overlayfs'
+//!   `xattr_permissions`, containers/storage's `force_mask`);
 //! - [`forms`]: which forms to write, probed from what the upper
 //!   filesystem and the caller's privileges allow;
 //! - [`stack`]: a path resolved through a stack of layer directory fds,
@@ -23,11 +25,13 @@
 pub mod forms;
 pub mod layer;
 pub mod names;
+pub mod ownership;
 mod path;
 pub mod stack;
 pub mod sys;
 
 pub use forms::{Forms, OpaqueForm, Probe, WhiteoutForm};
 pub use names::{is_private_xattr, EntryName, Xattr, XattrNs};
+pub use ownership::{OverrideKind, OverrideMode, OverrideStat};
 pub use path::RelPath;
 pub use stack::{Found, MergedEntry, Stack};

@@ -107,6 +107,18 @@ pub const OPAQUE_XATTRS: [&CStr; 3] = [
     FUSE_OVERLAYFS_OPAQUE,
 ];
 
+/// fuse-overlayfs' `xattr_permissions=1` ("privileged") override of a
+/// file's owner and mode (see [`crate::ownership`]).
+pub const OVERRIDE_STAT_PRIVILEGED: &CStr = c"security.fuseoverlayfs.override_stat";
+
+/// containers/storage's `force_mask` override of a file's owner and mode,
+/// also fuse-overlayfs' `xattr_permissions=2` (see [`crate::ownership`]).
+pub const OVERRIDE_STAT_CONTAINERS: &CStr = c"user.containers.override_stat";
+
+/// Older fuse-overlayfs' unprivileged override of a file's owner and mode
+/// (see [`crate::ownership`]).
+pub const OVERRIDE_STAT_USER: &CStr = c"user.fuseoverlayfs.override_stat";
+
 /// The prefixes of the xattrs that belong to an overlay implementation
 /// (the kernel's, fuse-overlayfs', Strata's): never shown to users, never
 /// settable through a mount, never carried into a layer tar, never taken
@@ -117,10 +129,15 @@ const PRIVATE_PREFIXES: [&[u8]; 3] = [
     b"user.fuseoverlayfs.",
 ];
 
+/// Private names outside [`PRIVATE_PREFIXES`]: the owner and mode
+/// overrides, which a mount presents as the file's attributes instead.
+const PRIVATE_NAMES: [&CStr; 2] = [OVERRIDE_STAT_PRIVILEGED, OVERRIDE_STAT_CONTAINERS];
+
 /// Whether an xattr name is private to the overlay format (see
-/// [`PRIVATE_PREFIXES`]).
+/// [`PRIVATE_PREFIXES`] and [`PRIVATE_NAMES`]).
 pub fn is_private_xattr(name: &[u8]) -> bool {
     PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
+        || PRIVATE_NAMES.iter().any(|n| n.to_bytes() == name)
 }
 
 /// What a directory entry's name means in the AUFS/OCI forms.
@@ -183,6 +200,9 @@ mod tests {
             "user.overlay.origin",
             "user.fuseoverlayfs.opaque",
             "trusted.overlay.strata.origin",
+            "security.fuseoverlayfs.override_stat",
+            "user.containers.override_stat",
+            "user.fuseoverlayfs.override_stat",
         ] {
             assert!(is_private_xattr(n.as_bytes()), "{n}");
         }
@@ -191,6 +211,8 @@ mod tests {
             "security.capability",
             "trusted.other",
             "user.overlayx",
+            "user.containers.override_statx",
+            "security.selinux",
         ] {
             assert!(!is_private_xattr(n.as_bytes()), "{n}");
         }

@@ -178,3 +178,74 @@ pub fn lsetxattr_flags(path: &Path, name: &str, value: &[u8], flags: i32) -> Res
     };
     Errno::result(r).map(drop)
 }
+
+/// Runs `cmd` to completion in a new user and mount namespace where it is
+/// root, with `map` (`/proc/PID/uid_map` lines, used for gids too) written
+/// by this process, which is root (as newuidmap would for a rootless
+/// user's subordinate range). The command has no capability in the
+/// initial namespace: `trusted.*` and `security.*` xattrs are refused, as
+/// for rootless podman. Returns its output (stdout and stderr captured).
+pub fn output_in_userns(
+    mut cmd: std::process::Command,
+    map: &str,
+) -> std::io::Result<std::process::Output> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (ready_raw, go_raw) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+    let go_w_raw = go_w.as_raw_fd();
+    let child_setup = move || -> std::io::Result<()> {
+        // Only async-signal-safe calls between fork and exec.
+        // SAFETY: plain syscalls on fds this closure owns copies of; the
+        // buffers are valid for their lengths.
+        unsafe {
+            // The parent's end only: if it goes away, the read sees EOF.
+            libc::close(go_w_raw);
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(ready_raw, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut go = [0u8; 1];
+            if libc::read(go_raw, go.as_mut_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::other("the id maps were not written"));
+            }
+            if libc::setresgid(0, 0, 0) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresuid(0, 0, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: child_setup makes only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(child_setup);
+    }
+    // spawn() returns once the child has exec'd, which waits for the maps:
+    // the child is spawned on a thread while this one writes them.
+    let runner = std::thread::spawn(move || {
+        let child = cmd.spawn();
+        drop(ready_w);
+        drop(go_r);
+        child?.wait_with_output()
+    });
+    let mut pid = [0u8; 4];
+    let mut ready = std::fs::File::from(ready_r);
+    let mapped = ready.read_exact(&mut pid).and_then(|()| {
+        let pid = i32::from_ne_bytes(pid);
+        std::fs::write(format!("/proc/{pid}/uid_map"), map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), map)?;
+        std::fs::File::from(go_w).write_all(b"g")
+    });
+    let out = runner.join().expect("the spawning thread panicked");
+    mapped?;
+    out
+}
