@@ -326,7 +326,10 @@ impl Prepared {
         let forms = overlay::upper_forms(&stack, &opts)
             .map_err(|e| MountError::UpperUnusable(opts.work.clone().unwrap_or_default(), e))?;
         let overlay = Arc::new(Overlay::new(stack, opts, forms).map_err(MountError::Setup)?);
-        let root = nix::unistd::geteuid().is_root();
+        // Privilege is what the kernel allows, not the uid: uid 0 in a user
+        // namespace may be refused /dev/fuse too, and then fusermount3 is
+        // the way, as for any other user.
+        let privileged = sys::has_init_cap_sys_admin();
         let direct = sys::open_fuse_device().and_then(|dev| {
             sys::mount_fuse(
                 dev.as_fd(),
@@ -342,7 +345,7 @@ impl Prepared {
             Ok(dev) => (dev, None),
             // A user who may not open /dev/fuse or mount: the setuid
             // fusermount3 mounts, as libfuse does for fuse-overlayfs.
-            Err(Errno::EACCES | Errno::EPERM) if !root => {
+            Err(Errno::EACCES | Errno::EPERM) if !privileged => {
                 let (dev, sock) = sys::mount_fuse_fusermount(&mnt, &fusermount_options(flags))
                     .map_err(|e| MountError::Mount(mnt.clone(), e))?;
                 (dev, Some(sock))
