@@ -189,19 +189,9 @@ pub fn fuse_conf_allows_other() -> bool {
 /// forked child that keeps the fd keeps the lock, and it goes when the last
 /// fd closes (no explicit unlock that a child could run by mistake).
 pub fn lock_dir(path: &std::path::Path) -> Result<OwnedFd, Errno> {
-    let p = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            p.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: a new fd from open(2).
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())?;
     // SAFETY: plain syscall on an fd we own.
     check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
     Ok(fd)
@@ -209,13 +199,12 @@ pub fn lock_dir(path: &std::path::Path) -> Result<OwnedFd, Errno> {
 
 /// Opens `/dev/fuse` for a new connection.
 pub fn open_fuse_device() -> Result<OwnedFd, Errno> {
-    // SAFETY: literal NUL-terminated path.
-    let fd = unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: a new fd from open(2).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use nix::fcntl::OFlag;
+    nix::fcntl::open(
+        c"/dev/fuse",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
 }
 
 /// `fork(2)`, for a program that has not started any thread yet (the
