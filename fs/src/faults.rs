@@ -22,15 +22,22 @@ pub(crate) fn point(name: &'static str) -> Res<()> {
             let i = armed.iter().position(|(n, _)| *n == name)?;
             Some(armed.remove(i).1)
         });
-        if let Some(errno) = hit {
-            return Err(errno);
+        match hit {
+            // Armed with `PASS`: this hit goes through, a later one fails.
+            Some(PASS) | None => {}
+            Some(errno) => return Err(errno),
         }
     }
     let _ = name;
     Ok(())
 }
 
-/// Makes each point fail once on this thread with its errno.
+/// Armed as a point's errno, lets one hit of it through: arming a point
+/// with `PASS` and then an errno makes its second hit fail.
+#[cfg(test)]
+pub(crate) const PASS: nix::errno::Errno = nix::errno::Errno::UnknownErrno;
+
+/// Makes each point fail once on this thread with its errno, in order.
 #[cfg(test)]
 pub(crate) fn arm(points: &[(&'static str, nix::errno::Errno)]) {
     ARMED.with_borrow_mut(|armed| *armed = points.to_vec());

@@ -244,8 +244,39 @@ impl Overlay {
     }
 
     /// Copies the merged directory tree at `path` (merged from `layers`)
-    /// entirely into the upper layer and marks it opaque.
+    /// entirely into the upper layer and marks it opaque. On failure
+    /// everything it did is undone (see [`Undo`]): the view and the upper
+    /// layer are as they were, whatever step failed.
     pub fn materialize_dir(&self, path: &RelPath, layers: &[LayerIdx]) -> Res<()> {
+        let mut undo = Vec::new();
+        let res = self.materialize_into(path, layers, &mut undo);
+        if res.is_err() {
+            let ufd = self.stack.fd(self.upper()?);
+            for step in undo.into_iter().rev() {
+                match step {
+                    Undo::Created(p, is_dir) => {
+                        let _ = crate::layers::remove_tree(ufd, p.c(), is_dir);
+                    }
+                    Undo::Opaque(p, hidden) => {
+                        let _ = whiteout::clear_opaque(ufd, &p, self.forms.opaque);
+                        for name in hidden {
+                            let _ = self.make_whiteout(ufd, p.join(&name).c());
+                        }
+                    }
+                }
+            }
+        }
+        res
+    }
+
+    /// The work of [`Overlay::materialize_dir`], recording in `undo` each
+    /// change to the upper layer as it is made.
+    fn materialize_into(
+        &self,
+        path: &RelPath,
+        layers: &[LayerIdx],
+        undo: &mut Vec<Undo>,
+    ) -> Res<()> {
         let upper = self.upper()?;
         let ufd = self.stack.fd(upper);
         if !self.stack.is_upper(layers[0]) {
@@ -256,18 +287,20 @@ impl Overlay {
                 crate::copyup::CopyData::All,
                 self.stack.ino(layers[0], st.st_ino),
             )?;
+            undo.push(Undo::Created(path.clone(), true));
         }
         for (name, layer, ino, kind) in self.merged_entries(path, layers)? {
             let child = path.join(&name);
             if kind == Kind::Dir {
                 if let Some(r) = self.resolve(path, layers, &name)? {
                     if !r.layers.iter().all(|l| self.stack.is_upper(*l)) {
-                        self.materialize_dir(&child, &r.layers)?;
+                        self.materialize_into(&child, &r.layers, undo)?;
                     }
                 }
             } else if self.stack.is_upper(layer) {
                 // A metacopy file in a tree that becomes opaque: its data
-                // comes up before the lower layers are cut off.
+                // comes up before the lower layers are cut off (the same
+                // file in view either way: nothing to undo).
                 if kind == Kind::File && self.is_metacopy_at(upper, &child) {
                     if let Some(r) = self.resolve(path, layers, &name)? {
                         if r.layers.len() > 1 {
@@ -276,12 +309,14 @@ impl Overlay {
                     }
                 }
             } else {
+                crate::faults::point("materialize.copy_up")?;
                 self.copy_up_entry(
                     layer,
                     &child,
                     crate::copyup::CopyData::All,
                     self.stack.ino(layer, ino),
                 )?;
+                undo.push(Undo::Created(child, false));
             }
         }
         // Whiteouts go before the directory is made opaque (the kernel's
@@ -293,12 +328,17 @@ impl Overlay {
         self.mark_impure(path);
         let marked = crate::faults::point("materialize.opaque")
             .and_then(|()| whiteout::set_opaque(ufd, path, self.forms.opaque));
-        if let Err(e) = marked {
-            for name in removed {
-                let _ = self.make_whiteout(ufd, path.join(&name).c());
-            }
-            return Err(e);
-        }
-        Ok(())
+        undo.push(Undo::Opaque(path.clone(), removed));
+        marked
     }
+}
+
+/// A change [`Overlay::materialize_dir`] made to the upper layer, undone in
+/// reverse order when a later step fails.
+enum Undo {
+    /// An entry copied up (`true`: a directory), removed again.
+    Created(RelPath, bool),
+    /// A directory marked opaque after its whiteouts of these names were
+    /// removed: unmarked, and the whiteouts made again.
+    Opaque(RelPath, Vec<Vec<u8>>),
 }

@@ -136,6 +136,19 @@ pub fn set_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Resu
     }
 }
 
+/// Removes the opaque mark of `form` from the upper directory `path`
+/// (nothing to do when it has none).
+pub fn clear_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Result<(), Errno> {
+    let r = match form {
+        OpaqueForm::Xattr(ns) => sys::removexattr_at(dir, path.c(), Xattr::Opaque.name(ns)),
+        OpaqueForm::Marker => sys::unlink_at(dir, path.join(OPAQUE_MARKER).c(), false),
+    };
+    match r {
+        Ok(()) | Err(Errno::ENODATA) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates a whiteout for `path` (whose parent exists in the upper layer).
 /// The device form takes the name itself, which must not exist; the
 /// `.wh.` form takes `.wh.NAME` beside it.
