@@ -122,53 +122,8 @@ impl Overlay {
             sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_EXCHANGE)?;
         } else {
             let needs_whiteout = self.exists_below(&p1, &l1, name.as_bytes())?;
-            let mut done = false;
-            let onto_device_whiteout = dst.is_none()
-                && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_device_whiteout(&st));
-            if src.kind == Kind::Dir && onto_device_whiteout {
-                // The swap also leaves the whiteout the old name may need.
-                whiteout::swap_dir_onto_whiteout(ufd, path1.c(), ufd, path2.c(), needs_whiteout)?;
-                done = true;
-            }
-            if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::Device {
-                let atomic = crate::faults::point("rename.rename_whiteout").and_then(|()| {
-                    sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT)
-                });
-                match atomic {
-                    Ok(()) => done = true,
-                    Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::WhFile {
-                // `.wh.OLD` beside the upper entry hides only the layers
-                // below: the old name stays in view until the entry moves.
-                self.make_whiteout(ufd, path1.c())?;
-                let moved = crate::faults::point("rename.move")
-                    .and_then(|()| sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0));
-                if let Err(e) = moved {
-                    let _ = whiteout::remove_wh_file(ufd, &path1);
-                    return Err(e);
-                }
-                done = true;
-            }
-            if !done {
-                sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0)?;
-                if needs_whiteout {
-                    // The entry moved: without its whiteout the lower entry
-                    // of the old name would show again, so a failure here
-                    // moves it back.
-                    let hidden = crate::faults::point("rename.whiteout")
-                        .and_then(|()| self.make_whiteout(ufd, path1.c()));
-                    if let Err(e) = hidden {
-                        let _ = sys::rename_at2(ufd, path2.c(), ufd, path1.c(), 0);
-                        return Err(e);
-                    }
-                }
-            }
-            if self.forms.whiteout == WhiteoutForm::WhFile {
-                whiteout::remove_wh_file(ufd, &path2)?;
-            }
+            let is_dir = src.kind == Kind::Dir;
+            self.move_upper_entry(&path1, &path2, is_dir, dst.is_none(), needs_whiteout)?;
         }
         // An entry numbered as its origin that lands in another directory
         // makes that one impure.
@@ -196,6 +151,69 @@ impl Overlay {
         } else {
             self.nodes.detach_child(newparent, newname);
             self.nodes.move_child(parent, name, newparent, newname);
+        }
+        Ok(())
+    }
+
+    /// Moves the upper entry `path1` to `path2` (where nothing is in view:
+    /// `to_free`, or an entry it replaces), leaving a whiteout at `path1`
+    /// when a lower layer holds that name (`needs_whiteout`). Either all of
+    /// it happens or none: the old name is never shown from below.
+    fn move_upper_entry(
+        &self,
+        path1: &RelPath,
+        path2: &RelPath,
+        is_dir: bool,
+        to_free: bool,
+        needs_whiteout: bool,
+    ) -> Res<()> {
+        let ufd = self.stack.fd(self.upper()?);
+        let onto_device_whiteout = to_free
+            && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_device_whiteout(&st));
+        let mut done = false;
+        if is_dir && onto_device_whiteout {
+            // The swap also leaves the whiteout the old name may need.
+            whiteout::swap_dir_onto_whiteout(ufd, path1.c(), ufd, path2.c(), needs_whiteout)?;
+            done = true;
+        }
+        if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::Device {
+            let atomic = crate::faults::point("rename.rename_whiteout").and_then(|()| {
+                sys::rename_at2(ufd, path1.c(), ufd, path2.c(), libc::RENAME_WHITEOUT)
+            });
+            match atomic {
+                Ok(()) => done = true,
+                Err(Errno::EINVAL) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !done && needs_whiteout && self.forms.whiteout == WhiteoutForm::WhFile {
+            // `.wh.OLD` beside the upper entry hides only the layers
+            // below: the old name stays in view until the entry moves.
+            self.make_whiteout(ufd, path1.c())?;
+            let moved = crate::faults::point("rename.move")
+                .and_then(|()| sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0));
+            if let Err(e) = moved {
+                let _ = whiteout::remove_wh_file(ufd, path1);
+                return Err(e);
+            }
+            done = true;
+        }
+        if !done {
+            sys::rename_at2(ufd, path1.c(), ufd, path2.c(), 0)?;
+            if needs_whiteout {
+                // The entry moved: without its whiteout the lower entry of
+                // the old name would show again, so a failure here moves it
+                // back.
+                let hidden = crate::faults::point("rename.whiteout")
+                    .and_then(|()| self.make_whiteout(ufd, path1.c()));
+                if let Err(e) = hidden {
+                    let _ = sys::rename_at2(ufd, path2.c(), ufd, path1.c(), 0);
+                    return Err(e);
+                }
+            }
+        }
+        if self.forms.whiteout == WhiteoutForm::WhFile {
+            whiteout::remove_wh_file(ufd, path2)?;
         }
         Ok(())
     }
