@@ -34,6 +34,7 @@ pub mod format;
 pub mod ids;
 pub mod launch;
 pub mod mounts;
+pub mod network;
 pub mod oci;
 pub mod proc;
 pub mod process;
