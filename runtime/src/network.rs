@@ -397,15 +397,16 @@ fn resolve_ports(ports: &[PortMapping]) -> Result<Vec<PortMapping>, StartFailure
         .collect()
 }
 
+/// The helper's last message, without pasta's `0.5004: ERROR:` prefix.
 fn last_line(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty() && !l.contains("syslog"))
-        .unwrap_or("")
-        .trim()
-        .to_string()
+        .unwrap_or("");
+    let line = line.split_once("ERROR:").map_or(line, |(_, m)| m);
+    line.trim().to_string()
 }
 
 /// Starts the network helper of `c` for the namespace of process `pid`
@@ -595,7 +596,7 @@ fn start_slirp(
             if let Err(e) = add_hostfwd(Path::new(&sock), p) {
                 kill(child);
                 return Err(fail(format!(
-                    "cannot forward {}->{}: {e}",
+                    "cannot forward {}->{} (is the host port in use?): {e}",
                     p.host_side(),
                     p.container_key()
                 )));

@@ -295,3 +295,26 @@ fn slirp4netns_reaches_the_hosts_loopback_only_when_allowed() {
     assert_eq!(r.stdout, "pong-from-host\n", "{r:?}");
     server.join().unwrap();
 }
+
+#[test]
+fn a_host_port_in_use_fails_the_start_in_one_line() {
+    let env = Env::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let publish = format!("127.0.0.1:{port}:80");
+    for mode in ["pasta", "slirp4netns"] {
+        let r = env.run(&[
+            "run",
+            "--rm",
+            "--network",
+            mode,
+            "-p",
+            &publish,
+            "busybox",
+            "true",
+        ]);
+        assert_eq!(r.code, 125, "{mode}: {r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{mode}: {r:?}");
+        assert!(r.stderr.contains(&port.to_string()), "{mode}: {r:?}");
+    }
+}
