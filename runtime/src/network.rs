@@ -484,19 +484,7 @@ fn start_pasta(
     if !c.config.network_options.host_loopback {
         cmd.arg("--no-map-gw");
     }
-    for (flag, proto) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
-        let mine: Vec<&PortMapping> = ports.iter().filter(|p| p.protocol == proto).collect();
-        if mine.is_empty() {
-            cmd.args([flag, "none"]);
-        }
-        for p in mine {
-            let spec = match p.host_ip {
-                Some(ip) => format!("{ip}/{}:{}", p.host_port, p.container_port),
-                None => format!("{}:{}", p.host_port, p.container_port),
-            };
-            cmd.args([flag, &spec]);
-        }
-    }
+    cmd.args(pasta_port_args(ports));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -529,6 +517,27 @@ fn start_pasta(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// pasta's `-t`/`-u` options for the mappings (one per mapping, an
+/// address as `IP/`); `none` for a protocol without any, so pasta does
+/// not forward the ports the container happens to bind.
+fn pasta_port_args(ports: &[PortMapping]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (flag, proto) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
+        let mine: Vec<&PortMapping> = ports.iter().filter(|p| p.protocol == proto).collect();
+        if mine.is_empty() {
+            args.extend([flag.to_string(), "none".to_string()]);
+        }
+        for p in mine {
+            let spec = match p.host_ip {
+                Some(ip) => format!("{ip}/{}:{}", p.host_port, p.container_port),
+                None => format!("{}:{}", p.host_port, p.container_port),
+            };
+            args.extend([flag.to_string(), spec]);
+        }
+    }
+    args
 }
 
 fn start_slirp(
@@ -709,6 +718,27 @@ mod tests {
         for m in MODES {
             assert_eq!(name(parse_mode(m).unwrap().0), m);
         }
+    }
+
+    #[test]
+    fn pasta_gets_one_option_per_mapping() {
+        let ports = vec![
+            parse_publish("127.0.0.1:8080:80").unwrap(),
+            parse_publish("9000:90").unwrap(),
+            parse_publish("[::1]:5353:53/udp").unwrap(),
+        ];
+        assert_eq!(
+            pasta_port_args(&ports),
+            [
+                "-t",
+                "127.0.0.1/8080:80",
+                "-t",
+                "9000:90",
+                "-u",
+                "::1/5353:53"
+            ]
+        );
+        assert_eq!(pasta_port_args(&[]), ["-t", "none", "-u", "none"]);
     }
 
     #[test]
