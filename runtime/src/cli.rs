@@ -95,6 +95,13 @@ pub enum Command {
         /// The containers (default: all running).
         containers: Vec<String>,
     },
+    /// List a container's port mappings, or the host side of one.
+    Port {
+        /// The container.
+        container: String,
+        /// PORT[/tcp|udp] in the container.
+        port: Option<String>,
+    },
     /// List containers.
     Ps {
         /// Show all containers (default: running only).
@@ -571,10 +578,14 @@ pub struct RunArgs {
     /// Bind-mount HOST:CONTAINER[:ro].
     #[arg(short, long)]
     pub volume: Vec<String>,
-    /// none (default: a network namespace of its own, loopback only) or
-    /// host.
+    /// pasta (default: a namespace of its own with user-mode networking),
+    /// slirp4netns, none (loopback only) or host; MODE:OPTIONS as podman
+    /// (pasta:--map-gw, slirp4netns:allow_host_loopback=true).
     #[arg(long, alias = "net")]
     pub network: Option<String>,
+    /// Publish a port: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp] (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
     /// Every capability, no seccomp filter, no masked paths, all devices.
     #[arg(long)]
     pub privileged: bool,

@@ -99,9 +99,15 @@ impl<T> Ctx<T> for std::io::Result<T> {
 pub enum Network {
     /// The host's network namespace (`--network host`).
     Host,
-    /// A new network namespace with only `lo`, up (the default).
+    /// A new network namespace with only `lo`, up (`--network none`; what
+    /// configs written before the user-mode networks meant).
     #[default]
     None,
+    /// A new network namespace connected by pasta (`--network pasta`, the
+    /// default of `run` and `create`; see `crate::network`).
+    Pasta,
+    /// A new network namespace connected by slirp4netns.
+    Slirp4netns,
 }
 
 /// A host path bind-mounted into the container (`-v HOST:CTR[:ro]`).
@@ -144,6 +150,12 @@ pub struct ContainerConfig {
     /// The network.
     #[serde(default)]
     pub network: Network,
+    /// `--network MODE:OPTIONS`.
+    #[serde(default)]
+    pub network_options: crate::network::Options,
+    /// `-p` mappings as given (host port 0: chosen at start).
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortMapping>,
     /// Give the process a terminal.
     #[serde(default)]
     pub tty: bool,

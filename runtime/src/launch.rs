@@ -146,7 +146,9 @@ pub fn clean_stale(paths: &Paths, id: &str) {
 }
 
 /// Creates and starts container `id` from its bundle; `err_fd` receives
-/// an exec failure. The init is this process's child.
+/// an exec failure. The init is this process's child. With `own_netns`,
+/// `lo` is brought up in the new network namespace and `on_created` runs
+/// with the init's pid before the program starts (the network helper).
 pub fn start(
     paths: &Paths,
     id: &str,
@@ -154,6 +156,7 @@ pub fn start(
     err_fd: &OwnedFd,
     ctty: bool,
     own_netns: bool,
+    on_created: &mut dyn FnMut(libc::pid_t) -> Result<(), StartFailure>,
 ) -> Result<Started, StartFailure> {
     clean_stale(paths, id);
     let root = oci_root(paths);
@@ -183,6 +186,10 @@ pub fn start(
         if let Err(e) = loopback_up_in(libc::pid_t::from(p)) {
             let _ = oci.delete(true);
             return Err(failure("bring up lo in the container", e));
+        }
+        if let Err(f) = on_created(libc::pid_t::from(p)) {
+            let _ = oci.delete(true);
+            return Err(f);
         }
     }
     let started = oci.start();

@@ -12,7 +12,8 @@
 //! Map: [`cli`] (arguments) → [`commands`] (one function per command) →
 //! [`container`] (config and state on disk), [`spec`] (image config +
 //! flags), [`supervisor`] (mount, serve, start, wait, record), [`rootfs`]
-//! (the init layer), [`oci`] (the runtime spec), [`launch`]
+//! (the init layer), [`oci`] (the runtime spec), [`network`] (pasta,
+//! slirp4netns, `-p`), [`launch`]
 //! (libcontainer), [`beneath`] (paths resolved inside a container's tree),
 //! [`process`] (finding and exec'ing the program), [`attach`] (terminals and signals),
 //! [`diff`], [`format`] (docker-style output), [`build`] (`strata build`:
@@ -34,6 +35,7 @@ pub mod format;
 pub mod ids;
 pub mod launch;
 pub mod mounts;
+pub mod network;
 pub mod oci;
 pub mod proc;
 pub mod process;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 
 use crate::beneath::Root;
-use crate::container::{ContainerConfig, Network, Paths};
+use crate::container::{ContainerConfig, Paths};
 
 /// `rel` joined onto `root`, with no `..` and no leading `/`.
 pub fn in_root(root: &Path, rel: &str) -> PathBuf {
@@ -124,11 +124,7 @@ pub fn prepare_init_layer(
     }
     fs::write(paths.hostname(), format!("{}\n", config.hostname))?;
     fs::write(paths.hosts(), hosts_file(&config.hostname))?;
-    let resolv = match config.network {
-        Network::Host => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        Network::None => String::new(),
-    };
-    fs::write(paths.resolv(), resolv)?;
+    fs::write(paths.resolv(), crate::network::resolv_conf(config.network))?;
     for f in [paths.hostname(), paths.hosts(), paths.resolv()] {
         fs::set_permissions(&f, fs::Permissions::from_mode(0o644))?;
     }

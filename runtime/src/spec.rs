@@ -33,6 +33,9 @@ pub enum SpecError {
         /// Why.
         reason: String,
     },
+    /// A `--network` or `-p` value that cannot be used.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// An env file that cannot be read.
     #[error("cannot read env file {}: {err}", path.display())]
     EnvFile {
@@ -62,8 +65,10 @@ pub struct RunFlags {
     pub entrypoint: Option<String>,
     /// `-v HOST:CTR[:ro]`.
     pub volumes: Vec<String>,
-    /// `--network`.
+    /// `--network` (unset: none; `run` and `create` default to pasta).
     pub network: Option<String>,
+    /// `-p`.
+    pub publish: Vec<String>,
     /// `-t`.
     pub tty: bool,
     /// `-i`.
@@ -221,17 +226,18 @@ pub fn build(
             reason: "must be an absolute path".into(),
         });
     }
-    let network = match flags.network.as_deref() {
-        Some("host") => Network::Host,
-        None | Some("none") | Some("") => Network::None,
-        Some(other) => {
-            return Err(SpecError::Invalid {
-                flag: "--network",
-                value: other.to_string(),
-                reason: "supported networks are host and none".into(),
-            })
-        }
-    };
+    let (network, network_options) =
+        crate::network::parse_mode(flags.network.as_deref().unwrap_or("none"))?;
+    let ports = flags
+        .publish
+        .iter()
+        .map(|p| crate::network::parse_publish(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ports.is_empty() && matches!(network, Network::None | Network::Host) {
+        return Err(
+            crate::network::NetworkError::PortsWithout(crate::network::name(network)).into(),
+        );
+    }
     let volumes = flags
         .volumes
         .iter()
@@ -250,6 +256,8 @@ pub fn build(
         hostname,
         volumes,
         network,
+        network_options,
+        ports,
         tty: flags.tty,
         interactive: flags.interactive,
         auto_remove: flags.auto_remove,

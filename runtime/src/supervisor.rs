@@ -29,7 +29,7 @@ use crate::mounts::{self, ServedMount};
 use crate::proc::{self, ProcId};
 use crate::process::{self, StartFailure};
 use crate::sys;
-use crate::{launch, oci, users};
+use crate::{launch, network, oci, users};
 
 /// The layer stack of a container, top first: its init layer, then its
 /// image's layers.
@@ -248,12 +248,28 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         .into_iter()
         .map(|(src, user, log)| std::thread::spawn(move || copy_output(src, user, log)))
         .collect();
-    let own_netns = c.config.network == crate::container::Network::None;
-    let started = launch::start(&c.paths, c.id().as_str(), stdio, &err_w, ctty, own_netns);
+    let own_netns = c.config.network != crate::container::Network::Host;
+    // pasta or slirp4netns, attached to the new namespace before the
+    // program starts; stopped when the init has exited (or by the
+    // parent-death signal with a killed supervisor).
+    let mut net_helper = None;
+    let started = launch::start(
+        &c.paths,
+        c.id().as_str(),
+        stdio,
+        &err_w,
+        ctty,
+        own_netns,
+        &mut |pid| {
+            net_helper = network::start(c, pid)?;
+            Ok(())
+        },
+    );
     drop(err_w);
     let started = match started {
         Ok(s) => s,
         Err(f) => {
+            drop(net_helper);
             for p in pumps {
                 let _ = p.join();
             }
@@ -265,6 +281,7 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
     let _ = std::fs::File::from(err_r).read_to_end(&mut msg);
     if !msg.is_empty() {
         attach::wait_exit(child);
+        drop(net_helper);
         drop(started);
         for p in pumps {
             let _ = p.join();
@@ -293,6 +310,7 @@ fn run(store: &Store, c: &Container, mode: Mode) -> Result<i32, StartFailure> {
         }
     }
     let code = attach::wait_exit(child);
+    drop(net_helper);
     // Ends what is left in the container (its PID namespace dies with its
     // init) and removes its cgroups.
     drop(started);

@@ -227,3 +227,43 @@ pub fn cloexec_from_3() {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
+
+/// Spawns `cmd` tied to the calling thread: the child gets the
+/// parent-death signal SIGKILL (so a killed supervisor takes its network
+/// helper along) and keeps the descriptors `keep` open across exec.
+pub fn spawn_tied(
+    cmd: &mut std::process::Command,
+    keep: &[i32],
+) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let keep = keep.to_vec();
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls (prctl, getppid, fcntl); it
+    // allocates nothing (`keep` was copied before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the signal was armed.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            for fd in &keep {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}

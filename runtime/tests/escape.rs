@@ -152,7 +152,11 @@ fn the_network_namespace_is_the_containers_own() {
     let env = Env::new();
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     let host = host.to_string_lossy();
-    let r = sh(&env, &[], "readlink /proc/self/ns/net; ip link");
+    let r = sh(
+        &env,
+        &["--network", "none"],
+        "readlink /proc/self/ns/net; ip link",
+    );
     assert_eq!(r.code, 0, "{r:?}");
     let mut lines = r.stdout.lines();
     assert_ne!(lines.next().unwrap(), host, "{r:?}");

@@ -259,7 +259,8 @@ pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
         },
         "HostConfig": {
             "AutoRemove": cfg.auto_remove,
-            "NetworkMode": match cfg.network { crate::container::Network::Host => "host", crate::container::Network::None => "none" },
+            "NetworkMode": crate::network::name(cfg.network),
+            "PortBindings": crate::network::ports_json(&cfg.ports),
             "Binds": cfg.volumes.iter().map(|v| format!("{}:{}{}", v.host.display(), v.target, if v.read_only { ":ro" } else { "" })).collect::<Vec<_>>(),
             "Privileged": cfg.security.privileged,
             "CapAdd": cfg.security.cap_add,
@@ -270,6 +271,9 @@ pub(super) fn container_json(ctx: &Ctx, c: &Container) -> Result<Value> {
             "NanoCpus": cfg.resources.nano_cpus.unwrap_or(0),
             "CpuShares": cfg.resources.cpu_shares.unwrap_or(0),
             "PidsLimit": cfg.resources.pids_limit.unwrap_or(0),
+        },
+        "NetworkSettings": {
+            "Ports": crate::network::ports_json(&crate::network::running_ports(c)),
         },
         "GraphDriver": {"Name": "strata", "Data": {
             "LowerDir": lowers,

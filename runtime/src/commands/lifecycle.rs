@@ -26,7 +26,12 @@ pub(super) fn run_flags(a: &RunArgs) -> Result<RunFlags> {
         hostname: a.hostname.clone(),
         entrypoint: a.entrypoint.clone(),
         volumes: a.volume.clone(),
-        network: a.network.clone(),
+        network: Some(
+            a.network
+                .clone()
+                .unwrap_or_else(|| crate::network::DEFAULT_MODE.into()),
+        ),
+        publish: a.publish.clone(),
         tty: a.tty,
         interactive: a.interactive,
         auto_remove: a.rm,
@@ -215,6 +220,7 @@ pub(super) fn ps(
             "ExitCode": s.exit_code,
             "Names": c.config.name,
             "Pid": s.init.map(|p| p.pid),
+            "Ports": crate::network::ports_column(&crate::network::running_ports(c)),
         }));
     }
     if quiet {
@@ -237,6 +243,7 @@ pub(super) fn ps(
                 "COMMAND",
                 "CREATED",
                 "STATUS",
+                "PORTS",
                 "NAMES",
             ]);
             for r in &rows {
@@ -247,6 +254,7 @@ pub(super) fn ps(
                     g("Command"),
                     g("RunningFor"),
                     g("Status"),
+                    g("Ports"),
                     g("Names"),
                 ]);
             }
@@ -320,11 +328,41 @@ pub fn remove(ctx: &Ctx, c: &Container, force: bool) -> Result<()> {
         let _ = sup.signal(Signal::SIGKILL);
         wait_stopped(c, Duration::from_secs(10));
     }
+    crate::network::stop_leftover(&c.paths);
     proc::unmount_all_under(&c.paths.dir);
     ctx.reg.delete(c)?;
     ctx.store
         .remove_image_user(&c.config.image_id, c.id().as_str())?;
     Ok(())
+}
+
+/// `port CONTAINER [PORT[/PROTO]]`: `80/tcp -> 127.0.0.1:8080` per
+/// mapping of a running container, or the host sides of one port.
+pub(super) fn port(ctx: &Ctx, r: &str, which: Option<&str>) -> Result<i32> {
+    let c = ctx.container(r)?;
+    let ports = crate::network::running_ports(&c);
+    match which {
+        None => {
+            for p in &ports {
+                println!("{} -> {}", p.container_key(), p.host_side());
+            }
+        }
+        Some(w) => {
+            let key = if w.contains('/') {
+                w.to_string()
+            } else {
+                format!("{w}/tcp")
+            };
+            let found: Vec<_> = ports.iter().filter(|p| p.container_key() == key).collect();
+            if found.is_empty() {
+                bail!("no public port '{key}' published for {}", c.config.name);
+            }
+            for p in found {
+                println!("{}", p.host_side());
+            }
+        }
+    }
+    Ok(0)
 }
 
 pub(super) fn logs(ctx: &Ctx, r: &str, follow: bool) -> Result<i32> {

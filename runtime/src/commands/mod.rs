@@ -176,6 +176,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Port {
+            container,
+            port: which,
+        } => port(&ctx, &container, which.as_deref()),
         Command::Ps {
             all,
             quiet,
