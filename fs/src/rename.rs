@@ -307,6 +307,13 @@ impl Overlay {
             )?;
             undo.push(Undo::Created(path.clone(), true));
         }
+        // From here on the directory is in the upper layer too: copying up
+        // a lower hard link brings its other names up (and their parent
+        // directories), so each name is looked up again, with the upper.
+        let layers: smallvec::SmallVec<[LayerIdx; 8]> = std::iter::once(upper)
+            .chain(layers.iter().copied().filter(|l| *l != upper))
+            .collect();
+        let layers = &layers[..];
         for (name, layer, ino, kind) in self.merged_entries(path, layers)? {
             let child = path.join(&name);
             if kind == Kind::Dir {
@@ -326,6 +333,9 @@ impl Overlay {
                         }
                     }
                 }
+            } else if sys::stat_at(ufd, child.c()).is_ok() {
+                // Linked up already, as another name of a lower hard link
+                // copied up before it.
             } else {
                 crate::faults::point("materialize.copy_up")?;
                 self.copy_up_entry(

@@ -365,3 +365,37 @@ fn renaming_a_lower_tree_that_fails_during_its_copy_up_changes_nothing() {
         });
     }
 }
+
+/// Regression: renaming a lower directory whose tree holds two names of one
+/// lower file failed with ENOTEMPTY: copying up the first name linked the
+/// other up (with its parent directory), and the tree's copy then tried to
+/// copy that directory up again over the one now there.
+#[test]
+fn renaming_a_lower_directory_with_hard_links_inside() {
+    use std::os::unix::fs::MetadataExt;
+    for (first, second) in [("d/hl", "d/sub/f"), ("d/sub/f", "d/hl")] {
+        let u = Union::new(
+            |l| {
+                put(l, first);
+                fs::create_dir_all(l.join(second).parent().unwrap()).unwrap();
+                fs::hard_link(l.join(first), l.join(second)).unwrap();
+            },
+            |_| {},
+        );
+        let ov = u.mount();
+        let r = root(&ov);
+        ov.rename(
+            &r,
+            OsStr::new("d"),
+            &r,
+            OsStr::new("e"),
+            fuser::RenameFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(names(&ov, "e"), ["hl", "sub"]);
+        assert_eq!(names(&ov, "e/sub"), ["f"]);
+        let a = fs::metadata(u.path("upper/e/hl")).unwrap();
+        let b = fs::metadata(u.path("upper/e/sub/f")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "the two names still share their file");
+    }
+}
