@@ -1,0 +1,308 @@
+//! Rootless podman with strata-mount as its `mount_program`, end to end,
+//! and fuse-overlayfs as the control on the same steps.
+//!
+//! The test makes an unprivileged user with subordinate id ranges, gives it
+//! a private podman store and configuration, and runs podman as that user:
+//! podman then runs the mount program as uid 0 of a user namespace, where
+//! `trusted.*` xattrs are refused. Containers rename an image directory
+//! holding a hard link, replace a directory (`rm -rf` then `mkdir`), link
+//! image files, several run at once, a commit is run again, and the image
+//! is mounted with `podman unshare`. Everything the test made (user, id
+//! ranges, store, mounts, /dev/fuse's mode) is undone on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use strata_tests::mount::strata_program;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn have(prog: &str, pkg: &str) -> bool {
+    let ok = Command::new(prog)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{prog} is missing on CI: scripts/setup installs {pkg}"
+        );
+        println!("SKIPPED: {prog} is not installed (Debian package {pkg})");
+    }
+    ok
+}
+
+/// /dev/fuse open to every user for the guard's life (Debian's default is
+/// 0666; this machine has 0600), as rootless podman needs.
+struct DevFuseOpen(u32);
+
+impl DevFuseOpen {
+    fn new() -> DevFuseOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/fuse")
+            .expect("/dev/fuse")
+            .permissions()
+            .mode();
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
+            .expect("chmod /dev/fuse");
+        DevFuseOpen(mode & 0o7777)
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// An unprivileged user with subordinate uid and gid ranges, and a podman
+/// of its own whose overlay driver mounts through `mount_program`.
+struct RootlessPodman {
+    user: String,
+    dir: tempfile::TempDir,
+}
+
+/// Removes the lines naming `user` from /etc/subuid or /etc/subgid.
+fn drop_range(file: &str, user: &str) {
+    if let Ok(s) = std::fs::read_to_string(file) {
+        let kept: String = s
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{user}:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let _ = std::fs::write(file, kept);
+    }
+}
+
+impl RootlessPodman {
+    fn new(mount_program: &Path, tag: &str) -> RootlessPodman {
+        let user = format!("strl{}{tag}", std::process::id() % 100_000);
+        let dir = tempfile::Builder::new()
+            .prefix("strata-rootless-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir");
+        let home = dir.path().join("home");
+        let ok = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", "-d"])
+            .arg(&home)
+            .arg(&user)
+            .status()
+            .expect("run useradd")
+            .success();
+        assert!(ok, "useradd {user}");
+        let p = RootlessPodman { user, dir };
+        // A range of 65536 ids no other user of this machine has.
+        let base =
+            400_000 + (std::process::id() % 1000) * 131_072 + if tag == "s" { 0 } else { 65_536 };
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let mut s = std::fs::read_to_string(file).unwrap_or_default();
+            s.push_str(&format!("{}:{base}:65536\n", p.user));
+            std::fs::write(file, s).expect("write the subordinate ids");
+        }
+        // The mount program where the user can run it.
+        let prog = p.dir.path().join("mount-program");
+        std::fs::copy(mount_program, &prog).expect("copy the mount program");
+        for d in ["home/.config/containers", "run", "root", "runroot"] {
+            std::fs::create_dir_all(p.dir.path().join(d)).expect("mkdir");
+        }
+        std::fs::write(
+            p.dir.path().join("containers.conf"),
+            "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .expect("containers.conf");
+        std::fs::write(
+            p.dir.path().join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n\n\
+                 [storage.options.overlay]\nmount_program = \"{}\"\n",
+                p.dir.path().join("runroot").display(),
+                p.dir.path().join("root").display(),
+                prog.display()
+            ),
+        )
+        .expect("storage.conf");
+        let archive = p.dir.path().join("image.tar");
+        std::fs::copy(fixtures().join("busybox-c1-docker-archive.tar"), &archive)
+            .expect("copy the fixture");
+        for d in ["home", "run", "root", "runroot", "image.tar"] {
+            let ok = Command::new("chown")
+                .args(["-R", &format!("{0}:{0}", p.user)])
+                .arg(p.dir.path().join(d))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown {d}");
+        }
+        // The user must reach its directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the test directory");
+        p
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        podman_as(&self.user, self.dir.path(), args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        succeeded(args, self.podman(args))
+    }
+}
+
+/// Runs podman as `user` with the store and configuration in `dir`.
+fn podman_as(user: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", "env"])
+        .arg(format!("HOME={}", dir.join("home").display()))
+        .arg(format!("XDG_RUNTIME_DIR={}", dir.join("run").display()))
+        .arg(format!(
+            "CONTAINERS_CONF={}",
+            dir.join("containers.conf").display()
+        ))
+        .arg(format!(
+            "CONTAINERS_STORAGE_CONF={}",
+            dir.join("storage.conf").display()
+        ))
+        .arg("podman")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run podman as the user")
+}
+
+/// The stdout of a podman run that must have succeeded.
+fn succeeded(args: &[&str], o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "rootless podman {args:?} failed ({}):\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Drop for RootlessPodman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-af"]);
+        let _ = self.podman(&["unshare", "podman", "image", "unmount", "-af"]);
+        let _ = self.podman(&["system", "reset", "-f"]);
+        // Servers left by a failed step: whatever still runs as the user.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.user])
+            .status();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let base = self.dir.path().to_string_lossy().into_owned();
+            for mp in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+                if mp.starts_with(&base) {
+                    let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        let _ = Command::new("userdel").arg(&self.user).status();
+        drop_range("/etc/subuid", &self.user);
+        drop_range("/etc/subgid", &self.user);
+    }
+}
+
+/// The steps, for one mount program.
+fn steps(p: &RootlessPodman) {
+    p.ok(&["load", "-q", "-i", "image.tar"]);
+    let img = "localhost/busybox-c1";
+    // An image directory with a hard link inside, committed.
+    p.ok(&[
+        "run",
+        "--name",
+        "mk",
+        img,
+        "sh",
+        "-c",
+        "mkdir -p /data/sub && echo a > /data/sub/f && ln /data/sub/f /data/hl",
+    ]);
+    p.ok(&["commit", "-q", "mk", "localhost/withdata"]);
+    p.ok(&["rm", "mk"]);
+    // Rename it, replace a directory, link image files: each needs
+    // whiteouts and opaque directories in the user namespace.
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "localhost/withdata",
+        "sh",
+        "-c",
+        "mv /data /d2 && cat /d2/hl && test ! -e /data \
+         && rm -rf /root && mkdir /root && test -z \"$(ls -A /root)\" \
+         && ln /bin/busybox /bb2 && test -f /bb2 && test ! -e /bin/vi && echo done",
+    ]);
+    assert!(out.ends_with("a\ndone\n"), "{out:?}");
+    // A commit of such changes runs again with them.
+    p.ok(&[
+        "run",
+        "--name",
+        "ch",
+        "localhost/withdata",
+        "sh",
+        "-c",
+        "mv /data /moved && rm -rf /root && mkdir /root && echo x > /root/new",
+    ]);
+    p.ok(&["commit", "-q", "ch", "localhost/changed"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "localhost/changed",
+        "sh",
+        "-c",
+        "test ! -e /data && cat /moved/sub/f /root/new && ls /root",
+    ]);
+    assert_eq!(out, "a\nx\nnew\n");
+    // Several containers at once, each seeing only its own writes.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let args = [
+                "run".to_string(),
+                "--rm".into(),
+                "localhost/withdata".into(),
+                "sh".into(),
+                "-c".into(),
+                format!("echo {i} > /data/mine && sleep 0.3 && cat /data/mine && ls /data"),
+            ];
+            let (user, dir) = (p.user.clone(), p.dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                succeeded(&args, podman_as(&user, &dir, &args))
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().expect("thread"), format!("{i}\nhl\nmine\nsub\n"));
+    }
+    // The image mounted in podman's user namespace.
+    let out = p.ok(&[
+        "unshare",
+        "sh",
+        "-c",
+        "m=$(podman image mount localhost/changed) && cat $m/root/new && ls $m/moved && podman image unmount localhost/changed >/dev/null",
+    ]);
+    assert_eq!(out, "x\nhl\nsub\n");
+}
+
+/// One test, so the two stores never share /dev/fuse's mode change.
+#[test]
+fn rootless_podman_with_strata_and_fuse_overlayfs_as_the_control() {
+    if !have("podman", "podman") || !have("newuidmap", "uidmap") {
+        return;
+    }
+    let _fuse = DevFuseOpen::new();
+    {
+        let p = RootlessPodman::new(&strata_program(), "s");
+        steps(&p);
+    }
+    if have("fuse-overlayfs", "fuse-overlayfs") {
+        let p = RootlessPodman::new(Path::new("/usr/bin/fuse-overlayfs"), "f");
+        steps(&p);
+    }
+}
