@@ -441,10 +441,13 @@ pub fn differential(layers: &Layers, ops: &[Op]) {
     }
     if let Some(report) = compare(ops, &kernel, &program) {
         panic!(
-            "{} differs from the kernel's overlayfs:\n{report}",
-            program.name
+            "{} differs from the kernel's overlayfs{}:\n{report}",
+            program.name,
+            crate::upperfs::describe()
         );
     }
+    // In an `upper_KIND` binary: the same case again in a user namespace.
+    crate::upperfs::run_in_userns();
 }
 
 /// The differential test run in lockstep, for generated scripts: each op
