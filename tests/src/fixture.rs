@@ -428,6 +428,18 @@ impl Layers {
         self.read_only = true;
         self
     }
+    /// The same stack with the upper's whiteouts and opaque markers left
+    /// out (its other entries kept).
+    pub fn without_upper_markers(&self) -> Layers {
+        let mut l = self.clone();
+        l.upper.steps.retain(|s| {
+            !matches!(
+                s,
+                Step::Whiteout(_) | Step::WhFile(_) | Step::XWhiteout(_) | Step::Opaque(..)
+            )
+        });
+        l
+    }
     /// The number of lower layers.
     pub fn lower_count(&self) -> usize {
         self.lowers.len()

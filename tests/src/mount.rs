@@ -340,7 +340,9 @@ impl Layers {
         let (upper, work) = if self.read_only {
             (None, None)
         } else {
-            let home = upper_home.as_ref().map_or(root_path.as_path(), |h| h.path());
+            let home = upper_home
+                .as_ref()
+                .map_or(root_path.as_path(), |h| h.path());
             let (u, w) = (home.join("u"), home.join("w"));
             fs::create_dir(&u).expect("mkdir upper");
             fs::create_dir(&w).expect("mkdir work");

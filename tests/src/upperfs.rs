@@ -102,7 +102,9 @@ pub fn selected() -> Option<Kind> {
         if let Some(v) = std::env::var_os("STRATA_TEST_UPPER_FS") {
             let v = v.to_string_lossy();
             return Some(Kind::parse(&v).unwrap_or_else(|| {
-                panic!("STRATA_TEST_UPPER_FS={v}: not one of tmpfs, ext4, xfs, btrfs, overlay, fuse")
+                panic!(
+                    "STRATA_TEST_UPPER_FS={v}: not one of tmpfs, ext4, xfs, btrfs, overlay, fuse"
+                )
             }));
         }
         let exe = std::env::current_exe().ok()?;
@@ -195,7 +197,9 @@ impl Scratch {
         let root = s.root.as_ref().expect("root").path().to_path_buf();
         match kind {
             Kind::Tmpfs => {
-                run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"]).arg(&dir))?;
+                run(Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+                    .arg(&dir))?;
                 s.mounted = true;
             }
             Kind::Ext4 | Kind::Xfs | Kind::Btrfs => {
@@ -236,7 +240,9 @@ impl Scratch {
                     root.join("u").display(),
                     root.join("w").display()
                 );
-                run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(&dir))?;
+                run(Command::new("mount")
+                    .args(["-t", "overlay", "overlay", "-o", &o])
+                    .arg(&dir))?;
                 s.mounted = true;
             }
             Kind::Fuse => {
@@ -280,7 +286,11 @@ impl Scratch {
         if self.mounted {
             self.mounted = false;
             let ok = if self.kind == Kind::Fuse {
-                Command::new("fusermount3").arg("-u").arg(&self.dir).status().is_ok_and(|s| s.success())
+                Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(&self.dir)
+                    .status()
+                    .is_ok_and(|s| s.success())
             } else {
                 nix::mount::umount2(&self.dir, nix::mount::MntFlags::empty()).is_ok()
             };
@@ -352,12 +362,19 @@ pub fn shared_dir() -> Option<PathBuf> {
             return Some(PathBuf::from(d));
         }
         let s = Scratch::mount(kind).unwrap_or_else(|e| {
-            panic!("cannot mount the {} scratch filesystem for the upper directories: {e}", kind.name())
+            panic!(
+                "cannot mount the {} scratch filesystem for the upper directories: {e}",
+                kind.name()
+            )
         });
         let dir = s.path().to_path_buf();
         *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
         crate::sys::at_exit(unmount_shared);
-        eprintln!("upper and work directories on {} at {}", kind.name(), dir.display());
+        eprintln!(
+            "upper and work directories on {} at {}",
+            kind.name(),
+            dir.display()
+        );
         Some(dir)
     })
     .clone()
@@ -401,7 +418,8 @@ pub fn run_in_userns() -> bool {
     if let Some(d) = shared_dir() {
         cmd.env(SCRATCH_DIR, d);
     }
-    let out = crate::sys::output_in_userns(cmd, USERNS_MAP).expect("run a test in a user namespace");
+    let out =
+        crate::sys::output_in_userns(cmd, USERNS_MAP).expect("run a test in a user namespace");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -413,7 +431,10 @@ pub fn run_in_userns() -> bool {
         .lines()
         .filter(|l| l.starts_with("fixture:") || l.starts_with("skipped"))
         .collect();
-    eprintln!("{name}: passed in a user namespace too\n{}", notes.join("\n"));
+    eprintln!(
+        "{name}: passed in a user namespace too\n{}",
+        notes.join("\n")
+    );
     true
 }
 
@@ -425,4 +446,47 @@ pub fn describe() -> String {
         (Some(k), false) => format!(" (upper on {})", k.name()),
         (Some(k), true) => format!(" (upper on {}, in a user namespace)", k.name()),
     }
+}
+
+/// The stack a case uses with this binary's upper filesystem, if not
+/// `layers` itself: on a FUSE overlay upper (strata-mount's, as
+/// fuse-overlayfs's), which refuses `.wh.` names and 0/0 devices, the
+/// upper starts without its whiteouts and opaque markers, on both sides.
+pub fn adapt(layers: &crate::Layers) -> Option<crate::Layers> {
+    (selected() == Some(Kind::Fuse)).then(|| layers.without_upper_markers())
+}
+
+/// Why a case cannot run with this binary's upper filesystem, if it
+/// cannot: on a FUSE overlay upper, a script that needs a whiteout or an
+/// opaque directory in the upper (as the kernel's run on /tmp shows,
+/// `kernel_upper`) has no form to write it in.
+pub fn cannot_hold(kernel_upper: Option<&crate::Snapshot>) -> Option<&'static str> {
+    if selected() != Some(Kind::Fuse) {
+        return None;
+    }
+    let needs = kernel_upper.is_some_and(|u| {
+        u.0.values().any(|e| {
+            matches!(
+                e.kind,
+                crate::tree::Kind::Whiteout | crate::tree::Kind::Dir { opaque: Some(true) }
+            )
+        })
+    });
+    needs.then_some("the script needs a whiteout or an opaque directory in the upper, which a FUSE overlay upper cannot hold (no 0/0 devices, .wh. names refused)")
+}
+
+/// On a FUSE overlay upper: the first op the kernel's run did and the
+/// program's run refused with EINVAL, the error a whiteout gets there
+/// (strata-mount and fuse-overlayfs refuse to create `.wh.` names).
+pub fn first_refused_whiteout(
+    kernel: &[crate::OpResult],
+    program: &[crate::OpResult],
+) -> Option<usize> {
+    if selected() != Some(Kind::Fuse) {
+        return None;
+    }
+    kernel
+        .iter()
+        .zip(program)
+        .position(|(k, p)| k.is_ok() && *p == Err(nix::errno::Errno::EINVAL))
 }

@@ -15,7 +15,8 @@ use strata_tests::upperfs::{scratch_or_skip, Kind, USERNS_MAP};
 
 const DEVICE_TRUSTED: &str =
     "whiteouts device 0/0, opaque trusted.overlay.opaque, records trusted.overlay.*";
-const DEVICE_USER: &str = "whiteouts device 0/0, opaque user.overlay.opaque, records user.overlay.*";
+const DEVICE_USER: &str =
+    "whiteouts device 0/0, opaque user.overlay.opaque, records user.overlay.*";
 const WH_TRUSTED: &str =
     "whiteouts .wh.NAME, opaque trusted.overlay.opaque, records trusted.overlay.*";
 const WH_USER: &str = "whiteouts .wh.NAME, opaque user.overlay.opaque, records user.overlay.*";
@@ -35,9 +36,9 @@ fn expected(kind: Kind, userns: bool) -> &'static str {
 }
 
 /// Mounts strata-mount with its upper and work directories in `home`,
-/// removes the lower file `f`, unmounts and waits for the report; prints
+/// removes the lower file `f` (refused on a FUSE upper), unmounts and waits for the report; prints
 /// the `forms` line. As root, or in a user namespace.
-fn probe(home: &Path, lower: &Path, userns: bool) -> String {
+fn probe(home: &Path, lower: &Path, userns: bool, fuse_upper: bool) -> String {
     let (u, w, m, stats) = (
         home.join("u"),
         home.join("w"),
@@ -47,7 +48,8 @@ fn probe(home: &Path, lower: &Path, userns: bool) -> String {
     let script = format!(
         "set -e; mkdir {u} {w} {m}; \
          {prog} -o lowerdir={lower},upperdir={u},workdir={w},uring=off,stats={stats} {m}; \
-         rm {m}/f; umount {m}; \
+         if rm {m}/f 2>/dev/null; then echo removed; else echo refused; fi; \
+         umount {m} || {{ umount -l {m}; exit 4; }}; \
          i=0; until grep -q '^forms' {stats} 2>/dev/null; do \
            i=$((i+1)); [ $i -lt 1200 ] || {{ echo 'no stats report' >&2; exit 3; }}; sleep 0.05; done; \
          sed -n 's/^forms *//p' {stats}",
@@ -72,15 +74,34 @@ fn probe(home: &Path, lower: &Path, userns: bool) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let forms = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (rm, forms) = stdout.trim().split_once('\n').expect("two lines");
+    let forms = forms.to_string();
     // The whiteout of `f` is in the probed form.
     let dev = std::fs::symlink_metadata(u.join("f"))
         .is_ok_and(|md| md.file_type().is_char_device() && md.rdev() == 0);
     let wh = u.join(".wh.f").exists();
-    if forms.starts_with("whiteouts device") {
-        assert!(dev && !wh, "{}: forms {forms:?} but no 0/0 device for f", u.display());
+    if fuse_upper {
+        // strata-mount refuses `.wh.` names (and 0/0 devices) through its
+        // mount: an upper inside one cannot hold any whiteout.
+        assert_eq!(
+            rm,
+            "refused",
+            "{}: a lower file was removed on a FUSE upper",
+            u.display()
+        );
+        assert!(!wh && !dev);
+    } else if forms.starts_with("whiteouts device") {
+        assert!(
+            dev && !wh,
+            "{}: forms {forms:?} but no 0/0 device for f",
+            u.display()
+        );
     } else {
         assert!(wh && !dev, "{}: forms {forms:?} but no .wh.f", u.display());
+    }
+    if !fuse_upper {
+        assert_eq!(rm, "removed", "{}: rm of a lower file failed", u.display());
     }
     forms
 }
@@ -98,7 +119,10 @@ fn probe_per_filesystem() {
     let mut wrong = Vec::new();
     for kind in Kind::ALL {
         let Some(scratch) = scratch_or_skip(kind) else {
-            table.push(format!("| {} | (unavailable) | (unavailable) |", kind.name()));
+            table.push(format!(
+                "| {} | (unavailable) | (unavailable) |",
+                kind.name()
+            ));
             continue;
         };
         let mut row = vec![kind.name().to_string()];
@@ -107,12 +131,16 @@ fn probe_per_filesystem() {
                 .prefix("st")
                 .tempdir_in(scratch.path())
                 .unwrap();
-            let got = probe(home.path(), lower.path(), userns);
+            let got = probe(home.path(), lower.path(), userns, kind == Kind::Fuse);
             if got != expected(kind, userns) {
                 wrong.push(format!(
                     "{} {}: {got:?}, expected {:?}",
                     kind.name(),
-                    if userns { "in a user namespace" } else { "as root" },
+                    if userns {
+                        "in a user namespace"
+                    } else {
+                        "as root"
+                    },
                     expected(kind, userns)
                 ));
             }
