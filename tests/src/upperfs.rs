@@ -133,7 +133,7 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// xattrs itself (a kernel overlayfs or a FUSE filesystem).
 pub fn is_overlay_fs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir).is_ok_and(|s| {
-        let t = s.filesystem_type().0 as i64;
+        let t = s.filesystem_type().0;
         t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC
     })
 }
@@ -349,35 +349,48 @@ extern "C" fn unmount_shared() {
     drop(s);
 }
 
-/// The directory where this binary's stacks put their upper and work
-/// directories: None for the usual /tmp; else the shared scratch
-/// filesystem of [`selected`]'s kind, mounted at first use (in a
-/// re-executed test, the one its parent passed in `STRATA_TEST_SCRATCH_DIR`).
-/// Panics (with the reason) when it cannot be mounted.
-pub fn shared_dir() -> Option<PathBuf> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// The shared scratch filesystem of [`selected`]'s kind: mounted at first
+/// use (in a re-executed test, the one its parent passed in
+/// `STRATA_TEST_SCRATCH_DIR`). None for the usual /tmp; Err says why it
+/// could not be mounted (under `CI=true` that panics instead).
+fn shared() -> &'static Option<Result<PathBuf, String>> {
+    static DIR: OnceLock<Option<Result<PathBuf, String>>> = OnceLock::new();
     DIR.get_or_init(|| {
         let kind = selected()?;
         if let Some(d) = std::env::var_os(SCRATCH_DIR) {
-            return Some(PathBuf::from(d));
+            return Some(Ok(PathBuf::from(d)));
         }
-        let s = Scratch::mount(kind).unwrap_or_else(|e| {
-            panic!(
-                "cannot mount the {} scratch filesystem for the upper directories: {e}",
+        let s = match Scratch::mount(kind) {
+            Ok(s) => s,
+            Err(e) if ci() => panic!(
+                "CI=true but the {} scratch filesystem for the upper directories cannot be mounted: {e}",
                 kind.name()
-            )
-        });
+            ),
+            Err(e) => return Some(Err(e)),
+        };
         let dir = s.path().to_path_buf();
         *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
         crate::sys::at_exit(unmount_shared);
-        eprintln!(
-            "upper and work directories on {} at {}",
-            kind.name(),
-            dir.display()
-        );
-        Some(dir)
+        eprintln!("upper and work directories on {} at {}", kind.name(), dir.display());
+        Some(Ok(dir))
     })
-    .clone()
+}
+
+/// The directory where this binary's stacks put their upper and work
+/// directories: None for the usual /tmp (or when it is unavailable, see
+/// [`unavailable`]).
+pub fn shared_dir() -> Option<PathBuf> {
+    shared().as_ref()?.as_ref().ok().cloned()
+}
+
+/// Why this binary's scratch filesystem is unavailable here (no loop
+/// devices, mkfs missing), if it is: its cases print that and return.
+pub fn unavailable() -> Option<String> {
+    let kind = selected()?;
+    match shared() {
+        Some(Err(e)) => Some(format!("no {} scratch filesystem here: {e}", kind.name())),
+        _ => None,
+    }
 }
 
 /// Where a stack's upper and work directories go for `backend`: a fresh
