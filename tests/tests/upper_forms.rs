@@ -47,7 +47,7 @@ fn probe(home: &Path, lower: &Path, userns: bool, fuse_upper: bool) -> String {
     );
     let script = format!(
         "set -e; mkdir {u} {w} {m}; \
-         {prog} -o lowerdir={lower},upperdir={u},workdir={w},uring=off,stats={stats} {m}; \
+         {prog} -o lowerdir={lower},upperdir={u},workdir={w},uring=off,stats={stats} {m} 2>{err}; \
          if rm {m}/f 2>/dev/null; then echo removed; else echo refused; fi; \
          umount {m} || {{ umount -l {m}; exit 4; }}; \
          i=0; until grep -q '^forms' {stats} 2>/dev/null; do \
@@ -57,6 +57,7 @@ fn probe(home: &Path, lower: &Path, userns: bool, fuse_upper: bool) -> String {
         w = w.display(),
         m = m.display(),
         stats = stats.display(),
+        err = home.join("mount.err").display(),
         lower = lower.display(),
         prog = strata_program().display(),
     );
@@ -103,6 +104,17 @@ fn probe(home: &Path, lower: &Path, userns: bool, fuse_upper: bool) -> String {
     if !fuse_upper {
         assert_eq!(rm, "removed", "{}: rm of a lower file failed", u.display());
     }
+    // Where no whiteout can be written, the mount says so.
+    let said = std::fs::read_to_string(home.join("mount.err"))
+        .unwrap_or_default()
+        .contains("takes neither 0/0 devices nor .wh. names");
+    assert_eq!(
+        said,
+        fuse_upper,
+        "{}: the warning about uppers without whiteouts {}",
+        u.display(),
+        if fuse_upper { "is missing" } else { "is wrong" }
+    );
     forms
 }
 
