@@ -166,3 +166,23 @@ fn probe_per_filesystem() {
     );
     assert!(wrong.is_empty(), "unexpected forms:\n{}", wrong.join("\n"));
 }
+
+/// Regression: strata-mount mounted an upper inside another strata-mount
+/// (which refuses `.wh.` names and 0/0 devices) without a word, and the
+/// first removal of a lower file failed with a bare EINVAL. It now warns at
+/// mount (the probe asserts the warning where it is due and only there).
+#[test]
+fn an_upper_that_can_hold_no_whiteout_is_said_at_mount() {
+    let lower = temp_root();
+    std::fs::write(lower.path().join("f"), "lower\n").unwrap();
+    for kind in [Kind::Fuse, Kind::Tmpfs] {
+        let Some(scratch) = scratch_or_skip(kind) else {
+            continue;
+        };
+        let home = tempfile::Builder::new()
+            .prefix("st")
+            .tempdir_in(scratch.path())
+            .unwrap();
+        probe(home.path(), lower.path(), false, kind == Kind::Fuse);
+    }
+}
