@@ -507,5 +507,32 @@ pub(crate) fn upper_forms(stack: &Stack, opts: &MountOptions) -> Res<Forms> {
     };
     let p = strata_ovl::Probe::run(work)?;
     tracing::info!(probe = %p, forms = %p.forms(), "upper filesystem probed");
-    Ok(p.forms())
+    let forms = p.forms();
+    if forms.whiteout == WhiteoutForm::WhFile && !takes_wh_names(work) {
+        // A FUSE overlay (strata-mount, fuse-overlayfs) as the upper: no
+        // whiteout can be written in any form. Said at mount rather than
+        // refused: adding and changing files still works.
+        tracing::warn!(
+            "the upper filesystem takes neither 0/0 devices nor .wh. names (a FUSE overlay?): \
+             removing or replacing a lower entry will fail with EINVAL; \
+             put the upper directory on another filesystem (a volume or tmpfs)"
+        );
+    }
+    Ok(forms)
+}
+
+/// Whether a `.wh.` file can be made in the work directory (a FUSE
+/// overlay refuses such names through its mount).
+fn takes_wh_names(work: std::os::fd::BorrowedFd<'_>) -> bool {
+    const NAME: &std::ffi::CStr = c".wh.strata-probe";
+    let _ = strata_ovl::sys::unlink_at(work, NAME, false);
+    let made = strata_ovl::sys::open_beneath(
+        work,
+        NAME,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o600,
+    )
+    .is_ok();
+    let _ = strata_ovl::sys::unlink_at(work, NAME, false);
+    made
 }

@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::sys::stat::{mknod, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{mkfifo, Gid, Uid};
@@ -175,14 +176,53 @@ impl Layer {
     pub fn materialize(&self, dir: &Path, kernel_native: bool) {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod layer root");
         let mut mtimes: Vec<(PathBuf, i64)> = Vec::new();
+        let w = Writes::for_dir(dir, kernel_native);
         for step in &self.steps {
-            apply_step(dir, step, kernel_native, &mut mtimes);
+            apply_step(dir, step, &w, &mut mtimes);
         }
         set_times(dir, FIXTURE_MTIME);
         for (path, secs) in mtimes {
             utimes(&path, secs);
         }
     }
+}
+
+/// What a materialization may write where it writes.
+struct Writes {
+    /// Forms a kernel overlay mount reads (see [`Layer::materialize`]).
+    native: bool,
+    /// The kernel's xattr namespace: `user.` in a user namespace (the
+    /// kernel's overlayfs mounts there with `userxattr`).
+    ns: strata_ovl::XattrNs,
+    /// Not in a user namespace. In one, xattrs (`trusted.*`) and device
+    /// nodes the kernel refuses (EPERM) are left out, on every side of a
+    /// comparison alike, with a note on stderr.
+    privileged: bool,
+    /// The directory's filesystem takes 0/0 devices and overlay xattrs as
+    /// plain files and attributes. A kernel overlayfs or FUSE overlay does
+    /// not (a 0/0 device made through one is a whiteout of its own, its
+    /// private xattrs are refused): there whiteouts are written as `.wh.`
+    /// files and opaque directories with `.wh..wh..opq`.
+    plain_fs: bool,
+}
+
+impl Writes {
+    fn for_dir(dir: &Path, native: bool) -> Writes {
+        let userns = crate::upperfs::in_userns();
+        Writes {
+            native,
+            ns: if userns { User } else { Trusted },
+            privileged: !userns,
+            plain_fs: !crate::upperfs::is_overlay_fs(dir),
+        }
+    }
+}
+
+fn skipped(what: &str, full: &Path) {
+    eprintln!(
+        "fixture: {what} {} left out (not possible in a user namespace)",
+        full.display()
+    );
 }
 
 fn parent_dirs(root: &Path, rel: &Path) -> PathBuf {
@@ -222,7 +262,8 @@ fn set_xattr(full: &Path, name: &str, value: &[u8]) {
         .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", full.display()));
 }
 
-fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf, i64)>) {
+fn apply_step(root: &Path, step: &Step, w: &Writes, mtimes: &mut Vec<(PathBuf, i64)>) {
+    let native = w.native && w.plain_fs;
     match step {
         Step::File(rel, data) => {
             let full = parent_dirs(root, rel);
@@ -237,10 +278,9 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
             let full = parent_dirs(root, rel);
             symlink(target, &full).unwrap_or_else(|e| panic!("symlink {}: {e}", full.display()));
         }
-        Step::Whiteout(rel) => whiteout_dev(&parent_dirs(root, rel)),
-        Step::WhFile(rel) => {
+        Step::Whiteout(rel) | Step::WhFile(rel) => {
             let full = parent_dirs(root, rel);
-            if native {
+            if native || (w.plain_fs && matches!(step, Step::Whiteout(_))) {
                 whiteout_dev(&full);
             } else {
                 let wh = with_name_prefix(&full, names::WHITEOUT_PREFIX);
@@ -253,18 +293,18 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
             let full = parent_dirs(root, rel);
             fs::write(&full, b"").expect("write xwhiteout");
             fs::set_permissions(&full, fs::Permissions::from_mode(0o000)).expect("chmod xwhiteout");
-            setx(&full, Xattr::Whiteout.name(Trusted), b"");
+            setx(&full, Xattr::Whiteout.name(w.ns), b"");
             let parent = full.parent().expect("parent");
-            setx(parent, Xattr::Whiteouts.name(Trusted), b"");
-            setx(parent, Xattr::Opaque.name(Trusted), b"x");
+            setx(parent, Xattr::Whiteouts.name(w.ns), b"");
+            setx(parent, Xattr::Opaque.name(w.ns), b"x");
         }
         Step::Opaque(rel, form) => {
             let full = parent_dirs(root, rel);
             make_dir(&full);
+            let form = if w.plain_fs { *form } else { OpaqueForm::WhOpq };
             match (native, form) {
-                (true, _) | (false, OpaqueForm::TrustedXattr) => {
-                    setx(&full, Xattr::Opaque.name(Trusted), b"y")
-                }
+                (true, _) => setx(&full, Xattr::Opaque.name(w.ns), b"y"),
+                (false, OpaqueForm::TrustedXattr) => setx(&full, Xattr::Opaque.name(w.ns), b"y"),
                 (false, OpaqueForm::UserXattr) => setx(&full, Xattr::Opaque.name(User), b"y"),
                 (false, OpaqueForm::FuseOverlayXattr) => {
                     setx(&full, names::FUSE_OVERLAYFS_OPAQUE, b"y")
@@ -296,10 +336,21 @@ fn apply_step(root: &Path, step: &Step, native: bool, mtimes: &mut Vec<(PathBuf,
         Step::CharDev(rel, major, minor) => {
             let full = parent_dirs(root, rel);
             let dev = libc::makedev(*major, *minor);
-            mknod(&full, SFlag::S_IFCHR, Mode::from_bits_truncate(0o644), dev).expect("mknod");
+            match mknod(&full, SFlag::S_IFCHR, Mode::from_bits_truncate(0o644), dev) {
+                Err(Errno::EPERM) if !w.privileged => {
+                    return skipped(&format!("device {major}/{minor}"), &full)
+                }
+                r => r.expect("mknod"),
+            }
             fs::set_permissions(&full, fs::Permissions::from_mode(0o644)).expect("chmod dev");
         }
-        Step::Xattr(rel, name, value) => set_xattr(&root.join(rel), name, value),
+        Step::Xattr(rel, name, value) => {
+            let full = root.join(rel);
+            match sys::lsetxattr(&full, name, value) {
+                Err(Errno::EPERM) if !w.privileged => skipped(&format!("xattr {name} of"), &full),
+                r => r.unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", full.display())),
+            }
+        }
         Step::Mode(rel, mode) => {
             fs::set_permissions(root.join(rel), fs::Permissions::from_mode(*mode)).expect("chmod");
         }
@@ -379,6 +430,18 @@ impl Layers {
     pub fn read_only(mut self) -> Self {
         self.read_only = true;
         self
+    }
+    /// The same stack with the upper's whiteouts and opaque markers left
+    /// out (its other entries kept).
+    pub fn without_upper_markers(&self) -> Layers {
+        let mut l = self.clone();
+        l.upper.steps.retain(|s| {
+            !matches!(
+                s,
+                Step::Whiteout(_) | Step::WhFile(_) | Step::XWhiteout(_) | Step::Opaque(..)
+            )
+        });
+        l
     }
     /// The number of lower layers.
     pub fn lower_count(&self) -> usize {

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod sys;
 pub mod transport;
 pub mod tree;
+pub mod upperfs;
 
 pub use fixture::{Layer, Layers, OpaqueForm, FIXTURE_MTIME};
 pub use mount::{Backend, Mounted};

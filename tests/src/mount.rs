@@ -298,6 +298,9 @@ pub struct Mounted {
     /// Held while a strata mount over io_uring is live (see
     /// [`crate::transport`]).
     uring: Option<UringEnabled>,
+    /// Holds the upper and work directories when they live on another
+    /// filesystem (see [`crate::upperfs`]).
+    upper_home: Option<tempfile::TempDir>,
 }
 
 impl Layers {
@@ -329,10 +332,18 @@ impl Layers {
             layer.materialize(&dir, kernel_native);
             lowers.push(dir);
         }
+        let upper_home = if self.read_only {
+            None
+        } else {
+            crate::upperfs::upper_home(kernel_native)
+        };
         let (upper, work) = if self.read_only {
             (None, None)
         } else {
-            let (u, w) = (root_path.join("u"), root_path.join("w"));
+            let home = upper_home
+                .as_ref()
+                .map_or(root_path.as_path(), |h| h.path());
+            let (u, w) = (home.join("u"), home.join("w"));
             fs::create_dir(&u).expect("mkdir upper");
             fs::create_dir(&w).expect("mkdir work");
             self.upper.materialize(&u, kernel_native);
@@ -353,6 +364,7 @@ impl Layers {
             watchdog: None,
             extra: None,
             uring: None,
+            upper_home,
         }
     }
 }
@@ -479,6 +491,9 @@ impl Mounted {
             ));
         }
         o.push_str(",redirect_dir=nofollow,index=off,metacopy=off");
+        if crate::upperfs::in_userns() {
+            o.push_str(",userxattr");
+        }
         if let Some(x) = &self.extra {
             // metacopy=on needs redirect_dir=on in the kernel.
             if x.contains("metacopy=on") {
@@ -631,6 +646,9 @@ impl Mounted {
             // Never remove the directories through a live mount.
             if let Some(root) = self.root.take() {
                 let _ = root.keep();
+            }
+            if let Some(home) = self.upper_home.take() {
+                let _ = home.keep();
             }
         }
         if problems.is_empty() {

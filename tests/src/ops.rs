@@ -426,7 +426,25 @@ pub fn compare(ops: &[Op], a: &Record, b: &Record) -> Option<String> {
 /// merged trees and upper directories. Panics with both sides on a
 /// difference. With `STRATA_TESTS_SHOW` set, prints every op's results.
 pub fn differential(layers: &Layers, ops: &[Op]) {
+    if let Some(why) = crate::upperfs::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let stripped;
+    let layers = match crate::upperfs::adapt(layers) {
+        Some(l) => {
+            stripped = l;
+            &stripped
+        }
+        None => layers,
+    };
     let kernel = record(layers, &Backend::Kernel, ops);
+    if let Some(why) = crate::upperfs::cannot_hold(kernel.upper.as_ref()) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        eprintln!("skipped: {name}{}: {why}", crate::upperfs::describe());
+        crate::upperfs::run_in_userns();
+        return;
+    }
     let program = record(layers, &Backend::strata(), ops);
     if std::env::var_os("STRATA_TESTS_SHOW").is_some() {
         for (i, op) in ops.iter().enumerate() {
@@ -440,11 +458,24 @@ pub fn differential(layers: &Layers, ops: &[Op]) {
         }
     }
     if let Some(report) = compare(ops, &kernel, &program) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        if let Some(i) = crate::upperfs::first_refused_whiteout(&kernel.results, &program.results) {
+            eprintln!(
+                "skipped: {name}{}: #{i} {} needs a whiteout in the upper, which a FUSE overlay upper cannot hold (EINVAL: .wh. names refused, no 0/0 devices)",
+                crate::upperfs::describe(),
+                ShowOp(&ops[i])
+            );
+            crate::upperfs::run_in_userns();
+            return;
+        }
         panic!(
-            "{} differs from the kernel's overlayfs:\n{report}",
-            program.name
+            "{} differs from the kernel's overlayfs{}:\n{report}",
+            program.name,
+            crate::upperfs::describe()
         );
     }
+    // In an `upper_KIND` binary: the same case again in a user namespace.
+    crate::upperfs::run_in_userns();
 }
 
 /// The differential test run in lockstep, for generated scripts: each op

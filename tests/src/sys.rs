@@ -249,3 +249,13 @@ pub fn output_in_userns(
     mapped?;
     out
 }
+
+/// Runs `f` when the process exits normally: after `main` returns or at
+/// `std::process::exit` (the test harness's exit after failed tests too).
+/// Used to unmount what a whole test binary shares.
+pub fn at_exit(f: extern "C" fn()) {
+    // SAFETY: registers a plain function pointer with the C library; it
+    // takes no arguments and lives for the whole program.
+    let r = unsafe { libc::atexit(f) };
+    assert_eq!(r, 0, "atexit failed");
+}
