@@ -20,12 +20,8 @@ fn fixtures() -> PathBuf {
 }
 
 fn have(prog: &str, pkg: &str) -> bool {
-    let ok = Command::new(prog)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(prog).is_file()));
     if !ok {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -211,7 +207,7 @@ impl Drop for RootlessPodman {
 }
 
 /// The steps, for one mount program.
-fn steps(p: &RootlessPodman) {
+fn steps(p: &RootlessPodman, control: bool) {
     p.ok(&["load", "-q", "-i", "image.tar"]);
     let img = "localhost/busybox-c1";
     // An image directory with a hard link inside, committed.
@@ -258,7 +254,21 @@ fn steps(p: &RootlessPodman) {
         "-c",
         "test ! -e /data && cat /moved/sub/f /root/new && ls /root",
     ]);
-    assert_eq!(out, "a\nx\nnew\n");
+    if control {
+        // fuse-overlayfs 1.10 marks the replaced directory with its own
+        // user.fuseoverlayfs.opaque, which podman 4.3 does not read when it
+        // commits: the deleted /root/file comes back in the image. Strata
+        // writes the kernel's user.overlay.opaque, which podman reads.
+        assert!(
+            out == "a\nx\nnew\n" || out == "a\nx\nfile\nnew\n",
+            "{out:?}"
+        );
+    } else {
+        assert_eq!(
+            out, "a\nx\nnew\n",
+            "better than fuse-overlayfs: the commit keeps /root replaced"
+        );
+    }
     // Several containers at once, each seeing only its own writes.
     let handles: Vec<_> = (0..4)
         .map(|i| {
@@ -299,10 +309,10 @@ fn rootless_podman_with_strata_and_fuse_overlayfs_as_the_control() {
     let _fuse = DevFuseOpen::new();
     {
         let p = RootlessPodman::new(&strata_program(), "s");
-        steps(&p);
+        steps(&p, false);
     }
     if have("fuse-overlayfs", "fuse-overlayfs") {
         let p = RootlessPodman::new(Path::new("/usr/bin/fuse-overlayfs"), "f");
-        steps(&p);
+        steps(&p, true);
     }
 }
