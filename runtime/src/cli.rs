@@ -45,71 +45,20 @@ pub enum Command {
         images: Vec<String>,
     },
     /// Show the history of an image.
-    History {
-        /// Do not truncate the output.
-        #[arg(long)]
-        no_trunc: bool,
-        /// Print the IDs only.
-        #[arg(short, long)]
-        quiet: bool,
-        /// The image.
-        image: String,
-    },
+    History(HistoryArgs),
     /// Show details of containers or images, as JSON.
-    Inspect {
-        /// Format with a template (`{{.State.Status}}`) or `json`.
-        #[arg(short, long)]
-        format: Option<String>,
-        /// Only look at `container`s or `image`s.
-        #[arg(long = "type")]
-        kind: Option<String>,
-        /// Containers or images.
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Inspect(InspectArgs),
     /// Create a container without starting it.
     Create(RunArgs),
     /// Start containers.
-    Start {
-        /// Attach stdout/stderr and pass the exit code through.
-        #[arg(short, long)]
-        attach: bool,
-        /// Attach stdin.
-        #[arg(short, long)]
-        interactive: bool,
-        /// The containers.
-        #[arg(required = true)]
-        containers: Vec<String>,
-    },
+    Start(StartArgs),
     /// Create and start a container.
     Run(RunArgs),
     /// Memory, CPU and processes of running containers (from their
     /// cgroups).
-    Stats {
-        /// Show all containers (default: running only).
-        #[arg(short, long)]
-        all: bool,
-        /// Print one table and exit.
-        #[arg(long)]
-        no_stream: bool,
-        /// The containers (default: all running).
-        containers: Vec<String>,
-    },
+    Stats(StatsArgs),
     /// List containers.
-    Ps {
-        /// Show all containers (default: running only).
-        #[arg(short, long)]
-        all: bool,
-        /// Print the IDs only.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Do not truncate the output.
-        #[arg(long)]
-        no_trunc: bool,
-        /// `json` or a template (`{{.ID}} {{.Status}}`).
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Ps(PsArgs),
     /// Stop containers: the stop signal, then SIGKILL after a grace time.
     Stop {
         /// Seconds to wait before SIGKILL.
@@ -173,24 +122,7 @@ pub enum Command {
         container: String,
     },
     /// Make an image from a container's changes.
-    Commit {
-        /// The commit message.
-        #[arg(short, long)]
-        message: Option<String>,
-        /// The author.
-        #[arg(short, long)]
-        author: Option<String>,
-        /// A Dockerfile instruction to apply (CMD, ENV, ...).
-        #[arg(short, long)]
-        change: Vec<String>,
-        /// Pause a running container while committing.
-        #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
-        pause: bool,
-        /// The container.
-        container: String,
-        /// The new image's NAME[:TAG].
-        name: Option<String>,
-    },
+    Commit(CommitArgs),
     /// Write a container's filesystem as a tar archive.
     Export {
         /// The output file (default stdout).
@@ -238,28 +170,10 @@ pub enum Command {
     System(SystemCommand),
     /// (internal) supervise a container.
     #[command(name = "__supervise", hide = true)]
-    Supervise {
-        /// Report readiness on stdout and log to ctr.log.
-        #[arg(long)]
-        detach: bool,
-        /// The container ID.
-        id: String,
-    },
+    Supervise(SuperviseArgs),
     /// (internal) serve a mount until it is unmounted.
     #[command(name = "__serve-mount", hide = true)]
-    ServeMount {
-        /// Lower layers, top first.
-        #[arg(long = "lower")]
-        lowers: Vec<PathBuf>,
-        /// Upper layer.
-        #[arg(long, requires = "work")]
-        upper: Option<PathBuf>,
-        /// Work directory.
-        #[arg(long)]
-        work: Option<PathBuf>,
-        /// Mountpoint.
-        dir: PathBuf,
-    },
+    ServeMount(ServeMountArgs),
 }
 
 /// `strata image ...`.
@@ -312,6 +226,124 @@ pub enum SystemCommand {
         #[arg(short, long)]
         repair: bool,
     },
+}
+
+/// `strata history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Do not truncate the output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Print the IDs only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The image.
+    pub image: String,
+}
+
+/// `strata inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Format with a template (`{{.State.Status}}`) or `json`.
+    #[arg(short, long)]
+    pub format: Option<String>,
+    /// Only look at `container`s or `image`s.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Containers or images.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `strata start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach stdout/stderr and pass the exit code through.
+    #[arg(short, long)]
+    pub attach: bool,
+    /// Attach stdin.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// The containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// `strata stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Show all containers (default: running only).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print one table and exit.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// The containers (default: all running).
+    pub containers: Vec<String>,
+}
+
+/// `strata ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running only).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print the IDs only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate the output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// `json` or a template (`{{.ID}} {{.Status}}`).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// `strata commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The commit message.
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// The author.
+    #[arg(short, long)]
+    pub author: Option<String>,
+    /// A Dockerfile instruction to apply (CMD, ENV, ...).
+    #[arg(short, long)]
+    pub change: Vec<String>,
+    /// Pause a running container while committing.
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pause: bool,
+    /// The container.
+    pub container: String,
+    /// The new image's NAME[:TAG].
+    pub name: Option<String>,
+}
+
+/// `strata __supervise`.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// Report readiness on stdout and log to ctr.log.
+    #[arg(long)]
+    pub detach: bool,
+    /// The container ID.
+    pub id: String,
+}
+
+/// `strata __serve-mount`.
+#[derive(Debug, Args)]
+pub struct ServeMountArgs {
+    /// Lower layers, top first.
+    #[arg(long = "lower")]
+    pub lowers: Vec<PathBuf>,
+    /// Upper layer.
+    #[arg(long, requires = "work")]
+    pub upper: Option<PathBuf>,
+    /// Work directory.
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Mountpoint.
+    pub dir: PathBuf,
 }
 
 /// `strata images`.

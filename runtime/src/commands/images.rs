@@ -1,7 +1,20 @@
 //! Image commands: images, save, rmi, history, and image inspect.
 
-use super::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use strata_layerdb::{Compression, ImportOptions, LoadOptions, Removed, SaveFormat};
+
+use super::files::spawn_mount_daemon;
+use super::{parse_changes, Ctx};
+use crate::cli::{HistoryArgs, ImagesArgs, ImportArgs, LoadArgs};
 use crate::cli::{ImageFilter, OutputFormat};
+use crate::format::{self, ago, human_size, parse_rfc3339, Table};
+use crate::process::EXIT_RUNTIME;
+use crate::{proc, sys};
 
 pub(super) fn split_name(n: &str) -> (String, String) {
     match n.rfind(':') {
@@ -374,7 +387,8 @@ pub(super) fn trunc(s: &str, n: usize, no_trunc: bool) -> String {
     }
 }
 
-pub(super) fn history(ctx: &Ctx, image: &str, no_trunc: bool, quiet: bool) -> Result<i32> {
+pub(super) fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<i32> {
+    let (image, no_trunc, quiet) = (a.image.as_str(), a.no_trunc, a.quiet);
     let id = ctx.store.resolve(image)?;
     let h = ctx.store.history(image)?;
     let mut t = Table::new(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]);
@@ -429,6 +443,95 @@ pub(super) fn image_json(ctx: &Ctx, r: &str) -> Result<Value> {
         "History": cfg.get("history"),
         "Containers": info.users,
     }))
+}
+
+/// `import`: a root filesystem tarball (a file or `-` for stdin) becomes
+/// a one-layer image.
+pub(super) fn import(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
+    let mut input: Box<dyn Read> = if a.file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(fs::File::open(&a.file).with_context(|| format!("open {}", a.file))?)
+    };
+    let changes = parse_changes(&a.change)?;
+    let id = ctx.store.import(
+        &mut input,
+        &ImportOptions {
+            name: a.name.clone(),
+            changes,
+            comment: a.message.clone(),
+            created: None,
+        },
+    )?;
+    println!("{id}");
+    Ok(0)
+}
+
+/// `load`: the images of an archive (a file or stdin), printed by name,
+/// or by ID when they have none.
+pub(super) fn load(ctx: &Ctx, a: &LoadArgs) -> Result<i32> {
+    let loaded = match &a.input {
+        Some(p) => ctx.store.load(p, &LoadOptions::default())?,
+        None => ctx
+            .store
+            .load_reader(&mut std::io::stdin(), &LoadOptions::default())?,
+    };
+    if !a.quiet {
+        for l in loaded {
+            if l.names.is_empty() {
+                println!("Loaded image ID: {}", l.id);
+            }
+            for n in l.names {
+                println!("Loaded image: {n}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `tag`: another name for an image.
+pub(super) fn tag(ctx: &Ctx, source: &str, target: &str) -> Result<i32> {
+    ctx.store.tag(source, target)?;
+    Ok(0)
+}
+
+/// `image mount`: the image's layers served read-only by a mount daemon
+/// (once), at `dir` or under the store; prints where.
+pub(super) fn mount(ctx: &Ctx, image: &str, dir: Option<PathBuf>) -> Result<i32> {
+    let info = ctx.store.inspect(image)?;
+    let dir = match dir {
+        Some(d) => d,
+        None => ctx.root.join("image-mounts").join(info.id.hex()),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    if !proc::is_mounted(&dir) {
+        let lowers: Vec<PathBuf> = info.layers.iter().rev().map(|l| l.path.clone()).collect();
+        spawn_mount_daemon(&ctx.root, &lowers, None, &dir)?;
+    }
+    println!("{}", dir.canonicalize().unwrap_or(dir).display());
+    Ok(0)
+}
+
+/// `image unmount`: by mountpoint, or by image (its mountpoint under the
+/// store, which is then removed).
+pub(super) fn unmount(ctx: &Ctx, target: &str) -> Result<i32> {
+    let p = Path::new(target);
+    let dir = if p.is_dir() && proc::is_mounted(p) {
+        p.to_path_buf()
+    } else {
+        let id = ctx.store.resolve(target)?;
+        ctx.root.join("image-mounts").join(id.hex())
+    };
+    if !proc::is_mounted(&dir) {
+        bail!("{target} is not mounted");
+    }
+    strata_fs::unmount(&dir.canonicalize()?)
+        .map_err(|e| anyhow!("unmount {}: {e}", dir.display()))?;
+    if dir.starts_with(ctx.root.join("image-mounts")) {
+        let _ = fs::remove_dir(&dir);
+    }
+    println!("{target}");
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -2,6 +2,12 @@
 //! `strata_layerdb::registry`; here are the flags, the progress bars (one
 //! per blob, on stderr, only when it is a terminal) and what is printed.
 
+use std::fs;
+use std::io::{BufRead, Read};
+
+use anyhow::{bail, Context, Result};
+
+use super::Ctx;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -13,7 +19,6 @@ use strata_layerdb::registry::{
 };
 use strata_layerdb::Digest;
 
-use super::*;
 use crate::cli::{LoginArgs, PullArgs, PushArgs};
 
 /// One bar per blob, like docker's.
