@@ -190,7 +190,7 @@ pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, S
         }
         Instr::StopSignal(raw) => {
             let s = word(raw)?;
-            if crate::commands::parse_signal(&s).is_err() {
+            if crate::signal::parse(&s).is_err() {
                 return Err(err(format!("invalid signal {s:?}")));
             }
             cfg.insert("StopSignal".into(), Value::from(s.clone()));

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::{parse_signal, Ctx, Exit};
+use super::{Ctx, Exit};
 use crate::attach;
 use crate::cli::{PsArgs, RunArgs, StartArgs};
 use crate::container::{Container, State, Status};
@@ -19,6 +19,7 @@ use crate::format::{self, ago, parse_rfc3339, Table};
 use crate::ids::ContainerId;
 use crate::proc::{self, ProcId};
 use crate::process::{self, EXIT_RUNTIME};
+use crate::signal::parse as parse_signal;
 use crate::spec::{self, RunFlags};
 
 pub(super) fn run_flags(a: &RunArgs) -> Result<RunFlags> {

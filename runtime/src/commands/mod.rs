@@ -17,8 +17,7 @@ mod system;
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
-use nix::sys::signal::Signal;
+use anyhow::{Context, Result};
 use strata_layerdb::{ConfigChange, Store};
 
 use crate::cli::{Cli, Command, ImageCommand, SystemCommand};
@@ -129,19 +128,4 @@ fn parse_changes(v: &[String]) -> Result<Vec<ConfigChange>> {
     v.iter()
         .map(|c| c.parse::<ConfigChange>().map_err(anyhow::Error::from))
         .collect()
-}
-
-/// Parses `KILL`, `SIGKILL`, `9`.
-pub fn parse_signal(s: &str) -> Result<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| anyhow!("invalid signal {s:?}"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") {
-        up
-    } else {
-        format!("SIG{up}")
-    };
-    name.parse::<Signal>()
-        .map_err(|_| anyhow!("invalid signal {s:?}"))
 }
