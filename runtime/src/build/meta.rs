@@ -5,8 +5,12 @@
 
 use serde_json::{json, Map, Value};
 
-use super::parse::{CmdForm, Health, Instr};
-use super::{ignore, json_list, nop};
+use std::collections::BTreeMap;
+
+use strata_layerdb::CommitMeta;
+
+use super::parse::{CmdForm, Health, Instr, Step};
+use super::{expand, ignore, json_list, nop, sha, BuildError, Builder, StageState};
 
 /// What a metadata instruction works on.
 pub(super) struct Edit<'a> {
@@ -295,6 +299,94 @@ fn duration_ns(s: &str) -> Option<u64> {
         return None;
     }
     Some(total as u64)
+}
+
+/// The metadata steps of [`Builder`]: a new config and history text on
+/// the parent image, no layer.
+impl Builder<'_> {
+    /// ARG: declares build args in the stage (defaults from `--build-arg`
+    /// and the global ARGs); history `ARG K=V`.
+    pub(super) fn arg_step(
+        &mut self,
+        st: &mut StageState,
+        step: &Step,
+        raw: &str,
+        globals: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), BuildError> {
+        let decl = self.arg_decl(raw, step.line, &step.text, &|n| st.var(n))?;
+        let mut shown = Vec::new();
+        for (k, v) in decl {
+            let v = v.or_else(|| globals.get(&k).cloned().flatten());
+            shown.push(match &v {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
+            });
+            st.args.insert(k, v);
+        }
+        let cfg = st.config.clone();
+        self.commit_meta(st, nop(&format!("ARG {}", shown.join(" "))), cfg, None)
+    }
+
+    /// ENV, LABEL, CMD... (see [`apply`]).
+    pub(super) fn meta_step(
+        &mut self,
+        st: &mut StageState,
+        step: &Step,
+        instr: &Instr,
+    ) -> Result<(), BuildError> {
+        let esc = self.cf.escape;
+        let vars = |n: &str| st.var(n);
+        let word = |s: &str| expand::word(s, esc, &vars).map_err(|e| e.0);
+        let words = |s: &str| expand::words(s, esc, &vars).map_err(|e| e.0);
+        let shell = st.shell();
+        let mut cfg = st.config.clone();
+        let mut author = None;
+        let mut cmd_set = st.cmd_set;
+        let created_by = apply(
+            instr,
+            &mut Edit {
+                cfg: &mut cfg,
+                cmd_set: &mut cmd_set,
+                author: &mut author,
+                shell: &shell,
+                word: &word,
+                words: &words,
+            },
+        )
+        .map_err(|m| Builder::step_error(step, m))?;
+        let Some(created_by) = created_by else {
+            unreachable!("RUN, COPY and ARG are not metadata steps")
+        };
+        st.cmd_set = cmd_set;
+        self.commit_meta(st, created_by, cfg, author)
+    }
+
+    /// The image with config `cfg` and history `created_by` on the stage's
+    /// image: from the cache, or amended in the store.
+    fn commit_meta(
+        &mut self,
+        st: &mut StageState,
+        created_by: String,
+        cfg: Map<String, Value>,
+        author: Option<String>,
+    ) -> Result<(), BuildError> {
+        let (parent, parent_key) = Builder::parent(st);
+        let cfg_json = Value::Object(cfg.clone()).to_string();
+        let key = sha(&["meta", &parent_key, &created_by, &cfg_json]);
+        if let Some(id) = self.cached(st, &key) {
+            return self.advance(st, id);
+        }
+        let id = self.store.amend(
+            parent.as_deref(),
+            &CommitMeta {
+                created_by: Some(created_by),
+                author,
+                config: Some(Value::Object(cfg)),
+                ..Default::default()
+            },
+        )?;
+        self.made(st, &key, id)
+    }
 }
 
 #[cfg(test)]

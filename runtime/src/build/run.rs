@@ -6,11 +6,94 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use serde_json::Value;
 use strata_layerdb::{CommitMeta, ImageId, Store};
+
+use super::parse::{CmdForm, Step};
+use super::{json_list, sha, BuildError, Builder, StageState};
 
 use crate::container::{Container, Registry};
 use crate::ids::ContainerId;
 use crate::spec::{self, RunFlags};
+
+/// RUN as a step of [`Builder`].
+impl Builder<'_> {
+    /// RUN: the command in a container of the stage's image, with the build
+    /// args in effect that the environment does not set; the layer from the
+    /// cache when the command, args, environment and config are the same.
+    pub(super) fn run_step(
+        &mut self,
+        st: &mut StageState,
+        step: &Step,
+        c: &CmdForm,
+    ) -> Result<(), BuildError> {
+        let err = |msg: String| Builder::step_error(step, msg);
+        let argv = match c {
+            CmdForm::Exec(v) => v.clone(),
+            CmdForm::Shell(s) => {
+                let mut v = st.shell();
+                v.push(s.clone());
+                v
+            }
+        };
+        if argv.is_empty() {
+            return Err(err("RUN needs a command".into()));
+        }
+        let Some(image) = st.image else {
+            return Err(err(
+                "cannot RUN in an empty image (FROM scratch): there is no shell".into(),
+            ));
+        };
+        let env = st.env();
+        let args: Vec<String> = st
+            .args
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .filter(|kv| {
+                let k = kv.split('=').next().unwrap_or("");
+                !env.iter().any(|e| e.split('=').next() == Some(k))
+            })
+            .collect();
+        let (_, parent_key) = Builder::parent(st);
+        let created_by = argv.join(" ");
+        let cfg_json = Value::Object(st.config.clone()).to_string();
+        let key = sha(&[
+            "run",
+            &parent_key,
+            &json_list(&argv),
+            &json_list(&args),
+            &json_list(&env),
+            &cfg_json,
+        ]);
+        if let Some(id) = self.cached(st, &key) {
+            return self.advance(st, id);
+        }
+        let id = run_step(
+            self.store,
+            self.reg,
+            self.root,
+            &RunStep {
+                image,
+                argv,
+                args,
+                network: self.opts.network.clone(),
+                quiet: self.opts.quiet,
+                created_by,
+                config: Value::Object(st.config.clone()),
+            },
+        )
+        .map_err(|e| match e {
+            RunError::Exit(code) => BuildError::RunFailed {
+                line: step.line,
+                text: step.text.clone(),
+                code,
+            },
+            RunError::Other(m) => err(m),
+            RunError::Store(s) => BuildError::Store(s),
+        })?;
+        self.made(st, &key, id)
+    }
+}
 
 /// One RUN to do.
 pub struct RunStep {
