@@ -6,8 +6,10 @@
 //! steps in order) → per step: a metadata change (`meta`: a new config,
 //! no layer, [`strata_layerdb::Store::amend`]), a RUN (`run`: a container
 //! on the FUSE rootfs whose upper directory becomes a layer, as `commit`
-//! makes one) or a COPY/ADD ([`copy`]: a tar of the sources streamed into
-//! [`strata_layerdb::Store::commit_tar`]). [`expand`] does Docker's
+//! makes one) or a COPY/ADD (`copy_step`, on [`copy`]: a tar of the
+//! sources streamed into [`strata_layerdb::Store::commit_tar`]). Each kind
+//! of step is an `impl Builder` block in its module; `Builder::step` only
+//! dispatches. [`expand`] does Docker's
 //! variable expansion, [`ignore`] the `.dockerignore` rules and source
 //! globs.
 //!
