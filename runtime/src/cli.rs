@@ -248,8 +248,8 @@ pub struct InspectArgs {
     #[arg(short, long)]
     pub format: Option<String>,
     /// Only look at `container`s or `image`s.
-    #[arg(long = "type")]
-    pub kind: Option<String>,
+    #[arg(long = "type", value_enum)]
+    pub kind: Option<ObjectKind>,
     /// Containers or images.
     #[arg(required = true)]
     pub names: Vec<String>,
@@ -344,6 +344,45 @@ pub struct ServeMountArgs {
     pub work: Option<PathBuf>,
     /// Mountpoint.
     pub dir: PathBuf,
+}
+
+/// `inspect --type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectKind {
+    /// A container.
+    Container,
+    /// An image.
+    Image,
+}
+
+/// `save --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveFormatArg {
+    /// docker's `docker save` tar.
+    DockerArchive,
+    /// An OCI image layout in a tar.
+    OciArchive,
+    /// An OCI image layout in a directory (`-o DIR`).
+    OciDir,
+}
+
+/// `push --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushFormat {
+    /// An OCI image manifest.
+    Oci,
+    /// A Docker image manifest, schema 2 (also `docker`).
+    #[value(alias = "docker")]
+    V2s2,
+}
+
+/// `push --compression-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushCompression {
+    /// gzip, as every registry takes.
+    Gzip,
+    /// zstd.
+    Zstd,
 }
 
 /// `strata images`.
@@ -485,11 +524,11 @@ pub struct PushArgs {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub tls_verify: bool,
     /// Manifest format: oci or v2s2.
-    #[arg(long, default_value = "oci")]
-    pub format: String,
+    #[arg(long, value_enum, default_value_t = PushFormat::Oci)]
+    pub format: PushFormat,
     /// Layer compression: gzip or zstd.
-    #[arg(long, default_value = "gzip")]
-    pub compression_format: String,
+    #[arg(long, value_enum, default_value_t = PushCompression::Gzip)]
+    pub compression_format: PushCompression,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -557,8 +596,8 @@ pub struct SaveArgs {
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// docker-archive, oci-archive or oci-dir.
-    #[arg(long, default_value = "docker-archive")]
-    pub format: String,
+    #[arg(long, value_enum, default_value_t = SaveFormatArg::DockerArchive)]
+    pub format: SaveFormatArg,
     /// The images.
     #[arg(required = true)]
     pub images: Vec<String>,

@@ -10,7 +10,7 @@ use strata_layerdb::{Compression, ImportOptions, LoadOptions, Removed, SaveForma
 
 use super::files::spawn_mount_daemon;
 use super::{parse_changes, Ctx};
-use crate::cli::{HistoryArgs, ImagesArgs, ImportArgs, LoadArgs};
+use crate::cli::{HistoryArgs, ImagesArgs, ImportArgs, LoadArgs, SaveFormatArg};
 use crate::cli::{ImageFilter, OutputFormat};
 use crate::format::{self, ago, human_size, parse_rfc3339, Table};
 use crate::process::EXIT_RUNTIME;
@@ -309,10 +309,10 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
 
 pub(super) fn save(ctx: &Ctx, a: &crate::cli::SaveArgs) -> Result<i32> {
     let refs: Vec<&str> = a.images.iter().map(String::as_str).collect();
-    let format = match a.format.as_str() {
-        "docker-archive" => SaveFormat::DockerArchive,
-        "oci-archive" => SaveFormat::OciArchive(Compression::None),
-        "oci-dir" => {
+    let format = match a.format {
+        SaveFormatArg::DockerArchive => SaveFormat::DockerArchive,
+        SaveFormatArg::OciArchive => SaveFormat::OciArchive(Compression::None),
+        SaveFormatArg::OciDir => {
             let dir = a
                 .output
                 .as_ref()
@@ -320,7 +320,6 @@ pub(super) fn save(ctx: &Ctx, a: &crate::cli::SaveArgs) -> Result<i32> {
             ctx.store.save_oci_dir(&refs, dir, Compression::None)?;
             return Ok(0);
         }
-        other => bail!("unknown format {other:?}: use docker-archive, oci-archive or oci-dir"),
     };
     match &a.output {
         Some(p) => {

@@ -1,21 +1,20 @@
 //! `inspect`: containers and images as JSON, or through a template.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 
 use super::files::container_json;
 use super::images::image_json;
 use super::Ctx;
-use crate::cli::InspectArgs;
+use crate::cli::{InspectArgs, ObjectKind};
 use crate::format;
 
 pub(super) fn inspect(ctx: &Ctx, a: &InspectArgs) -> Result<i32> {
-    let (names, kind, fmt) = (&a.names, a.kind.as_deref(), a.format.as_deref());
+    let (names, kind, fmt) = (&a.names, a.kind, a.format.as_deref());
     let mut out = Vec::new();
     for n in names {
         let v = match kind {
-            Some("container") => container_json(ctx, &ctx.container(n)?)?,
-            Some("image") => image_json(ctx, n)?,
-            Some(k) => bail!("unknown --type {k:?}: use container or image"),
+            Some(ObjectKind::Container) => container_json(ctx, &ctx.container(n)?)?,
+            Some(ObjectKind::Image) => image_json(ctx, n)?,
             None => match ctx.reg.find(n) {
                 Ok(c) => container_json(ctx, &c)?,
                 Err(crate::container::Error::NotFound(_)) => {
