@@ -145,7 +145,7 @@ impl Builder<'_> {
         let vars = |n: &str| st.var(n);
         let word = |s: &str| expand::word(s, esc, &vars).map_err(|e| err(e.0));
         let lowers: Vec<PathBuf> = match &st.image {
-            Some(id) => self.store.lower_dirs(&id.to_string())?,
+            Some(id) => self.store.lower_dirs(id)?,
             None => Vec::new(),
         };
         let image = copy::ImageTree::open(&lowers).map_err(err)?;
@@ -385,9 +385,7 @@ struct ImageMount {
 
 impl ImageMount {
     fn new(store: &Store, id: &ImageId) -> Result<ImageMount, String> {
-        let lowers = store
-            .lower_dirs(&id.to_string())
-            .map_err(|e| e.to_string())?;
+        let lowers = store.lower_dirs(id).map_err(|e| e.to_string())?;
         let dir = tempdir_in(&store.root().join("tmp")).map_err(|e| e.to_string())?;
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).map_err(|e| e.to_string())?;

@@ -527,7 +527,7 @@ impl<'a> Builder<'a> {
     }
 
     fn runtime_config(&self, id: &ImageId) -> Result<Map<String, Value>, BuildError> {
-        let info = self.store.inspect(&id.to_string())?;
+        let info = self.store.inspect(id)?;
         let v: Value = serde_json::from_slice(&info.config_bytes).unwrap_or(Value::Null);
         Ok(v.get("config")
             .and_then(Value::as_object)

@@ -80,7 +80,7 @@ fn commit(
 /// `diff`: the container's changes, one `KIND PATH` line each.
 pub(super) fn diff(ctx: &Ctx, container: &str) -> Result<i32> {
     let c = ctx.container(container)?;
-    let lowers = ctx.store.lower_dirs(&c.config.image_id.to_string())?;
+    let lowers = ctx.store.lower_dirs(&c.config.image_id)?;
     let mut out = std::io::stdout().lock();
     let changes = crate::diff::changes(&c.paths.upper(), &lowers)
         .with_context(|| format!("cannot read the changes of {}", c.config.name))?;

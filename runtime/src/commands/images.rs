@@ -158,7 +158,7 @@ impl ImageFilters {
             return Ok(false);
         }
         if !self.labels.is_empty() {
-            let info = ctx.store.inspect(&i.id.to_string())?;
+            let info = ctx.store.inspect(&i.id)?;
             let labels = info
                 .config
                 .config
