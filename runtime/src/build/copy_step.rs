@@ -121,14 +121,14 @@ impl Builder<'_> {
         drop(reader);
         let written = writer
             .join()
-            .unwrap_or_else(|_| Err("the layer writer panicked".into()));
+            .map_err(|_| err("the layer writer panicked".into()))?;
         drop(mount);
         match (stored, written) {
             (Ok(id), Ok(())) => Ok(id),
             // A writer error explains a cut stream; a closed pipe
             // means the store gave up first and says why.
-            (Ok(_), Err(w)) => Err(err(w)),
-            (Err(_), Err(w)) if !w.contains("Broken pipe") => Err(err(w)),
+            (Ok(_), Err(w)) => Err(err(w.to_string())),
+            (Err(_), Err(w)) if !w.is_broken_pipe() => Err(err(w.to_string())),
             (Err(s), _) => Err(s.into()),
         }
     }
@@ -148,7 +148,7 @@ impl Builder<'_> {
             Some(id) => self.store.lower_dirs(id)?,
             None => Vec::new(),
         };
-        let image = copy::ImageTree::open(&lowers).map_err(err)?;
+        let image = copy::ImageTree::open(&lowers).map_err(|e| err(e.to_string()))?;
         let src = self.source_dir(st, spec, &word, err)?;
         let root = copy::SourceRoot {
             dir: &src.dir,
@@ -184,10 +184,11 @@ impl Builder<'_> {
                 add: spec.add,
                 overrides: o,
             };
-            root.items(rel, md, &t, &mut items).map_err(err)?;
+            root.items(rel, md, &t, &mut items)
+                .map_err(|e| err(e.to_string()))?;
         }
         inline_items(spec, &inline, &dest.rel, dest_is_dir, o, &mut items);
-        let digest = copy::digest(&items).map_err(err)?;
+        let digest = copy::digest(&items).map_err(|e| err(e.to_string()))?;
         let what = if n_sources > 1 {
             "multi"
         } else if resolved.first().is_some_and(|(_, m)| m.is_dir()) {
@@ -275,7 +276,7 @@ fn resolve_sources(
                         "ADD of the URL {p} is not supported: strata build does not download; fetch it into the context and COPY it"
                     )));
                 }
-                resolved.extend(root.resolve(&p).map_err(err)?);
+                resolved.extend(root.resolve(&p).map_err(|e| err(e.to_string()))?);
             }
             Source::Inline { content, expand } => inline.push(if *expand {
                 expand_inline(content)
@@ -366,7 +367,9 @@ fn destination(
     } else {
         format!("{workdir}/{raw}")
     };
-    let rel = image.resolve(&ignore::clean(&abs), false).map_err(err)?;
+    let rel = image
+        .resolve(&ignore::clean(&abs), false)
+        .map_err(|e| err(e.to_string()))?;
     let ends_slash = raw.ends_with('/') || raw == "." || raw.ends_with("/.");
     Ok(Dest {
         raw,
