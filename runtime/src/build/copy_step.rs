@@ -240,7 +240,7 @@ impl Builder<'_> {
                 .resolve(&f)
                 .map_err(|e| err(format!("--from={f}: no stage or image of that name ({e})")))?,
         };
-        let m = ImageMount::new(self.store, &img).map_err(err)?;
+        let m = ImageMount::new(self.store, &img).map_err(|e| err(e.to_string()))?;
         Ok(SourceDir {
             dir: m.path.clone(),
             from_context: false,
@@ -386,18 +386,35 @@ struct ImageMount {
     _dir: TempDir,
 }
 
+/// Why a `COPY --from` image could not be mounted.
+#[derive(Debug, thiserror::Error)]
+enum FromImageError {
+    /// The image's layers could not be read from the store.
+    #[error(transparent)]
+    Store(#[from] strata_layerdb::Error),
+    /// The temporary mountpoint could not be made.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The image is empty (`FROM scratch` with nothing added).
+    #[error("the --from image has no layers")]
+    NoLayers,
+    /// The mount failed.
+    #[error("cannot mount the --from image: {0}")]
+    Mount(#[from] strata_fs::MountError),
+}
+
 impl ImageMount {
-    fn new(store: &Store, id: &ImageId) -> Result<ImageMount, String> {
-        let lowers = store.lower_dirs(id).map_err(|e| e.to_string())?;
-        let dir = tempdir_in(&store.root().join("tmp")).map_err(|e| e.to_string())?;
+    fn new(store: &Store, id: &ImageId) -> Result<ImageMount, FromImageError> {
+        let lowers = store.lower_dirs(id)?;
+        let dir = tempdir_in(&store.root().join("tmp"))?;
         let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
+        std::fs::create_dir(&path)?;
         if lowers.is_empty() {
             // An empty image: an empty directory is its whole content.
-            return Err("the --from image has no layers".into());
+            return Err(FromImageError::NoLayers);
         }
-        let served = crate::mounts::ServedMount::mount(crate::mounts::options(lowers, None), &path)
-            .map_err(|e| format!("cannot mount the --from image: {e}"))?;
+        let served =
+            crate::mounts::ServedMount::mount(crate::mounts::options(lowers, None), &path)?;
         Ok(ImageMount {
             _served: served,
             path,

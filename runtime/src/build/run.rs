@@ -88,8 +88,8 @@ impl Builder<'_> {
                 text: step.text.clone(),
                 code,
             },
-            RunError::Other(m) => err(m),
             RunError::Store(s) => BuildError::Store(s),
+            other => err(other.to_string()),
         })?;
         self.made(st, &key, id)
     }
@@ -114,14 +114,26 @@ pub struct RunStep {
 }
 
 /// How a RUN failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The command exited with this code.
+    #[error("the command exited with code {0}")]
     Exit(i32),
-    /// The container could not be made or committed.
-    Other(String),
+    /// The step's container config could not be made.
+    #[error("{0}")]
+    Spec(#[from] spec::SpecError),
+    /// The step's container could not be created.
+    #[error("{0}")]
+    Container(#[from] crate::container::Error),
+    /// `/proc/self/exe` could not be read.
+    #[error("cannot find the strata executable: {0}")]
+    Exe(std::io::Error),
+    /// The supervisor could not be started.
+    #[error("cannot start the supervisor: {0}")]
+    Supervisor(std::io::Error),
     /// The store failed.
-    Store(strata_layerdb::Error),
+    #[error(transparent)]
+    Store(#[from] strata_layerdb::Error),
 }
 
 /// The container of one step; removed (unmounted, deleted, released from
@@ -174,20 +186,17 @@ pub fn run_step(
         entrypoint: Some(String::new()),
         ..Default::default()
     };
-    let config = spec::build(id, &image_ref, &info, &step.argv, &flags)
-        .map_err(|e| RunError::Other(e.to_string()))?;
+    let config = spec::build(id, &image_ref, &info, &step.argv, &flags)?;
     let lowers: Vec<_> = info.layers.iter().rev().map(|l| l.path.clone()).collect();
-    let c = reg
-        .create(config, |paths, cfg| {
-            crate::rootfs::prepare_init_layer(paths, cfg, &lowers).map_err(|err| {
-                crate::container::Error::Io {
-                    op: "prepare the init layer in",
-                    path: paths.dir.clone(),
-                    err,
-                }
-            })
+    let c = reg.create(config, |paths, cfg| {
+        crate::rootfs::prepare_init_layer(paths, cfg, &lowers).map_err(|err| {
+            crate::container::Error::Io {
+                op: "prepare the init layer in",
+                path: paths.dir.clone(),
+                err,
+            }
         })
-        .map_err(|e| RunError::Other(e.to_string()))?;
+    })?;
     // Declared before the container's guard, so signals are unblocked
     // only after the container is gone: a Ctrl-C that arrives between
     // steps ends the build at a clean point.
@@ -196,8 +205,7 @@ pub fn run_step(
     store
         .add_image_user(&info.id, guard.c.id().as_str())
         .map_err(RunError::Store)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| RunError::Other(format!("cannot find the strata executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(RunError::Exe)?;
     let mut cmd = Command::new(exe);
     cmd.arg("--root")
         .arg(root)
@@ -220,7 +228,7 @@ pub fn run_step(
             };
             crate::attach::run(pid, attach, &|| c.running_init().ok().flatten())
         }
-        Err(e) => return Err(RunError::Other(format!("cannot start the supervisor: {e}"))),
+        Err(e) => return Err(RunError::Supervisor(e)),
     };
     if code != 0 {
         return Err(RunError::Exit(code));
