@@ -35,170 +35,26 @@ fn err(msg: String) -> String {
 /// Applies a metadata instruction; returns its history text, or `None`
 /// for the instructions that are not metadata (RUN, COPY, ADD, ARG).
 pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, String> {
-    let Edit {
-        cfg,
-        cmd_set,
-        author,
-        shell,
-        word,
-        words,
-    } = e;
-    Ok(match instr {
-        Instr::Env(raw) | Instr::Label(raw) => {
-            let is_env = matches!(instr, Instr::Env(_));
-            let ws = words(raw)?;
-            let pairs: Vec<(String, String)> = match ws.first() {
-                Some(w) if !w.contains('=') => {
-                    let rest = raw
-                        .trim_start()
-                        .split_once(char::is_whitespace)
-                        .map(|(_, r)| r.trim())
-                        .unwrap_or("");
-                    if rest.is_empty() {
-                        return Err(err(format!("{w} needs a value (KEY=VALUE or KEY VALUE)")));
-                    }
-                    vec![(w.clone(), word(rest)?)]
-                }
-                _ => ws
-                    .iter()
-                    .map(|w| match w.split_once('=') {
-                        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                        _ => Err(err(format!("{w:?} is not KEY=VALUE"))),
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            if pairs.is_empty() {
-                return Err(err("needs at least one KEY=VALUE".into()));
-            }
-            for (k, v) in &pairs {
-                if is_env {
-                    let env = cfg.entry("Env").or_insert_with(|| json!([]));
-                    if let Some(a) = env.as_array_mut() {
-                        let p = format!("{k}=");
-                        a.retain(|e| !e.as_str().is_some_and(|s| s.starts_with(&p)));
-                        a.push(Value::from(format!("{k}={v}")));
-                    }
-                } else {
-                    let l = cfg.entry("Labels").or_insert_with(|| json!({}));
-                    if let Some(o) = l.as_object_mut() {
-                        o.insert(k.clone(), Value::from(v.clone()));
-                    }
-                }
-            }
-            let shown: Vec<String> = pairs
-                .iter()
-                .map(|(k, v)| {
-                    if is_env {
-                        format!("{k}={v}")
-                    } else {
-                        format!("{k}={}", serde_json::to_string(v).unwrap_or_default())
-                    }
-                })
-                .collect();
-            Some(nop(&format!(
-                "{} {}",
-                if is_env { "ENV" } else { "LABEL" },
-                shown.join(" ")
-            )))
-        }
-        Instr::Workdir(raw) => {
-            let w = word(raw)?;
-            let cur = cfg
-                .get("WorkingDir")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .unwrap_or("/")
-                .to_string();
-            let joined = if w.starts_with('/') {
-                w
-            } else {
-                format!("{cur}/{w}")
-            };
-            let clean = format!("/{}", ignore::clean(&joined));
-            cfg.insert("WorkingDir".into(), Value::from(clean.clone()));
-            Some(nop(&format!("WORKDIR {clean}")))
-        }
+    Ok(Some(match instr {
+        Instr::Env(raw) => env_or_label(e, raw, true)?,
+        Instr::Label(raw) => env_or_label(e, raw, false)?,
+        Instr::Workdir(raw) => workdir(e, raw)?,
         Instr::User(raw) => {
-            let u = word(raw)?;
-            cfg.insert("User".into(), Value::from(u.clone()));
-            Some(nop(&format!("USER {u}")))
+            let u = (e.word)(raw)?;
+            e.cfg.insert("User".into(), Value::from(u.clone()));
+            nop(&format!("USER {u}"))
         }
-        Instr::Cmd(c) | Instr::Entrypoint(c) => {
-            let is_cmd = matches!(instr, Instr::Cmd(_));
-            let v = match c {
-                CmdForm::Exec(v) => v.clone(),
-                CmdForm::Shell(s) => {
-                    let mut v = shell.to_vec();
-                    v.push(s.clone());
-                    v
-                }
-            };
-            if is_cmd {
-                cfg.insert("Cmd".into(), json!(v));
-                **cmd_set = true;
-            } else {
-                cfg.insert("Entrypoint".into(), json!(v));
-                if !**cmd_set {
-                    cfg.remove("Cmd");
-                }
-            }
-            Some(nop(&format!(
-                "{} {}",
-                if is_cmd { "CMD" } else { "ENTRYPOINT" },
-                json_list(&v)
-            )))
-        }
-        Instr::Expose(raw) => {
-            let mut ports = Vec::new();
-            for r in raw {
-                for p in words(r)? {
-                    let p = if p.contains('/') {
-                        p.to_lowercase()
-                    } else {
-                        format!("{p}/tcp")
-                    };
-                    let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
-                    let ok = !num.is_empty()
-                        && num.split('-').all(|n| n.parse::<u16>().is_ok())
-                        && matches!(proto, "tcp" | "udp" | "sctp");
-                    if !ok {
-                        return Err(err(format!("invalid port {p:?}")));
-                    }
-                    ports.push(p);
-                }
-            }
-            let e = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
-            if let Some(o) = e.as_object_mut() {
-                for p in &ports {
-                    o.insert(p.clone(), json!({}));
-                }
-            }
-            Some(nop(&format!("EXPOSE {}", ports.join(" "))))
-        }
-        Instr::Volume(raw) => {
-            let mut vols = Vec::new();
-            for r in raw {
-                let v = word(r)?;
-                if v.is_empty() {
-                    return Err(err("VOLUME needs a path".into()));
-                }
-                vols.push(v);
-            }
-            let e = cfg.entry("Volumes").or_insert_with(|| json!({}));
-            if let Some(o) = e.as_object_mut() {
-                for v in &vols {
-                    o.insert(v.clone(), json!({}));
-                }
-            }
-            Some(nop(&format!("VOLUME {}", json_list(&vols))))
-        }
+        Instr::Cmd(c) => cmd_or_entrypoint(e, c, true)?,
+        Instr::Entrypoint(c) => cmd_or_entrypoint(e, c, false)?,
+        Instr::Expose(raw) => expose(e, raw)?,
+        Instr::Volume(raw) => volume(e, raw)?,
         Instr::StopSignal(raw) => {
-            let s = word(raw)?;
+            let s = (e.word)(raw)?;
             if crate::signal::parse(&s).is_err() {
                 return Err(err(format!("invalid signal {s:?}")));
             }
-            cfg.insert("StopSignal".into(), Value::from(s.clone()));
-            Some(nop(&format!("STOPSIGNAL {s}")))
+            e.cfg.insert("StopSignal".into(), Value::from(s.clone()));
+            nop(&format!("STOPSIGNAL {s}"))
         }
         Instr::Shell(v) => {
             if v.is_empty() {
@@ -206,59 +62,225 @@ pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, S
                     "SHELL needs a JSON array: SHELL [\"/bin/sh\", \"-c\"]".into()
                 ));
             }
-            cfg.insert("Shell".into(), json!(v));
-            Some(nop(&format!("SHELL {}", json_list(v))))
+            e.cfg.insert("Shell".into(), json!(v));
+            nop(&format!("SHELL {}", json_list(v)))
         }
-        Instr::Healthcheck(h) => {
-            let hc = match h {
-                Health::None => json!({"Test": ["NONE"]}),
-                Health::Cmd(opts, c) => {
-                    let test: Vec<String> = match c {
-                        CmdForm::Exec(v) => std::iter::once("CMD".to_string())
-                            .chain(v.iter().cloned())
-                            .collect(),
-                        CmdForm::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
-                    };
-                    let mut o = Map::new();
-                    o.insert("Test".into(), json!(test));
-                    for (k, v) in opts {
-                        let key = match k.as_str() {
-                            "interval" => "Interval",
-                            "timeout" => "Timeout",
-                            "start-period" => "StartPeriod",
-                            "start-interval" => "StartInterval",
-                            "retries" => {
-                                let n: u64 = v
-                                    .parse()
-                                    .map_err(|_| err(format!("--retries={v}: not a number")))?;
-                                o.insert("Retries".into(), json!(n));
-                                continue;
-                            }
-                            _ => return Err(err(format!("unknown flag --{k}"))),
-                        };
-                        let ns = duration_ns(v)
-                            .ok_or_else(|| err(format!("--{k}={v}: not a duration")))?;
-                        o.insert(key.into(), json!(ns));
-                    }
-                    Value::Object(o)
-                }
-            };
-            cfg.insert("Healthcheck".into(), hc.clone());
-            Some(nop(&format!("HEALTHCHECK {hc}")))
-        }
+        Instr::Healthcheck(h) => healthcheck(e, h)?,
         Instr::Onbuild(t) => {
-            let e = cfg.entry("OnBuild").or_insert_with(|| json!([]));
-            if let Some(a) = e.as_array_mut() {
+            let list = e.cfg.entry("OnBuild").or_insert_with(|| json!([]));
+            if let Some(a) = list.as_array_mut() {
                 a.push(Value::from(t.clone()));
             }
-            Some(nop(&format!("ONBUILD {t}")))
+            nop(&format!("ONBUILD {t}"))
         }
         Instr::Maintainer(m) => {
-            **author = Some(m.clone());
-            Some(nop(&format!("MAINTAINER {m}")))
+            *e.author = Some(m.clone());
+            nop(&format!("MAINTAINER {m}"))
         }
-        Instr::Run(_) | Instr::Copy(_) | Instr::Arg(_) => None,
-    })
+        Instr::Run(_) | Instr::Copy(_) | Instr::Arg(_) => return Ok(None),
+    }))
+}
+
+/// ENV and LABEL: `KEY=VALUE...` or `KEY VALUE`.
+fn env_or_label(e: &mut Edit<'_>, raw: &str, is_env: bool) -> Result<String, String> {
+    let Edit {
+        cfg, word, words, ..
+    } = e;
+    let ws = words(raw)?;
+    let pairs: Vec<(String, String)> = match ws.first() {
+        Some(w) if !w.contains('=') => {
+            let rest = raw
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .map(|(_, r)| r.trim())
+                .unwrap_or("");
+            if rest.is_empty() {
+                return Err(err(format!("{w} needs a value (KEY=VALUE or KEY VALUE)")));
+            }
+            vec![(w.clone(), word(rest)?)]
+        }
+        _ => ws
+            .iter()
+            .map(|w| match w.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => Err(err(format!("{w:?} is not KEY=VALUE"))),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if pairs.is_empty() {
+        return Err(err("needs at least one KEY=VALUE".into()));
+    }
+    for (k, v) in &pairs {
+        if is_env {
+            let env = cfg.entry("Env").or_insert_with(|| json!([]));
+            if let Some(a) = env.as_array_mut() {
+                let p = format!("{k}=");
+                a.retain(|e| !e.as_str().is_some_and(|s| s.starts_with(&p)));
+                a.push(Value::from(format!("{k}={v}")));
+            }
+        } else {
+            let l = cfg.entry("Labels").or_insert_with(|| json!({}));
+            if let Some(o) = l.as_object_mut() {
+                o.insert(k.clone(), Value::from(v.clone()));
+            }
+        }
+    }
+    let shown: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            if is_env {
+                format!("{k}={v}")
+            } else {
+                format!("{k}={}", serde_json::to_string(v).unwrap_or_default())
+            }
+        })
+        .collect();
+    Ok(nop(&format!(
+        "{} {}",
+        if is_env { "ENV" } else { "LABEL" },
+        shown.join(" ")
+    )))
+}
+
+/// WORKDIR: relative paths under the current one.
+fn workdir(e: &mut Edit<'_>, raw: &str) -> Result<String, String> {
+    let Edit { cfg, word, .. } = e;
+    let w = word(raw)?;
+    let cur = cfg
+        .get("WorkingDir")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("/")
+        .to_string();
+    let joined = if w.starts_with('/') {
+        w
+    } else {
+        format!("{cur}/{w}")
+    };
+    let clean = format!("/{}", ignore::clean(&joined));
+    cfg.insert("WorkingDir".into(), Value::from(clean.clone()));
+    Ok(nop(&format!("WORKDIR {clean}")))
+}
+
+/// CMD and ENTRYPOINT; ENTRYPOINT clears a CMD not set in this stage.
+fn cmd_or_entrypoint(e: &mut Edit<'_>, c: &CmdForm, is_cmd: bool) -> Result<String, String> {
+    let Edit {
+        cfg,
+        cmd_set,
+        shell,
+        ..
+    } = e;
+    let v = match c {
+        CmdForm::Exec(v) => v.clone(),
+        CmdForm::Shell(s) => {
+            let mut v = shell.to_vec();
+            v.push(s.clone());
+            v
+        }
+    };
+    if is_cmd {
+        cfg.insert("Cmd".into(), json!(v));
+        **cmd_set = true;
+    } else {
+        cfg.insert("Entrypoint".into(), json!(v));
+        if !**cmd_set {
+            cfg.remove("Cmd");
+        }
+    }
+    Ok(nop(&format!(
+        "{} {}",
+        if is_cmd { "CMD" } else { "ENTRYPOINT" },
+        json_list(&v)
+    )))
+}
+
+/// EXPOSE: `PORT[-PORT][/PROTO]`, tcp by default.
+fn expose(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
+    let Edit { cfg, words, .. } = e;
+    let mut ports = Vec::new();
+    for r in raw {
+        for p in words(r)? {
+            let p = if p.contains('/') {
+                p.to_lowercase()
+            } else {
+                format!("{p}/tcp")
+            };
+            let (num, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
+            let ok = !num.is_empty()
+                && num.split('-').all(|n| n.parse::<u16>().is_ok())
+                && matches!(proto, "tcp" | "udp" | "sctp");
+            if !ok {
+                return Err(err(format!("invalid port {p:?}")));
+            }
+            ports.push(p);
+        }
+    }
+    let e = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
+    if let Some(o) = e.as_object_mut() {
+        for p in &ports {
+            o.insert(p.clone(), json!({}));
+        }
+    }
+    Ok(nop(&format!("EXPOSE {}", ports.join(" "))))
+}
+
+/// VOLUME: one or more paths.
+fn volume(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
+    let Edit { cfg, word, .. } = e;
+    let mut vols = Vec::new();
+    for r in raw {
+        let v = word(r)?;
+        if v.is_empty() {
+            return Err(err("VOLUME needs a path".into()));
+        }
+        vols.push(v);
+    }
+    let e = cfg.entry("Volumes").or_insert_with(|| json!({}));
+    if let Some(o) = e.as_object_mut() {
+        for v in &vols {
+            o.insert(v.clone(), json!({}));
+        }
+    }
+    Ok(nop(&format!("VOLUME {}", json_list(&vols))))
+}
+
+/// HEALTHCHECK: `NONE` or the command with its durations in nanoseconds.
+fn healthcheck(e: &mut Edit<'_>, h: &Health) -> Result<String, String> {
+    let Edit { cfg, .. } = e;
+    let hc = match h {
+        Health::None => json!({"Test": ["NONE"]}),
+        Health::Cmd(opts, c) => {
+            let test: Vec<String> = match c {
+                CmdForm::Exec(v) => std::iter::once("CMD".to_string())
+                    .chain(v.iter().cloned())
+                    .collect(),
+                CmdForm::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
+            };
+            let mut o = Map::new();
+            o.insert("Test".into(), json!(test));
+            for (k, v) in opts {
+                let key = match k.as_str() {
+                    "interval" => "Interval",
+                    "timeout" => "Timeout",
+                    "start-period" => "StartPeriod",
+                    "start-interval" => "StartInterval",
+                    "retries" => {
+                        let n: u64 = v
+                            .parse()
+                            .map_err(|_| err(format!("--retries={v}: not a number")))?;
+                        o.insert("Retries".into(), json!(n));
+                        continue;
+                    }
+                    _ => return Err(err(format!("unknown flag --{k}"))),
+                };
+                let ns = duration_ns(v).ok_or_else(|| err(format!("--{k}={v}: not a duration")))?;
+                o.insert(key.into(), json!(ns));
+            }
+            Value::Object(o)
+        }
+    };
+    cfg.insert("Healthcheck".into(), hc.clone());
+    Ok(nop(&format!("HEALTHCHECK {hc}")))
 }
 
 /// Parses `30s`, `1m30s`, `500ms`, `1h` into nanoseconds.
