@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use strata_layerdb::CommitMeta;
 
+use super::expand::{self, ExpandError};
 use super::parse::{CmdForm, Health, Instr, Step};
-use super::{expand, ignore, json_list, nop, sha, BuildError, Builder, StageState};
+use super::{ignore, json_list, nop, sha, BuildError, Builder, StageState};
 
 /// What a metadata instruction works on.
 pub(super) struct Edit<'a> {
@@ -23,18 +24,58 @@ pub(super) struct Edit<'a> {
     /// The stage's SHELL (for shell-form CMD and ENTRYPOINT).
     pub shell: &'a [String],
     /// Expands one word.
-    pub word: &'a dyn Fn(&str) -> Result<String, String>,
+    pub word: &'a dyn Fn(&str) -> Result<String, ExpandError>,
     /// Expands and splits words.
-    pub words: &'a dyn Fn(&str) -> Result<Vec<String>, String>,
+    pub words: &'a dyn Fn(&str) -> Result<Vec<String>, ExpandError>,
 }
 
-fn err(msg: String) -> String {
-    msg
+/// A metadata instruction that cannot be applied; the build prefixes the
+/// line and the instruction.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MetaError {
+    /// A `$VAR` expansion failed.
+    #[error(transparent)]
+    Expand(#[from] ExpandError),
+    /// `ENV KEY` without a value.
+    #[error("{0} needs a value (KEY=VALUE or KEY VALUE)")]
+    NoValue(String),
+    /// A word of `ENV`/`LABEL` without `=`.
+    #[error("{0:?} is not KEY=VALUE")]
+    NotKeyValue(String),
+    /// `ENV`/`LABEL` with nothing.
+    #[error("needs at least one KEY=VALUE")]
+    NoPairs,
+    /// An `EXPOSE` that is not `PORT[-PORT][/tcp|udp|sctp]`.
+    #[error("invalid port {0:?}")]
+    BadPort(String),
+    /// `VOLUME` with an empty path.
+    #[error("VOLUME needs a path")]
+    NoVolume,
+    /// A `STOPSIGNAL` that names no signal.
+    #[error("invalid signal {0:?}")]
+    BadSignal(String),
+    /// `SHELL` not in JSON form.
+    #[error("SHELL needs a JSON array: SHELL [\"/bin/sh\", \"-c\"]")]
+    BadShell,
+    /// `HEALTHCHECK --retries` that is not a number.
+    #[error("--retries={0}: not a number")]
+    BadRetries(String),
+    /// A `HEALTHCHECK` flag docker does not have.
+    #[error("unknown flag --{0}")]
+    UnknownFlag(String),
+    /// A `HEALTHCHECK` duration that does not parse.
+    #[error("--{flag}={value}: not a duration")]
+    BadDuration {
+        /// The flag.
+        flag: String,
+        /// As written.
+        value: String,
+    },
 }
 
 /// Applies a metadata instruction; returns its history text, or `None`
 /// for the instructions that are not metadata (RUN, COPY, ADD, ARG).
-pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, String> {
+pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, MetaError> {
     Ok(Some(match instr {
         Instr::Env(raw) => env_or_label(e, raw, true)?,
         Instr::Label(raw) => env_or_label(e, raw, false)?,
@@ -51,16 +92,14 @@ pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, S
         Instr::StopSignal(raw) => {
             let s = (e.word)(raw)?;
             if crate::signal::parse(&s).is_err() {
-                return Err(err(format!("invalid signal {s:?}")));
+                return Err(MetaError::BadSignal(s));
             }
             e.cfg.insert("StopSignal".into(), Value::from(s.clone()));
             nop(&format!("STOPSIGNAL {s}"))
         }
         Instr::Shell(v) => {
             if v.is_empty() {
-                return Err(err(
-                    "SHELL needs a JSON array: SHELL [\"/bin/sh\", \"-c\"]".into()
-                ));
+                return Err(MetaError::BadShell);
             }
             e.cfg.insert("Shell".into(), json!(v));
             nop(&format!("SHELL {}", json_list(v)))
@@ -82,7 +121,7 @@ pub(super) fn apply(instr: &Instr, e: &mut Edit<'_>) -> Result<Option<String>, S
 }
 
 /// ENV and LABEL: `KEY=VALUE...` or `KEY VALUE`.
-fn env_or_label(e: &mut Edit<'_>, raw: &str, is_env: bool) -> Result<String, String> {
+fn env_or_label(e: &mut Edit<'_>, raw: &str, is_env: bool) -> Result<String, MetaError> {
     let Edit {
         cfg, word, words, ..
     } = e;
@@ -95,7 +134,7 @@ fn env_or_label(e: &mut Edit<'_>, raw: &str, is_env: bool) -> Result<String, Str
                 .map(|(_, r)| r.trim())
                 .unwrap_or("");
             if rest.is_empty() {
-                return Err(err(format!("{w} needs a value (KEY=VALUE or KEY VALUE)")));
+                return Err(MetaError::NoValue(w.clone()));
             }
             vec![(w.clone(), word(rest)?)]
         }
@@ -103,12 +142,12 @@ fn env_or_label(e: &mut Edit<'_>, raw: &str, is_env: bool) -> Result<String, Str
             .iter()
             .map(|w| match w.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(err(format!("{w:?} is not KEY=VALUE"))),
+                _ => Err(MetaError::NotKeyValue(w.clone())),
             })
             .collect::<Result<_, _>>()?,
     };
     if pairs.is_empty() {
-        return Err(err("needs at least one KEY=VALUE".into()));
+        return Err(MetaError::NoPairs);
     }
     for (k, v) in &pairs {
         if is_env {
@@ -143,7 +182,7 @@ fn env_or_label(e: &mut Edit<'_>, raw: &str, is_env: bool) -> Result<String, Str
 }
 
 /// WORKDIR: relative paths under the current one.
-fn workdir(e: &mut Edit<'_>, raw: &str) -> Result<String, String> {
+fn workdir(e: &mut Edit<'_>, raw: &str) -> Result<String, MetaError> {
     let Edit { cfg, word, .. } = e;
     let w = word(raw)?;
     let cur = cfg
@@ -163,7 +202,7 @@ fn workdir(e: &mut Edit<'_>, raw: &str) -> Result<String, String> {
 }
 
 /// CMD and ENTRYPOINT; ENTRYPOINT clears a CMD not set in this stage.
-fn cmd_or_entrypoint(e: &mut Edit<'_>, c: &CmdForm, is_cmd: bool) -> Result<String, String> {
+fn cmd_or_entrypoint(e: &mut Edit<'_>, c: &CmdForm, is_cmd: bool) -> Result<String, MetaError> {
     let Edit {
         cfg,
         cmd_set,
@@ -195,7 +234,7 @@ fn cmd_or_entrypoint(e: &mut Edit<'_>, c: &CmdForm, is_cmd: bool) -> Result<Stri
 }
 
 /// EXPOSE: `PORT[-PORT][/PROTO]`, tcp by default.
-fn expose(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
+fn expose(e: &mut Edit<'_>, raw: &[String]) -> Result<String, MetaError> {
     let Edit { cfg, words, .. } = e;
     let mut ports = Vec::new();
     for r in raw {
@@ -210,7 +249,7 @@ fn expose(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
                 && num.split('-').all(|n| n.parse::<u16>().is_ok())
                 && matches!(proto, "tcp" | "udp" | "sctp");
             if !ok {
-                return Err(err(format!("invalid port {p:?}")));
+                return Err(MetaError::BadPort(p));
             }
             ports.push(p);
         }
@@ -225,13 +264,13 @@ fn expose(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
 }
 
 /// VOLUME: one or more paths.
-fn volume(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
+fn volume(e: &mut Edit<'_>, raw: &[String]) -> Result<String, MetaError> {
     let Edit { cfg, word, .. } = e;
     let mut vols = Vec::new();
     for r in raw {
         let v = word(r)?;
         if v.is_empty() {
-            return Err(err("VOLUME needs a path".into()));
+            return Err(MetaError::NoVolume);
         }
         vols.push(v);
     }
@@ -245,7 +284,7 @@ fn volume(e: &mut Edit<'_>, raw: &[String]) -> Result<String, String> {
 }
 
 /// HEALTHCHECK: `NONE` or the command with its durations in nanoseconds.
-fn healthcheck(e: &mut Edit<'_>, h: &Health) -> Result<String, String> {
+fn healthcheck(e: &mut Edit<'_>, h: &Health) -> Result<String, MetaError> {
     let Edit { cfg, .. } = e;
     let hc = match h {
         Health::None => json!({"Test": ["NONE"]}),
@@ -265,15 +304,16 @@ fn healthcheck(e: &mut Edit<'_>, h: &Health) -> Result<String, String> {
                     "start-period" => "StartPeriod",
                     "start-interval" => "StartInterval",
                     "retries" => {
-                        let n: u64 = v
-                            .parse()
-                            .map_err(|_| err(format!("--retries={v}: not a number")))?;
+                        let n: u64 = v.parse().map_err(|_| MetaError::BadRetries(v.clone()))?;
                         o.insert("Retries".into(), json!(n));
                         continue;
                     }
-                    _ => return Err(err(format!("unknown flag --{k}"))),
+                    _ => return Err(MetaError::UnknownFlag(k.clone())),
                 };
-                let ns = duration_ns(v).ok_or_else(|| err(format!("--{k}={v}: not a duration")))?;
+                let ns = duration_ns(v).ok_or_else(|| MetaError::BadDuration {
+                    flag: k.clone(),
+                    value: v.clone(),
+                })?;
                 o.insert(key.into(), json!(ns));
             }
             Value::Object(o)
@@ -358,8 +398,8 @@ impl Builder<'_> {
     ) -> Result<(), BuildError> {
         let esc = self.cf.escape;
         let vars = |n: &str| st.var(n);
-        let word = |s: &str| expand::word(s, esc, &vars).map_err(|e| e.0);
-        let words = |s: &str| expand::words(s, esc, &vars).map_err(|e| e.0);
+        let word = |s: &str| expand::word(s, esc, &vars);
+        let words = |s: &str| expand::words(s, esc, &vars);
         let shell = st.shell();
         let mut cfg = st.config.clone();
         let mut author = None;
@@ -375,7 +415,7 @@ impl Builder<'_> {
                 words: &words,
             },
         )
-        .map_err(|m| Builder::step_error(step, m))?;
+        .map_err(|m| Builder::step_error(step, m.to_string()))?;
         let Some(created_by) = created_by else {
             unreachable!("RUN, COPY and ARG are not metadata steps")
         };
