@@ -443,26 +443,42 @@ pub enum ImageFilter {
     Label(String, Option<String>),
 }
 
-impl std::str::FromStr for ImageFilter {
-    type Err = String;
+/// An `images --filter` that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// No `=`.
+    #[error("{0:?} is not KEY=VALUE (as reference=busybox)")]
+    NotKeyValue(String),
+    /// A key `images` does not filter by.
+    #[error("unknown filter {0:?}: use reference, dangling, before, since or label")]
+    UnknownKey(String),
+    /// `KEY=` with nothing after.
+    #[error("filter {0} needs a value")]
+    NoValue(String),
+    /// `dangling=` with neither true nor false.
+    #[error("dangling={0}: use true or false")]
+    NotBool(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for ImageFilter {
+    type Err = FilterError;
+
+    fn from_str(s: &str) -> Result<Self, FilterError> {
         use clap::ValueEnum;
         let (k, v) = s
             .split_once('=')
-            .ok_or_else(|| format!("{s:?} is not KEY=VALUE (as reference=busybox)"))?;
-        let key = ImageFilterKey::from_str(k, true).map_err(|_| {
-            format!("unknown filter {k:?}: use reference, dangling, before, since or label")
-        })?;
+            .ok_or_else(|| FilterError::NotKeyValue(s.to_string()))?;
+        let key = ImageFilterKey::from_str(k, true)
+            .map_err(|_| FilterError::UnknownKey(k.to_string()))?;
         if v.is_empty() {
-            return Err(format!("filter {k} needs a value"));
+            return Err(FilterError::NoValue(k.to_string()));
         }
         Ok(match key {
             ImageFilterKey::Reference => ImageFilter::Reference(v.into()),
             ImageFilterKey::Dangling => ImageFilter::Dangling(match v {
                 "true" | "1" => true,
                 "false" | "0" => false,
-                _ => return Err(format!("dangling={v}: use true or false")),
+                _ => return Err(FilterError::NotBool(v.to_string())),
             }),
             ImageFilterKey::Before => ImageFilter::Before(v.into()),
             ImageFilterKey::Since => ImageFilter::Since(v.into()),
@@ -487,9 +503,10 @@ pub enum OutputFormat {
 }
 
 impl std::str::FromStr for OutputFormat {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    /// Any text is a template; `json` and `table [TEMPLATE]` are special.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.trim() {
             "json" => OutputFormat::Json,
             "table" => OutputFormat::Table(String::new()),
