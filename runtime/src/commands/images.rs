@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
-use strata_layerdb::{Compression, ImportOptions, LoadOptions, Removed, SaveFormat};
+use strata_layerdb::{Compression, ImageSummary, ImportOptions, LoadOptions, Removed, SaveFormat};
 
 use super::files::spawn_mount_daemon;
 use super::{parse_changes, Ctx};
@@ -196,6 +196,28 @@ fn image_heading(field: &str) -> String {
 
 pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
     let filters = ImageFilters::new(ctx, a)?;
+    let list = selected_images(ctx, a, &filters)?;
+    if a.quiet {
+        for i in &list {
+            println!(
+                "{}",
+                if a.no_trunc {
+                    i.id.to_string()
+                } else {
+                    i.id.short()
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let rows = image_rows(ctx, a, &filters, &list)?;
+    print_images(a, &rows)?;
+    Ok(0)
+}
+
+/// The images `images` lists: intermediate build images only with `-a`,
+/// then the filters, newest first.
+fn selected_images(ctx: &Ctx, a: &ImagesArgs, filters: &ImageFilters) -> Result<Vec<ImageSummary>> {
     let mut list = ctx.store.images()?;
     if !a.all {
         // Untagged images of build steps, as docker hides them.
@@ -217,21 +239,19 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
         }
     });
     list.sort_by_key(|i| std::cmp::Reverse(i.created.as_deref().and_then(parse_rfc3339)));
-    if a.quiet {
-        for i in &list {
-            println!(
-                "{}",
-                if a.no_trunc {
-                    i.id.to_string()
-                } else {
-                    i.id.short()
-                }
-            );
-        }
-        return Ok(0);
-    }
+    Ok(list)
+}
+
+/// One row per name an image is listed under (`<none>` for an untagged
+/// one), with every field a template may use.
+fn image_rows(
+    ctx: &Ctx,
+    a: &ImagesArgs,
+    filters: &ImageFilters,
+    list: &[ImageSummary],
+) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
-    for i in &list {
+    for i in list {
         let names = if i.names.is_empty() {
             vec![None]
         } else {
@@ -269,15 +289,20 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             }));
         }
     }
+    Ok(rows)
+}
+
+/// The rows as JSON, a template, a table template, or docker's table.
+fn print_images(a: &ImagesArgs, rows: &[Value]) -> Result<()> {
     match &a.format {
-        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(rows)?),
         Some(OutputFormat::Template(tpl)) => {
-            for r in &rows {
+            for r in rows {
                 println!("{}", format::go_template(tpl, r));
             }
         }
         Some(OutputFormat::Table(tpl)) if !tpl.trim().is_empty() => {
-            print!("{}", format::table_template(tpl, &rows, &image_heading));
+            print!("{}", format::table_template(tpl, rows, &image_heading));
         }
         Some(OutputFormat::Table(_)) | None => {
             let mut head = vec!["REPOSITORY", "TAG"];
@@ -286,7 +311,7 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             }
             head.extend(["IMAGE ID", "CREATED", "SIZE"]);
             let mut t = Table::new(&head);
-            for r in &rows {
+            for r in rows {
                 let mut row: Vec<String> = vec![
                     r["Repository"].as_str().unwrap_or("").into(),
                     r["Tag"].as_str().unwrap_or("").into(),
@@ -304,7 +329,7 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             print!("{}", t.render());
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 pub(super) fn save(ctx: &Ctx, a: &crate::cli::SaveArgs) -> Result<i32> {
