@@ -25,7 +25,7 @@ use crate::config::{host_arch, ImageConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, TempFile};
 use crate::ids::{ChainId, DiffId, Digest, ImageId};
-use crate::reference::{DefaultDomain, ImageName};
+use crate::reference::{DefaultDomain, ImageName, ToImageRef};
 use crate::store::{HashingReader, PendingLayer, Store};
 use crate::tarfmt::{
     append_simple_dir, append_simple_file, padding, ExtBudget, RawHeader, TarWriter, BLOCK,
@@ -709,12 +709,13 @@ impl Store {
 
     /// Resolves references for saving: each image once, with the tags the
     /// references named (a reference by ID adds no tag, as in docker).
-    fn save_set(&self, refs: &[&str]) -> Result<Vec<(ImageId, Vec<String>)>> {
+    fn save_set<R: ToImageRef>(&self, refs: &[R]) -> Result<Vec<(ImageId, Vec<String>)>> {
         let mut out: Vec<(ImageId, Vec<String>)> = Vec::new();
         let tags = self.read_tags()?;
         for r in refs {
-            let id = self.resolve_locked(r)?;
-            let name = ImageName::candidates(r)
+            let r = r.to_image_ref();
+            let id = self.resolve_locked(&r)?;
+            let name = ImageName::candidates(&r.text())
                 .into_iter()
                 .map(|c| c.to_string())
                 .find(|c| tags.get(c) == Some(&id));
@@ -747,7 +748,12 @@ impl Store {
     ///
     /// References are resolved as [`Store::resolve`] does; an image named
     /// by tag carries that tag in the archive.
-    pub fn save(&self, refs: &[&str], format: SaveFormat, out: &mut dyn Write) -> Result<()> {
+    pub fn save<R: ToImageRef>(
+        &self,
+        refs: &[R],
+        format: SaveFormat,
+        out: &mut dyn Write,
+    ) -> Result<()> {
         let _l = self.lock(false)?;
         let set = self.save_set(refs)?;
         match format {
@@ -763,7 +769,12 @@ impl Store {
 
     /// Writes images as an OCI image layout into `dir`, which must not exist
     /// or be empty.
-    pub fn save_oci_dir(&self, refs: &[&str], dir: &Path, compression: Compression) -> Result<()> {
+    pub fn save_oci_dir<R: ToImageRef>(
+        &self,
+        refs: &[R],
+        dir: &Path,
+        compression: Compression,
+    ) -> Result<()> {
         if dir.exists() && fs::read_dir(dir).ctx("list", dir)?.next().is_some() {
             return Err(Error::Unsupported(format!(
                 "{} is not empty; save an OCI layout into a new directory",

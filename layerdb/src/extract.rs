@@ -506,31 +506,9 @@ impl Extractor {
         let name = OsStr::from_bytes(base);
         match &e.kind {
             EntryKind::Dir => {
-                if !self.explicit_dirs.insert(p.clone()) {
-                    return Err(Error::bad_entry(&raw, "duplicate entry"));
-                }
-                match nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
-                    Ok(()) => {}
-                    Err(Errno::EEXIST) => {
-                        // Created implicitly for an earlier entry: fine if a directory.
-                        open_beneath(dir.as_fd(), base).map_err(|_| {
-                            Error::bad_entry(
-                                &raw,
-                                "duplicate entry (a non-directory has this path)",
-                            )
-                        })?;
-                    }
-                    Err(err) => return Err(path_err(err, &raw)),
-                }
-                self.dirs.push(DirMeta {
-                    path: p,
-                    mode: e.mode,
-                    uid: e.uid,
-                    gid: e.gid,
-                    mtime: e.mtime,
-                    xattrs: e.xattrs,
-                });
-                src.skip(e.size)
+                let size = e.size;
+                self.make_dir(dir.as_fd(), name, &p, e)?;
+                src.skip(size)
             }
             EntryKind::File => {
                 let fd = nix::fcntl::openat(
@@ -567,76 +545,11 @@ impl Extractor {
                 src.skip(e.size)
             }
             EntryKind::HardLink(target) => {
-                let t = normalize(target).map_err(|why| {
-                    Error::bad_entry(
-                        &raw,
-                        format!("hard link target points out of the layer ({why})"),
-                    )
-                })?;
-                if t.is_empty() {
-                    return Err(Error::bad_entry(&raw, "hard link to the layer root"));
-                }
-                let (tp, tb) = split_parent(&t);
-                let tdir = match open_beneath(self.root.as_fd(), tp) {
-                    Ok(fd) => fd,
-                    Err(_) => {
-                        return Err(Error::bad_entry(
-                            &raw,
-                            format!(
-                                "hard link target {:?} is not in this layer",
-                                String::from_utf8_lossy(target)
-                            ),
-                        ))
-                    }
-                };
-                match nix::unistd::linkat(
-                    tdir.as_fd(),
-                    OsStr::from_bytes(tb),
-                    dir.as_fd(),
-                    name,
-                    AtFlags::empty(),
-                ) {
-                    Ok(()) => {}
-                    Err(Errno::ENOENT) => {
-                        return Err(Error::bad_entry(
-                            &raw,
-                            format!(
-                                "hard link target {:?} is not in this layer",
-                                String::from_utf8_lossy(target)
-                            ),
-                        ))
-                    }
-                    Err(Errno::EPERM) => {
-                        return Err(Error::bad_entry(
-                            &raw,
-                            "hard link to a directory or a protected file",
-                        ))
-                    }
-                    Err(err) => return Err(path_err(err, &raw)),
-                }
+                self.hard_link(dir.as_fd(), name, &raw, target)?;
                 src.skip(e.size)
             }
             EntryKind::Char(ma, mi) | EntryKind::Block(ma, mi) => {
-                if !self.privileged {
-                    return Err(Error::bad_entry(
-                        &raw,
-                        "device node in an unprivileged store",
-                    ));
-                }
-                let kind = if matches!(e.kind, EntryKind::Char(..)) {
-                    SFlag::S_IFCHR
-                } else {
-                    SFlag::S_IFBLK
-                };
-                nix::sys::stat::mknodat(
-                    dir.as_fd(),
-                    name,
-                    kind,
-                    Mode::from_bits_truncate(0o600),
-                    nix::sys::stat::makedev(*ma as u64, *mi as u64),
-                )
-                .map_err(|err| path_err(err, &raw))?;
-                self.finish_meta(dir.as_fd(), name, &p, &e, true)?;
+                self.device(dir.as_fd(), name, &p, &e, (*ma, *mi))?;
                 src.skip(e.size)
             }
             EntryKind::Fifo => {
@@ -652,6 +565,123 @@ impl Extractor {
                 src.skip(e.size)
             }
         }
+    }
+
+    /// A directory entry: made 0700 now (or found, when an earlier entry
+    /// made it implicitly), its metadata applied by `finish_dirs` once its
+    /// children exist.
+    fn make_dir(&mut self, dir: BorrowedFd<'_>, name: &OsStr, p: &[u8], e: Entry) -> Result<()> {
+        let (_, base) = split_parent(p);
+        if !self.explicit_dirs.insert(p.to_vec()) {
+            return Err(Error::bad_entry(&e.raw_name, "duplicate entry"));
+        }
+        match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                // Created implicitly for an earlier entry: fine if a directory.
+                open_beneath(dir, base).map_err(|_| {
+                    Error::bad_entry(
+                        &e.raw_name,
+                        "duplicate entry (a non-directory has this path)",
+                    )
+                })?;
+            }
+            Err(err) => return Err(path_err(err, &e.raw_name)),
+        }
+        self.dirs.push(DirMeta {
+            path: p.to_vec(),
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            xattrs: e.xattrs,
+        });
+        Ok(())
+    }
+
+    /// A hard link to an entry made earlier in this layer, resolved
+    /// beneath the layer's root.
+    fn hard_link(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        raw: &[u8],
+        target: &[u8],
+    ) -> Result<()> {
+        let t = normalize(target).map_err(|why| {
+            Error::bad_entry(
+                raw,
+                format!("hard link target points out of the layer ({why})"),
+            )
+        })?;
+        if t.is_empty() {
+            return Err(Error::bad_entry(raw, "hard link to the layer root"));
+        }
+        let (tp, tb) = split_parent(&t);
+        let tdir = match open_beneath(self.root.as_fd(), tp) {
+            Ok(fd) => fd,
+            Err(_) => {
+                return Err(Error::bad_entry(
+                    raw,
+                    format!(
+                        "hard link target {:?} is not in this layer",
+                        String::from_utf8_lossy(target)
+                    ),
+                ))
+            }
+        };
+        match nix::unistd::linkat(tdir, OsStr::from_bytes(tb), dir, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => {
+                return Err(Error::bad_entry(
+                    raw,
+                    format!(
+                        "hard link target {:?} is not in this layer",
+                        String::from_utf8_lossy(target)
+                    ),
+                ))
+            }
+            Err(Errno::EPERM) => {
+                return Err(Error::bad_entry(
+                    raw,
+                    "hard link to a directory or a protected file",
+                ))
+            }
+            Err(err) => return Err(path_err(err, raw)),
+        }
+        Ok(())
+    }
+
+    /// A character or block device; refused in an unprivileged store.
+    fn device(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        p: &[u8],
+        e: &Entry,
+        (ma, mi): (u32, u32),
+    ) -> Result<()> {
+        if !self.privileged {
+            return Err(Error::bad_entry(
+                &e.raw_name,
+                "device node in an unprivileged store",
+            ));
+        }
+        let kind = if matches!(e.kind, EntryKind::Char(..)) {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        nix::sys::stat::mknodat(
+            dir,
+            name,
+            kind,
+            Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(ma as u64, mi as u64),
+        )
+        .map_err(|err| path_err(err, &e.raw_name))?;
+        self.finish_meta(dir, name, p, e, true)?;
+        Ok(())
     }
 
     /// Applies directory metadata once every entry exists (creating

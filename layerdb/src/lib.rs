@@ -66,7 +66,7 @@ pub use config::{CommitMeta, ConfigChange, ImageConfig};
 pub use error::{Error, Result};
 pub use ids::{ChainId, DiffId, Digest, ImageId};
 pub use pack::export_dir;
-pub use reference::ImageName;
+pub use reference::{ImageName, ImageRef, ToImageRef};
 pub use store::{
     HistoryEntry, ImageInfo, ImageSummary, ImportOptions, LayerInfo, Removed, Store, StoreOptions,
 };

@@ -6,10 +6,130 @@
 //! names), as docker and podman read them. Lookup of a short name tries
 //! both.
 
+use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
 
 use crate::error::Error;
+use crate::ids::ImageId;
+
+/// How a user names an image, as [`crate::Store::resolve`] and the other
+/// store calls take it: an [`ImageId`] the caller holds, or text as typed,
+/// looked up (in this order) as a full image ID, `NAME@DIGEST`,
+/// `NAME[:TAG]` (short names also under `localhost/` and
+/// `docker.io/library/`) and a unique ID prefix of at least 4 hex digits.
+///
+/// Text is kept as typed, so an error names the image as the user wrote
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ImageRef {
+    /// An image ID.
+    Id(ImageId),
+    /// A reference as typed.
+    Text(String),
+}
+
+impl ImageRef {
+    /// The reference as text: the ID's `sha256:...` form, or as typed.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            ImageRef::Id(id) => Cow::Owned(id.to_string()),
+            ImageRef::Text(t) => Cow::Borrowed(t),
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Id(id) => id.fmt(f),
+            ImageRef::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl FromStr for ImageRef {
+    type Err = Infallible;
+    /// Any text may name an image; whether one exists is for
+    /// [`crate::Store::resolve`] to say.
+    fn from_str(s: &str) -> Result<Self, Infallible> {
+        Ok(ImageRef::Text(s.to_string()))
+    }
+}
+
+impl From<ImageId> for ImageRef {
+    fn from(id: ImageId) -> Self {
+        ImageRef::Id(id)
+    }
+}
+
+impl From<&ImageId> for ImageRef {
+    fn from(id: &ImageId) -> Self {
+        ImageRef::Id(*id)
+    }
+}
+
+impl From<&str> for ImageRef {
+    fn from(s: &str) -> Self {
+        ImageRef::Text(s.to_string())
+    }
+}
+
+impl From<String> for ImageRef {
+    fn from(s: String) -> Self {
+        ImageRef::Text(s)
+    }
+}
+
+impl From<&String> for ImageRef {
+    fn from(s: &String) -> Self {
+        ImageRef::Text(s.clone())
+    }
+}
+
+impl From<&ImageRef> for ImageRef {
+    fn from(r: &ImageRef) -> Self {
+        r.clone()
+    }
+}
+
+/// What the store's calls take by reference to name an image: an
+/// [`ImageRef`], an [`ImageId`], or text (`str`, `String`) as typed.
+pub trait ToImageRef {
+    /// The reference.
+    fn to_image_ref(&self) -> ImageRef;
+}
+
+impl ToImageRef for ImageRef {
+    fn to_image_ref(&self) -> ImageRef {
+        self.clone()
+    }
+}
+
+impl ToImageRef for ImageId {
+    fn to_image_ref(&self) -> ImageRef {
+        ImageRef::Id(*self)
+    }
+}
+
+impl ToImageRef for str {
+    fn to_image_ref(&self) -> ImageRef {
+        ImageRef::Text(self.to_string())
+    }
+}
+
+impl ToImageRef for String {
+    fn to_image_ref(&self) -> ImageRef {
+        ImageRef::Text(self.clone())
+    }
+}
+
+impl<T: ToImageRef + ?Sized> ToImageRef for &T {
+    fn to_image_ref(&self) -> ImageRef {
+        (**self).to_image_ref()
+    }
+}
 
 /// A normalised image name with its tag, e.g. `localhost/busybox:latest`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,7 +147,9 @@ pub enum DefaultDomain {
     DockerHub,
 }
 
-fn has_domain(first: &str) -> bool {
+/// Whether the first component of a name is a registry (`quay.io`,
+/// `localhost:5000`, `localhost`), as docker tells them from paths.
+pub(crate) fn has_domain(first: &str) -> bool {
     first.contains('.') || first.contains(':') || first == "localhost"
 }
 
@@ -149,6 +271,29 @@ impl FromStr for ImageName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_ref_keeps_text_as_typed_and_ids_as_ids() {
+        let typed: ImageRef = " busybox:1 ".parse().unwrap();
+        assert_eq!(typed, ImageRef::Text(" busybox:1 ".into()));
+        assert_eq!(typed.to_string(), " busybox:1 ");
+        let hex = "ab".repeat(32);
+        let id: ImageId = hex.parse().unwrap();
+        let by_id = ImageRef::from(id);
+        assert_eq!(by_id, ImageRef::Id(id));
+        assert_eq!(by_id.to_string(), format!("sha256:{hex}"));
+        assert_eq!(by_id.text(), id.to_string());
+        // Text that happens to be an ID stays text: errors quote it as typed.
+        assert_eq!(ImageRef::from(hex.as_str()), ImageRef::Text(hex.clone()));
+    }
+
+    #[test]
+    fn registries_are_told_from_paths() {
+        assert!(has_domain("quay.io"));
+        assert!(has_domain("localhost:5000"));
+        assert!(has_domain("localhost"));
+        assert!(!has_domain("library"));
+    }
 
     #[test]
     fn normalises() {

@@ -37,7 +37,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::extract;
 use crate::fsutil::{self, TempDir};
 use crate::ids::{ChainId, DiffId, Digest, Hasher, ImageId};
-use crate::reference::{DefaultDomain, ImageName};
+use crate::reference::{DefaultDomain, ImageName, ImageRef, ToImageRef};
 use crate::tarsplit::{Reassembler, SplitWriter};
 
 /// The default store root when neither an explicit path nor `$STRATA_ROOT`
@@ -472,7 +472,14 @@ impl Store {
     }
 
     /// Resolves a reference while a lock is held.
-    pub(crate) fn resolve_locked(&self, reference: &str) -> Result<ImageId> {
+    pub(crate) fn resolve_locked(&self, reference: &ImageRef) -> Result<ImageId> {
+        if let ImageRef::Id(id) = reference {
+            if self.image_dir(id).join("image.json").exists() {
+                return Ok(*id);
+            }
+        }
+        let reference = reference.text();
+        let reference = reference.as_ref();
         let r = reference.trim();
         if let Ok(id) = r.parse::<ImageId>() {
             if self.image_dir(&id).join("image.json").exists() {
@@ -530,9 +537,9 @@ impl Store {
     /// matches `localhost/NAME` and `docker.io/library/NAME`), a full image
     /// ID (with or without `sha256:`), or a unique ID prefix of at least 4
     /// hex digits. An ambiguous prefix is [`Error::AmbiguousReference`].
-    pub fn resolve(&self, reference: &str) -> Result<ImageId> {
+    pub fn resolve(&self, reference: &(impl ToImageRef + ?Sized)) -> Result<ImageId> {
         let _l = self.lock(false)?;
-        self.resolve_locked(reference)
+        self.resolve_locked(&reference.to_image_ref())
     }
 
     fn tags_by_image(&self) -> Result<HashMap<ImageId, Vec<String>>> {
@@ -602,22 +609,22 @@ impl Store {
     }
 
     /// Everything about the image a reference names.
-    pub fn inspect(&self, reference: &str) -> Result<ImageInfo> {
+    pub fn inspect(&self, reference: &(impl ToImageRef + ?Sized)) -> Result<ImageInfo> {
         let _l = self.lock(false)?;
-        let id = self.resolve_locked(reference)?;
+        let id = self.resolve_locked(&reference.to_image_ref())?;
         self.inspect_locked(&id)
     }
 
     /// The layer directories of an image in `lowerdir` order: the top layer
     /// first, the base last.
-    pub fn lower_dirs(&self, reference: &str) -> Result<Vec<PathBuf>> {
+    pub fn lower_dirs(&self, reference: &(impl ToImageRef + ?Sized)) -> Result<Vec<PathBuf>> {
         let info = self.inspect(reference)?;
         Ok(info.layers.iter().rev().map(|l| l.path.clone()).collect())
     }
 
     /// The history of an image, newest first, each step with the layer it
     /// made and that layer's size.
-    pub fn history(&self, reference: &str) -> Result<Vec<HistoryEntry>> {
+    pub fn history(&self, reference: &(impl ToImageRef + ?Sized)) -> Result<Vec<HistoryEntry>> {
         let info = self.inspect(reference)?;
         let mut layers = info.layers.iter();
         let mut out = Vec::new();
@@ -742,10 +749,11 @@ impl Store {
     /// Adds the tag `new_name` (`localhost/` added when no registry is
     /// named; `:latest` when no tag) to the image `reference` names. A tag
     /// already on another image moves, as in docker.
-    pub fn tag(&self, reference: &str, new_name: &str) -> Result<ImageName> {
+    pub fn tag(&self, reference: &(impl ToImageRef + ?Sized), new_name: &str) -> Result<ImageName> {
+        let reference = reference.to_image_ref();
         let name = ImageName::parse(new_name, DefaultDomain::Localhost)?;
         let l = self.lock(true)?;
-        let id = self.resolve_locked(reference)?;
+        let id = self.resolve_locked(&reference)?;
         let mut tags = self.read_tags()?;
         tags.insert(name.to_string(), id);
         self.write_tags(&l, &tags)?;
@@ -813,16 +821,21 @@ impl Store {
     /// - in use by a container: an error unless `force`; forced, its tags go
     ///   and the image itself is deleted when its last user goes;
     /// - else tags, image, and the layers no other image uses are deleted.
-    pub fn remove(&self, reference: &str, force: bool) -> Result<Vec<Removed>> {
+    pub fn remove(
+        &self,
+        reference: &(impl ToImageRef + ?Sized),
+        force: bool,
+    ) -> Result<Vec<Removed>> {
+        let reference = reference.to_image_ref();
         let l = self.lock(true)?;
-        let id = self.resolve_locked(reference)?;
+        let id = self.resolve_locked(&reference)?;
         let mut tags = self.read_tags()?;
         let my_tags: Vec<String> = tags
             .iter()
             .filter(|(_, i)| **i == id)
             .map(|(t, _)| t.clone())
             .collect();
-        let by_name = ImageName::candidates(reference)
+        let by_name = ImageName::candidates(&reference.text())
             .iter()
             .find(|c| my_tags.contains(&c.to_string()))
             .map(|c| c.to_string());

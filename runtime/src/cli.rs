@@ -45,56 +45,18 @@ pub enum Command {
         images: Vec<String>,
     },
     /// Show the history of an image.
-    History {
-        /// Do not truncate the output.
-        #[arg(long)]
-        no_trunc: bool,
-        /// Print the IDs only.
-        #[arg(short, long)]
-        quiet: bool,
-        /// The image.
-        image: String,
-    },
+    History(HistoryArgs),
     /// Show details of containers or images, as JSON.
-    Inspect {
-        /// Format with a template (`{{.State.Status}}`) or `json`.
-        #[arg(short, long)]
-        format: Option<String>,
-        /// Only look at `container`s or `image`s.
-        #[arg(long = "type")]
-        kind: Option<String>,
-        /// Containers or images.
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Inspect(InspectArgs),
     /// Create a container without starting it.
     Create(RunArgs),
     /// Start containers.
-    Start {
-        /// Attach stdout/stderr and pass the exit code through.
-        #[arg(short, long)]
-        attach: bool,
-        /// Attach stdin.
-        #[arg(short, long)]
-        interactive: bool,
-        /// The containers.
-        #[arg(required = true)]
-        containers: Vec<String>,
-    },
+    Start(StartArgs),
     /// Create and start a container.
     Run(RunArgs),
     /// Memory, CPU and processes of running containers (from their
     /// cgroups).
-    Stats {
-        /// Show all containers (default: running only).
-        #[arg(short, long)]
-        all: bool,
-        /// Print one table and exit.
-        #[arg(long)]
-        no_stream: bool,
-        /// The containers (default: all running).
-        containers: Vec<String>,
-    },
+    Stats(StatsArgs),
     /// List a container's port mappings, or the host side of one.
     Port {
         /// The container.
@@ -103,20 +65,7 @@ pub enum Command {
         port: Option<String>,
     },
     /// List containers.
-    Ps {
-        /// Show all containers (default: running only).
-        #[arg(short, long)]
-        all: bool,
-        /// Print the IDs only.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Do not truncate the output.
-        #[arg(long)]
-        no_trunc: bool,
-        /// `json` or a template (`{{.ID}} {{.Status}}`).
-        #[arg(long)]
-        format: Option<String>,
-    },
+    Ps(PsArgs),
     /// Stop containers: the stop signal, then SIGKILL after a grace time.
     Stop {
         /// Seconds to wait before SIGKILL.
@@ -180,24 +129,7 @@ pub enum Command {
         container: String,
     },
     /// Make an image from a container's changes.
-    Commit {
-        /// The commit message.
-        #[arg(short, long)]
-        message: Option<String>,
-        /// The author.
-        #[arg(short, long)]
-        author: Option<String>,
-        /// A Dockerfile instruction to apply (CMD, ENV, ...).
-        #[arg(short, long)]
-        change: Vec<String>,
-        /// Pause a running container while committing.
-        #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
-        pause: bool,
-        /// The container.
-        container: String,
-        /// The new image's NAME[:TAG].
-        name: Option<String>,
-    },
+    Commit(CommitArgs),
     /// Write a container's filesystem as a tar archive.
     Export {
         /// The output file (default stdout).
@@ -245,28 +177,10 @@ pub enum Command {
     System(SystemCommand),
     /// (internal) supervise a container.
     #[command(name = "__supervise", hide = true)]
-    Supervise {
-        /// Report readiness on stdout and log to ctr.log.
-        #[arg(long)]
-        detach: bool,
-        /// The container ID.
-        id: String,
-    },
+    Supervise(SuperviseArgs),
     /// (internal) serve a mount until it is unmounted.
     #[command(name = "__serve-mount", hide = true)]
-    ServeMount {
-        /// Lower layers, top first.
-        #[arg(long = "lower")]
-        lowers: Vec<PathBuf>,
-        /// Upper layer.
-        #[arg(long, requires = "work")]
-        upper: Option<PathBuf>,
-        /// Work directory.
-        #[arg(long)]
-        work: Option<PathBuf>,
-        /// Mountpoint.
-        dir: PathBuf,
-    },
+    ServeMount(ServeMountArgs),
 }
 
 /// `strata image ...`.
@@ -319,6 +233,163 @@ pub enum SystemCommand {
         #[arg(short, long)]
         repair: bool,
     },
+}
+
+/// `strata history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Do not truncate the output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Print the IDs only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The image.
+    pub image: String,
+}
+
+/// `strata inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Format with a template (`{{.State.Status}}`) or `json`.
+    #[arg(short, long)]
+    pub format: Option<String>,
+    /// Only look at `container`s or `image`s.
+    #[arg(long = "type", value_enum)]
+    pub kind: Option<ObjectKind>,
+    /// Containers or images.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `strata start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach stdout/stderr and pass the exit code through.
+    #[arg(short, long)]
+    pub attach: bool,
+    /// Attach stdin.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// The containers.
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+/// `strata stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Show all containers (default: running only).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print one table and exit.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// The containers (default: all running).
+    pub containers: Vec<String>,
+}
+
+/// `strata ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running only).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print the IDs only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate the output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// `json` or a template (`{{.ID}} {{.Status}}`).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// `strata commit`.
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The commit message.
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// The author.
+    #[arg(short, long)]
+    pub author: Option<String>,
+    /// A Dockerfile instruction to apply (CMD, ENV, ...).
+    #[arg(short, long)]
+    pub change: Vec<String>,
+    /// Pause a running container while committing.
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pause: bool,
+    /// The container.
+    pub container: String,
+    /// The new image's NAME[:TAG].
+    pub name: Option<String>,
+}
+
+/// `strata __supervise`.
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// Report readiness on stdout and log to ctr.log.
+    #[arg(long)]
+    pub detach: bool,
+    /// The container ID.
+    pub id: String,
+}
+
+/// `strata __serve-mount`.
+#[derive(Debug, Args)]
+pub struct ServeMountArgs {
+    /// Lower layers, top first.
+    #[arg(long = "lower")]
+    pub lowers: Vec<PathBuf>,
+    /// Upper layer.
+    #[arg(long, requires = "work")]
+    pub upper: Option<PathBuf>,
+    /// Work directory.
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Mountpoint.
+    pub dir: PathBuf,
+}
+
+/// `inspect --type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectKind {
+    /// A container.
+    Container,
+    /// An image.
+    Image,
+}
+
+/// `save --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveFormatArg {
+    /// docker's `docker save` tar.
+    DockerArchive,
+    /// An OCI image layout in a tar.
+    OciArchive,
+    /// An OCI image layout in a directory (`-o DIR`).
+    OciDir,
+}
+
+/// `push --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushFormat {
+    /// An OCI image manifest.
+    Oci,
+    /// A Docker image manifest, schema 2 (also `docker`).
+    #[value(alias = "docker")]
+    V2s2,
+}
+
+/// `push --compression-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushCompression {
+    /// gzip, as every registry takes.
+    Gzip,
+    /// zstd.
+    Zstd,
 }
 
 /// `strata images`.
@@ -379,26 +450,42 @@ pub enum ImageFilter {
     Label(String, Option<String>),
 }
 
-impl std::str::FromStr for ImageFilter {
-    type Err = String;
+/// An `images --filter` that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// No `=`.
+    #[error("{0:?} is not KEY=VALUE (as reference=busybox)")]
+    NotKeyValue(String),
+    /// A key `images` does not filter by.
+    #[error("unknown filter {0:?}: use reference, dangling, before, since or label")]
+    UnknownKey(String),
+    /// `KEY=` with nothing after.
+    #[error("filter {0} needs a value")]
+    NoValue(String),
+    /// `dangling=` with neither true nor false.
+    #[error("dangling={0}: use true or false")]
+    NotBool(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for ImageFilter {
+    type Err = FilterError;
+
+    fn from_str(s: &str) -> Result<Self, FilterError> {
         use clap::ValueEnum;
         let (k, v) = s
             .split_once('=')
-            .ok_or_else(|| format!("{s:?} is not KEY=VALUE (as reference=busybox)"))?;
-        let key = ImageFilterKey::from_str(k, true).map_err(|_| {
-            format!("unknown filter {k:?}: use reference, dangling, before, since or label")
-        })?;
+            .ok_or_else(|| FilterError::NotKeyValue(s.to_string()))?;
+        let key = ImageFilterKey::from_str(k, true)
+            .map_err(|_| FilterError::UnknownKey(k.to_string()))?;
         if v.is_empty() {
-            return Err(format!("filter {k} needs a value"));
+            return Err(FilterError::NoValue(k.to_string()));
         }
         Ok(match key {
             ImageFilterKey::Reference => ImageFilter::Reference(v.into()),
             ImageFilterKey::Dangling => ImageFilter::Dangling(match v {
                 "true" | "1" => true,
                 "false" | "0" => false,
-                _ => return Err(format!("dangling={v}: use true or false")),
+                _ => return Err(FilterError::NotBool(v.to_string())),
             }),
             ImageFilterKey::Before => ImageFilter::Before(v.into()),
             ImageFilterKey::Since => ImageFilter::Since(v.into()),
@@ -423,9 +510,10 @@ pub enum OutputFormat {
 }
 
 impl std::str::FromStr for OutputFormat {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    /// Any text is a template; `json` and `table [TEMPLATE]` are special.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.trim() {
             "json" => OutputFormat::Json,
             "table" => OutputFormat::Table(String::new()),
@@ -460,11 +548,11 @@ pub struct PushArgs {
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub tls_verify: bool,
     /// Manifest format: oci or v2s2.
-    #[arg(long, default_value = "oci")]
-    pub format: String,
+    #[arg(long, value_enum, default_value_t = PushFormat::Oci)]
+    pub format: PushFormat,
     /// Layer compression: gzip or zstd.
-    #[arg(long, default_value = "gzip")]
-    pub compression_format: String,
+    #[arg(long, value_enum, default_value_t = PushCompression::Gzip)]
+    pub compression_format: PushCompression,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
@@ -532,8 +620,8 @@ pub struct SaveArgs {
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// docker-archive, oci-archive or oci-dir.
-    #[arg(long, default_value = "docker-archive")]
-    pub format: String,
+    #[arg(long, value_enum, default_value_t = SaveFormatArg::DockerArchive)]
+    pub format: SaveFormatArg,
     /// The images.
     #[arg(required = true)]
     pub images: Vec<String>,

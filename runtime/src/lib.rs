@@ -42,6 +42,7 @@ pub mod process;
 pub mod resources;
 pub mod rootfs;
 pub mod security;
+pub mod signal;
 pub mod spec;
 pub mod supervisor;
 pub mod sys;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::container::{Container, Network};
 use crate::resources;
+use crate::security::SeccompError;
 use crate::users::ResolvedUser;
 
 /// Paths of /proc and /sys hidden from the container (runc's and docker's
@@ -78,7 +79,7 @@ fn bind(src: &Path, dst: &str, ro: bool) -> Value {
 }
 
 /// The container's `config.json`.
-pub fn spec(c: &Container, p: &ProcessInputs<'_>) -> Result<Value, String> {
+pub fn spec(c: &Container, p: &ProcessInputs<'_>) -> Result<Value, SeccompError> {
     let cfg = &c.config;
     let sec = &cfg.security;
     let caps = sec.capabilities();

@@ -35,7 +35,7 @@ use crate::{launch, network, oci, users};
 /// image's layers.
 pub fn lower_dirs(store: &Store, c: &Container) -> Result<Vec<PathBuf>, strata_layerdb::Error> {
     let mut v = vec![c.paths.init()];
-    v.extend(store.lower_dirs(&c.config.image_id.to_string())?);
+    v.extend(store.lower_dirs(&c.config.image_id)?);
     Ok(v)
 }
 

@@ -24,7 +24,7 @@ use super::reference::Reference;
 use super::{BlobRecord, Progress, MT_DOCKER_MANIFEST};
 use crate::error::{Error, Result};
 use crate::ids::{Digest, Hasher};
-use crate::reference::{DefaultDomain, ImageName};
+use crate::reference::{DefaultDomain, ImageName, ToImageRef};
 use crate::store::{HashingReader, LayerInfo, Store};
 
 /// The manifest format pushed.
@@ -245,11 +245,14 @@ impl Store {
     /// the registry lacks, then the manifest.
     pub fn push(
         &self,
-        image: &str,
+        image: &(impl ToImageRef + ?Sized),
         destination: Option<&str>,
         opts: &PushOptions,
         progress: &dyn Progress,
     ) -> Result<Pushed> {
+        let image = image.to_image_ref();
+        let image = image.text();
+        let image = image.as_ref();
         if opts.format == ManifestFormat::V2s2 && opts.compression == LayerCompression::Zstd {
             return Err(Error::Unsupported(
                 "zstd layers need the OCI format (--format oci)".into(),

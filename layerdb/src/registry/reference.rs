@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use crate::error::{Error, Result};
 use crate::ids::Digest;
-use crate::reference::{DefaultDomain, ImageName};
+use crate::reference::{has_domain, DefaultDomain, ImageName};
 
 /// A parsed registry reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +24,6 @@ pub struct Reference {
     pub tag: Option<String>,
     /// The manifest digest, if written (`@sha256:...`).
     pub digest: Option<Digest>,
-}
-
-fn has_domain(first: &str) -> bool {
-    first.contains('.') || first.contains(':') || first == "localhost"
 }
 
 impl Reference {

@@ -66,6 +66,106 @@ pub struct SourceRoot<'a> {
     pub keep_owner: bool,
 }
 
+/// What can go wrong reading a COPY's sources or writing its layer; each
+/// message names the source, path or archive entry.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A source file or directory could not be read.
+    #[error("{}: {err}", path.display())]
+    Read {
+        /// The file on the host.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// A source names a path above the context.
+    #[error("{src} is outside the build context")]
+    OutsideContext {
+        /// The source as written.
+        src: String,
+    },
+    /// A glob matched nothing.
+    #[error("no source files match {src}")]
+    NoMatch {
+        /// The source as written.
+        src: String,
+    },
+    /// A source is excluded by `.dockerignore`.
+    #[error("{src} is excluded by the ignore file (.dockerignore/.containerignore)")]
+    Excluded {
+        /// The source as written.
+        src: String,
+    },
+    /// A source does not exist.
+    #[error("{src}: no such file or directory")]
+    Missing {
+        /// The source as written.
+        src: String,
+    },
+    /// A source's directories leave the context through a symlink.
+    #[error("{src} leads outside the build context through a symbolic link")]
+    LeavesContext {
+        /// The source as written.
+        src: String,
+    },
+    /// The image's layer directories could not be opened.
+    #[error("cannot open the image's layers: {0}")]
+    OpenImage(nix::errno::Errno),
+    /// A destination could not be resolved inside the image.
+    #[error("cannot resolve {rel} in the image: {err}")]
+    Resolve {
+        /// The destination, relative to the image root.
+        rel: String,
+        /// Why.
+        err: nix::errno::Errno,
+    },
+    /// Writing an entry of the layer tar failed (`op` is open, stat, copy
+    /// or write).
+    #[error("{op} {path}: {err}")]
+    Entry {
+        /// What was being done.
+        op: &'static str,
+        /// The source file or the entry's path in the layer.
+        path: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// Finishing the layer tar failed.
+    #[error("write the layer: {0}")]
+    Finish(std::io::Error),
+    /// An archive given to ADD could not be read.
+    #[error("ADD {}: {err}", archive.display())]
+    Archive {
+        /// The archive on the host.
+        archive: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// An entry of an archive given to ADD leaves it (`../`).
+    #[error("ADD {}: entry {entry} leaves the archive", archive.display())]
+    ArchiveEscape {
+        /// The archive on the host.
+        archive: PathBuf,
+        /// The entry's path.
+        entry: String,
+    },
+}
+
+impl CopyError {
+    /// Whether the layer's reader went away (the store gave up first and
+    /// has its own reason).
+    pub fn is_broken_pipe(&self) -> bool {
+        let io = match self {
+            CopyError::Read { err, .. }
+            | CopyError::Entry { err, .. }
+            | CopyError::Archive { err, .. }
+            | CopyError::Finish(err) => err,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
 /// `--chown` and `--chmod`, resolved.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Overrides {
@@ -99,15 +199,21 @@ impl SourceRoot<'_> {
 
     /// The relative paths (files, dirs, links) under `rel`, depth first,
     /// minus excluded ones.
-    fn walk(&self, rel: &str, out: &mut Vec<(String, fs::Metadata)>) -> Result<(), String> {
+    fn walk(&self, rel: &str, out: &mut Vec<(String, fs::Metadata)>) -> Result<(), CopyError> {
         let dir = self.dir.join(rel);
-        let rd = fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let rd = fs::read_dir(&dir).map_err(|err| CopyError::Read {
+            path: dir.clone(),
+            err,
+        })?;
         let mut names: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
         names.sort();
         for n in names {
             let child = rel_join(rel, &n.to_string_lossy());
             let p = self.dir.join(&child);
-            let md = fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let md = fs::symlink_metadata(&p).map_err(|err| CopyError::Read {
+                path: p.clone(),
+                err,
+            })?;
             let excluded = self.excluded(&child);
             if md.is_dir() {
                 if excluded && !self.ignore.is_some_and(Ignore::has_exceptions) {
@@ -126,10 +232,11 @@ impl SourceRoot<'_> {
 
     /// Resolves one source (a path or glob, already expanded) to the
     /// top-level entries it names.
-    pub fn resolve(&self, src: &str) -> Result<Vec<(String, fs::Metadata)>, String> {
+    pub fn resolve(&self, src: &str) -> Result<Vec<(String, fs::Metadata)>, CopyError> {
+        let src_s = || src.to_string();
         let rel = ignore::clean(src);
         if rel == ".." || rel.starts_with("../") {
-            return Err(format!("{src} is outside the build context"));
+            return Err(CopyError::OutsideContext { src: src_s() });
         }
         if ignore::has_glob(&rel) {
             let mut all = Vec::new();
@@ -139,7 +246,7 @@ impl SourceRoot<'_> {
                 .filter(|(p, _)| ignore::matches_path(&rel, p))
                 .collect();
             if hits.is_empty() {
-                return Err(format!("no source files match {src}"));
+                return Err(CopyError::NoMatch { src: src_s() });
             }
             return Ok(hits);
         }
@@ -148,11 +255,11 @@ impl SourceRoot<'_> {
         }
         let p = self.dir.join(&rel);
         match fs::symlink_metadata(&p) {
-            Ok(_) if !rel.is_empty() && self.excluded(&rel) => Err(format!(
-                "{src} is excluded by the ignore file (.dockerignore/.containerignore)"
-            )),
+            Ok(_) if !rel.is_empty() && self.excluded(&rel) => {
+                Err(CopyError::Excluded { src: src_s() })
+            }
             Ok(md) => Ok(vec![(rel, md)]),
-            Err(_) => Err(format!("{src}: no such file or directory")),
+            Err(_) => Err(CopyError::Missing { src: src_s() }),
         }
     }
 
@@ -160,16 +267,20 @@ impl SourceRoot<'_> {
     /// context through a symlink (`link/secret` with `link -> /etc`): the
     /// kernel resolves them beneath the context (`RESOLVE_BENEATH`). The
     /// source itself, when a symlink, is copied as one.
-    fn beneath_context(&self, src: &str, rel: &str) -> Result<(), String> {
+    fn beneath_context(&self, src: &str, rel: &str) -> Result<(), CopyError> {
         let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
-        let root = crate::beneath::Root::open(self.dir)
-            .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let root = crate::beneath::Root::open(self.dir).map_err(|err| CopyError::Read {
+            path: self.dir.to_path_buf(),
+            err,
+        })?;
         match root.open_beneath(parent, nix::fcntl::OFlag::O_PATH, 0) {
             Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(format!(
-                "{src} leads outside the build context through a symbolic link"
-            )),
-            Err(_) => Err(format!("{src}: no such file or directory")),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(CopyError::LeavesContext {
+                src: src.to_string(),
+            }),
+            Err(_) => Err(CopyError::Missing {
+                src: src.to_string(),
+            }),
         }
     }
 
@@ -210,7 +321,7 @@ impl SourceRoot<'_> {
         md: &fs::Metadata,
         t: &Target<'_>,
         out: &mut Vec<Item>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CopyError> {
         let (dest, dest_is_dir, add, o) = (t.dest, t.is_dir, t.add, t.overrides);
         if md.is_dir() {
             if !dest.is_empty() {
@@ -270,13 +381,15 @@ fn is_tar(p: &Path) -> bool {
     (n >= 2 && buf[0] == 0x1f && buf[1] == 0x8b) || (n == 512 && &buf[257..262] == b"ustar")
 }
 
-fn hash_file(p: &Path, h: &mut Sha256) -> Result<(), String> {
-    let mut f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+fn hash_file(p: &Path, h: &mut Sha256) -> Result<(), CopyError> {
+    let fail = |err| CopyError::Read {
+        path: p.to_path_buf(),
+        err,
+    };
+    let mut f = fs::File::open(p).map_err(fail)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let n = f.read(&mut buf).map_err(fail)?;
         if n == 0 {
             return Ok(());
         }
@@ -286,7 +399,7 @@ fn hash_file(p: &Path, h: &mut Sha256) -> Result<(), String> {
 
 /// The digest of what a COPY writes: paths, types, modes, owners and
 /// contents; not mtimes.
-pub fn digest(items: &[Item]) -> Result<String, String> {
+pub fn digest(items: &[Item]) -> Result<String, CopyError> {
     let mut h = Sha256::new();
     for it in items {
         h.update(it.dst.as_bytes());
@@ -325,10 +438,10 @@ pub struct ImageTree(Stack);
 impl ImageTree {
     /// The image whose layer directories are `lowers` (top first); no
     /// layers is the empty image (`FROM scratch`).
-    pub fn open(lowers: &[PathBuf]) -> Result<ImageTree, String> {
+    pub fn open(lowers: &[PathBuf]) -> Result<ImageTree, CopyError> {
         Stack::open(lowers)
             .map(ImageTree)
-            .map_err(|e| format!("cannot open the image's layers: {e}"))
+            .map_err(CopyError::OpenImage)
     }
 
     /// The `lstat` of `rel` in the image; `None` when it is absent or
@@ -349,7 +462,7 @@ impl ImageTree {
     /// container would see them, never leaving its root): `usr/bin/x` for
     /// `bin/x` when `/bin` links to `usr/bin`. The last component is kept
     /// as is when `keep_last`.
-    pub fn resolve(&self, rel: &str, keep_last: bool) -> Result<String, String> {
+    pub fn resolve(&self, rel: &str, keep_last: bool) -> Result<String, CopyError> {
         self.0
             .resolve_in_root(rel.as_bytes(), !keep_last)
             .map(|p| {
@@ -359,7 +472,10 @@ impl ImageTree {
                     p.to_string()
                 }
             })
-            .map_err(|e| format!("cannot resolve {rel} in the image: {e}"))
+            .map_err(|err| CopyError::Resolve {
+                rel: rel.to_string(),
+                err,
+            })
     }
 
     /// The content of the regular file `rel` in the image, symlinks of
@@ -378,11 +494,15 @@ impl ImageTree {
 /// directories they need (with the image's metadata when the image has
 /// them, `lowers` top first; else 0755 root). Nothing touches the disk
 /// but the sources' reads: the store extracts the stream once.
-pub fn write_tar<W: Write>(w: W, image: &ImageTree, items: &[Item]) -> Result<(), String> {
+pub fn write_tar<W: Write>(w: W, image: &ImageTree, items: &[Item]) -> Result<(), CopyError> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     let mut dirs: BTreeSet<String> = BTreeSet::new();
-    let fail = |what: &str, p: &str, e: std::io::Error| format!("{what} {p}: {e}");
+    let fail = |op: &'static str, p: &str, err: std::io::Error| CopyError::Entry {
+        op,
+        path: p.to_string(),
+        err,
+    };
     for it in items {
         let segs: Vec<&str> = it.dst.split('/').filter(|s| !s.is_empty()).collect();
         let mut cur = String::new();
@@ -441,8 +561,7 @@ pub fn write_tar<W: Write>(w: W, image: &ImageTree, items: &[Item]) -> Result<()
             }
         }
     }
-    b.into_inner()
-        .map_err(|e| format!("write the layer: {e}"))?;
+    b.into_inner().map_err(CopyError::Finish)?;
     Ok(())
 }
 
@@ -473,8 +592,15 @@ fn header(
 
 /// ADD of a local archive: its entries, moved under `dest` (plain or
 /// gzip-compressed tar).
-fn append_archive<W: Write>(b: &mut tar::Builder<W>, src: &Path, dest: &str) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("ADD {}: {e}", src.display());
+fn append_archive<W: Write>(
+    b: &mut tar::Builder<W>,
+    src: &Path,
+    dest: &str,
+) -> Result<(), CopyError> {
+    let fail = |err: std::io::Error| CopyError::Archive {
+        archive: src.to_path_buf(),
+        err,
+    };
     let f = fs::File::open(src).map_err(fail)?;
     let mut r = std::io::BufReader::new(f);
     let gz = {
@@ -495,10 +621,10 @@ fn append_archive<W: Write>(b: &mut tar::Builder<W>, src: &Path, dest: &str) -> 
         let path = e.path().map_err(fail)?.to_string_lossy().into_owned();
         let rel = ignore::clean(&path);
         if rel.starts_with("..") {
-            return Err(format!(
-                "ADD {}: entry {path} leaves the archive",
-                src.display()
-            ));
+            return Err(CopyError::ArchiveEscape {
+                archive: src.to_path_buf(),
+                entry: path,
+            });
         }
         let target = rel_join(dest, &rel);
         let mut h = e.header().clone();

@@ -6,8 +6,10 @@
 //! steps in order) → per step: a metadata change (`meta`: a new config,
 //! no layer, [`strata_layerdb::Store::amend`]), a RUN (`run`: a container
 //! on the FUSE rootfs whose upper directory becomes a layer, as `commit`
-//! makes one) or a COPY/ADD ([`copy`]: a tar of the sources streamed into
-//! [`strata_layerdb::Store::commit_tar`]). [`expand`] does Docker's
+//! makes one) or a COPY/ADD (`copy_step`, on [`copy`]: a tar of the
+//! sources streamed into [`strata_layerdb::Store::commit_tar`]). Each kind
+//! of step is an `impl Builder` block in its module; `Builder::step` only
+//! dispatches. [`expand`] does Docker's
 //! variable expansion, [`ignore`] the `.dockerignore` rules and source
 //! globs.
 //!
@@ -24,6 +26,7 @@
 //! path (guards), so a failed build leaves no container and no mount.
 
 pub mod copy;
+mod copy_step;
 pub mod expand;
 pub mod ignore;
 mod meta;
@@ -37,10 +40,10 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
-use strata_layerdb::{CommitMeta, Digest, ImageId, Store};
+use strata_layerdb::{Digest, ImageId, Store};
 
 use crate::container::Registry;
-use parse::{CmdForm, Containerfile, CopySpec, Instr, Source, StageDef, Step};
+use parse::{Containerfile, CopySpec, Instr, StageDef, Step};
 
 /// Why a build failed. Every message names the line of the Containerfile
 /// where it can.
@@ -524,7 +527,7 @@ impl<'a> Builder<'a> {
     }
 
     fn runtime_config(&self, id: &ImageId) -> Result<Map<String, Value>, BuildError> {
-        let info = self.store.inspect(&id.to_string())?;
+        let info = self.store.inspect(id)?;
         let v: Value = serde_json::from_slice(&info.config_bytes).unwrap_or(Value::Null);
         Ok(v.get("config")
             .and_then(Value::as_object)
@@ -532,218 +535,45 @@ impl<'a> Builder<'a> {
             .unwrap_or_default())
     }
 
+    /// One step: each kind of instruction in the module that owns it
+    /// (`meta`, `run`, `copy_step`), each ending in [`Builder::advance`].
     fn step(
         &mut self,
         st: &mut StageState,
         step: &Step,
         globals: &BTreeMap<String, Option<String>>,
     ) -> Result<(), BuildError> {
-        let err = |msg: String| BuildError::Step {
+        match &step.instr {
+            Instr::Arg(raw) => self.arg_step(st, step, raw, globals),
+            Instr::Run(c) => self.run_step(st, step, c),
+            Instr::Copy(spec) => self.copy_step(st, step, spec),
+            other => self.meta_step(st, step, other),
+        }
+    }
+
+    /// `BuildError::Step` for `step`, with `msg`.
+    fn step_error(step: &Step, msg: String) -> BuildError {
+        BuildError::Step {
             line: step.line,
             text: step.text.clone(),
             msg,
-        };
-        let esc = self.cf.escape;
-        let cfg_before = st.config.clone();
-        let vars = |n: &str| st.var(n);
-        // Metadata steps: the new config and the history text.
-        let mut cfg = st.config.clone();
-        let mut author = None;
-        let mut cmd_set = st.cmd_set;
-        let meta: Option<String> = match &step.instr {
-            Instr::Arg(raw) => {
-                let decl = self.arg_decl(raw, step.line, &step.text, &|n| st.var(n))?;
-                let mut shown = Vec::new();
-                for (k, v) in decl {
-                    let v = v.or_else(|| globals.get(&k).cloned().flatten());
-                    shown.push(match &v {
-                        Some(v) => format!("{k}={v}"),
-                        None => k.clone(),
-                    });
-                    st.args.insert(k, v);
-                }
-                Some(nop(&format!("ARG {}", shown.join(" "))))
-            }
-            Instr::Run(_) | Instr::Copy(_) => None,
-            other => {
-                let word_s = |s: &str| expand::word(s, esc, &vars).map_err(|e| e.0);
-                let words_s = |s: &str| expand::words(s, esc, &vars).map_err(|e| e.0);
-                let shell = st.shell();
-                meta::apply(
-                    other,
-                    &mut meta::Edit {
-                        cfg: &mut cfg,
-                        cmd_set: &mut cmd_set,
-                        author: &mut author,
-                        shell: &shell,
-                        word: &word_s,
-                        words: &words_s,
-                    },
-                )
-                .map_err(err)?
-            }
-        };
-        st.cmd_set = cmd_set;
+        }
+    }
+
+    /// The parent image of the stage's next step, and its cache-key form
+    /// (`scratch` when there is none).
+    fn parent(st: &StageState) -> (Option<String>, String) {
         let parent = st.image.map(|i| i.to_string());
-        let parent_key = parent.clone().unwrap_or_else(|| "scratch".into());
-        if let Some(created_by) = meta {
-            let cfg_json = Value::Object(cfg.clone()).to_string();
-            let key = sha(&["meta", &parent_key, &created_by, &cfg_json]);
-            if let Some(id) = self.cached(st, &key) {
-                return self.advance(st, id);
-            }
-            let id = self.store.amend(
-                parent.as_deref(),
-                &CommitMeta {
-                    created_by: Some(created_by),
-                    author,
-                    config: Some(Value::Object(cfg)),
-                    ..Default::default()
-                },
-            )?;
-            self.store.cache_record(&key, &id)?;
-            self.say(&format!("--> {}", id.short()));
-            return self.advance(st, id);
-        }
-        let _ = cfg_before;
-        match &step.instr {
-            Instr::Run(c) => {
-                let argv = match c {
-                    CmdForm::Exec(v) => v.clone(),
-                    CmdForm::Shell(s) => {
-                        let mut v = st.shell();
-                        v.push(s.clone());
-                        v
-                    }
-                };
-                if argv.is_empty() {
-                    return Err(err("RUN needs a command".into()));
-                }
-                let Some(image) = st.image else {
-                    return Err(err(
-                        "cannot RUN in an empty image (FROM scratch): there is no shell".into(),
-                    ));
-                };
-                let env = st.env();
-                let args: Vec<String> = st
-                    .args
-                    .iter()
-                    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-                    .filter(|kv| {
-                        let k = kv.split('=').next().unwrap_or("");
-                        !env.iter().any(|e| e.split('=').next() == Some(k))
-                    })
-                    .collect();
-                let created_by = argv.join(" ");
-                let cfg_json = Value::Object(st.config.clone()).to_string();
-                let key = sha(&[
-                    "run",
-                    &parent_key,
-                    &json_list(&argv),
-                    &json_list(&args),
-                    &json_list(&env),
-                    &cfg_json,
-                ]);
-                if let Some(id) = self.cached(st, &key) {
-                    return self.advance(st, id);
-                }
-                let quiet = self.opts.quiet;
-                let id = run::run_step(
-                    self.store,
-                    self.reg,
-                    self.root,
-                    &run::RunStep {
-                        image,
-                        argv,
-                        args,
-                        network: self.opts.network.clone(),
-                        quiet,
-                        created_by,
-                        config: Value::Object(st.config.clone()),
-                    },
-                )
-                .map_err(|e| match e {
-                    run::RunError::Exit(code) => BuildError::RunFailed {
-                        line: step.line,
-                        text: step.text.clone(),
-                        code,
-                    },
-                    run::RunError::Other(m) => err(m),
-                    run::RunError::Store(s) => BuildError::Store(s),
-                })?;
-                self.store.cache_record(&key, &id)?;
-                self.say(&format!("--> {}", id.short()));
-                self.advance(st, id)
-            }
-            Instr::Copy(spec) => {
-                let prepared = self.prepare_copy(st, spec, &err)?;
-                let kw = if spec.add { "ADD" } else { "COPY" };
-                let created_by = format!(
-                    "/bin/sh -c #(nop) {kw} {}:{} in {}",
-                    prepared.what, prepared.digest, prepared.dest_shown
-                );
-                let cfg_json = Value::Object(st.config.clone()).to_string();
-                let key = sha(&[
-                    "copy",
-                    &parent_key,
-                    &cfg_json,
-                    &created_by,
-                    &format!("{:?}", spec.chown),
-                    &format!("{:?}", spec.chmod),
-                ]);
-                if let Some(id) = self.cached(st, &key) {
-                    return self.advance(st, id);
-                }
-                // The tar is made on a thread and read by the store
-                // through a pipe: the files are read once and written once.
-                let (r, w) =
-                    nix::unistd::pipe().map_err(|e| err(format!("cannot make a pipe: {e}")))?;
-                let PreparedCopy {
-                    items,
-                    image,
-                    mount,
-                    ..
-                } = prepared;
-                let writer = std::thread::spawn(move || {
-                    // A store that stops reading gives EPIPE here, not a
-                    // SIGPIPE that would end the build without clean-up.
-                    let mut pipe_sig = nix::sys::signal::SigSet::empty();
-                    pipe_sig.add(nix::sys::signal::Signal::SIGPIPE);
-                    let _ = pipe_sig.thread_block();
-                    let w = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::from(w));
-                    copy::write_tar(w, &image, &items)
-                });
-                let mut reader = std::fs::File::from(r);
-                let stored = self.store.commit_tar(
-                    parent.as_deref(),
-                    &mut reader,
-                    &format!("the layer of {}", step.text),
-                    &CommitMeta {
-                        created_by: Some(created_by),
-                        config: Some(Value::Object(st.config.clone())),
-                        ..Default::default()
-                    },
-                    None,
-                );
-                drop(reader);
-                let written = writer
-                    .join()
-                    .unwrap_or_else(|_| Err("the layer writer panicked".into()));
-                drop(mount);
-                let id = match (stored, written) {
-                    (Ok(id), Ok(())) => id,
-                    // A writer error explains a cut stream; a closed pipe
-                    // means the store gave up first and says why.
-                    (Ok(_), Err(w)) => return Err(err(w)),
-                    (Err(_), Err(w)) if !w.contains("Broken pipe") => return Err(err(w)),
-                    (Err(s), _) => return Err(s.into()),
-                };
-                self.store.cache_record(&key, &id)?;
-                self.say(&format!("--> {}", id.short()));
-                self.advance(st, id)
-            }
-            _ => unreachable!("metadata steps returned above"),
-        }
+        let key = parent.clone().unwrap_or_else(|| "scratch".into());
+        (parent, key)
+    }
+
+    /// Records the image a step made under its cache key, and moves the
+    /// stage on to it.
+    fn made(&mut self, st: &mut StageState, key: &Digest, id: ImageId) -> Result<(), BuildError> {
+        self.store.cache_record(key, &id)?;
+        self.say(&format!("--> {}", id.short()));
+        self.advance(st, id)
     }
 
     /// A cache hit for `key`, if the stage still takes them.
@@ -770,220 +600,6 @@ impl<'a> Builder<'a> {
         st.config = self.runtime_config(&id)?;
         st.image = Some(id);
         Ok(())
-    }
-
-    fn prepare_copy(
-        &mut self,
-        st: &StageState,
-        spec: &CopySpec,
-        err: &dyn Fn(String) -> BuildError,
-    ) -> Result<PreparedCopy, BuildError> {
-        let esc = self.cf.escape;
-        let vars = |n: &str| st.var(n);
-        let word = |s: &str| expand::word(s, esc, &vars).map_err(|e| err(e.0));
-        let lowers: Vec<PathBuf> = match &st.image {
-            Some(id) => self.store.lower_dirs(&id.to_string())?,
-            None => Vec::new(),
-        };
-        let image = copy::ImageTree::open(&lowers).map_err(&err)?;
-        // Where the sources come from.
-        let mut mount = None;
-        let (src_dir, from_context) = match &spec.from {
-            None => (self.opts.context.clone(), true),
-            Some(f) => {
-                let f = word(f)?;
-                let img = match self.stage_index(&f, st.index) {
-                    Some(i) => self
-                        .stage_images
-                        .get(&i)
-                        .copied()
-                        .flatten()
-                        .ok_or_else(|| {
-                            err(format!("stage {f} has not been built or made no image"))
-                        })?,
-                    None => self.store.resolve(&f).map_err(|e| {
-                        err(format!("--from={f}: no stage or image of that name ({e})"))
-                    })?,
-                };
-                let m = ImageMount::new(self.store, &img).map_err(err)?;
-                let d = m.path.clone();
-                mount = Some(m);
-                (d, false)
-            }
-        };
-        let root = copy::SourceRoot {
-            dir: &src_dir,
-            ignore: if from_context {
-                Some(&self.ignore)
-            } else {
-                None
-            },
-            keep_owner: !from_context,
-        };
-        // --chown and --chmod.
-        let mut o = copy::Overrides::default();
-        if let Some(c) = &spec.chown {
-            let c = word(c)?;
-            let r = crate::users::resolve(&c, &image.read("etc/passwd"), &image.read("etc/group"))
-                .map_err(|e| err(format!("--chown={c}: {e}")))?;
-            let gid = if c.contains(':') { r.gid } else { r.uid };
-            o.owner = Some((r.uid, gid));
-        }
-        if let Some(m) = &spec.chmod {
-            let m = word(m)?;
-            o.mode = Some(
-                u32::from_str_radix(&m, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| err(format!("--chmod={m}: expected an octal mode")))?,
-            );
-        }
-        // The destination.
-        let dest_raw = word(&spec.dest)?;
-        let workdir = st
-            .config
-            .get("WorkingDir")
-            .and_then(Value::as_str)
-            .unwrap_or("/")
-            .to_string();
-        let dest_abs = if dest_raw.starts_with('/') {
-            dest_raw.clone()
-        } else {
-            format!("{workdir}/{dest_raw}")
-        };
-        let dest = image
-            .resolve(&ignore::clean(&dest_abs), false)
-            .map_err(&err)?;
-        let ends_slash = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
-        // Resolve the sources.
-        let mut resolved = Vec::new();
-        let mut inline = Vec::new();
-        for s in &spec.sources {
-            match s {
-                Source::Path(p) => {
-                    let p = word(p)?;
-                    if spec.add
-                        && (p.starts_with("http://")
-                            || p.starts_with("https://")
-                            || p.starts_with("git@"))
-                    {
-                        return Err(err(format!(
-                            "ADD of the URL {p} is not supported: strata build does not download; fetch it into the context and COPY it"
-                        )));
-                    }
-                    resolved.extend(root.resolve(&p).map_err(&err)?);
-                }
-                Source::Inline { content, expand } => {
-                    let c = if *expand {
-                        expand::word(content, esc, &vars).unwrap_or_else(|_| content.clone())
-                    } else {
-                        content.clone()
-                    };
-                    inline.push(c);
-                }
-            }
-        }
-        let n_sources = resolved.len() + inline.len();
-        let dest_is_dir = ends_slash || n_sources > 1 || image.is_dir(&dest);
-        if n_sources > 1 && !ends_slash {
-            return Err(err(format!(
-                "with more than one source the destination must be a directory ending in '/' (got {dest_raw})"
-            )));
-        }
-        let mut items = Vec::new();
-        for (rel, md) in &resolved {
-            let t = copy::Target {
-                dest: &dest,
-                is_dir: dest_is_dir,
-                add: spec.add,
-                overrides: o,
-            };
-            root.items(rel, md, &t, &mut items).map_err(&err)?;
-        }
-        for (i, c) in inline.iter().enumerate() {
-            let name = match &spec
-                .sources
-                .iter()
-                .filter(|s| matches!(s, Source::Inline { .. }))
-                .count()
-            {
-                1 if !dest_is_dir => dest.clone(),
-                _ => format!("{dest}/heredoc-{i}"),
-            };
-            items.push(copy::Item {
-                dst: name,
-                kind: copy::Kind::Inline(c.clone().into_bytes()),
-                mode: o.mode.unwrap_or(0o644),
-                uid: o.owner.map(|x| x.0).unwrap_or(0),
-                gid: o.owner.map(|x| x.1).unwrap_or(0),
-                mtime: 0,
-            });
-        }
-        let digest = copy::digest(&items).map_err(&err)?;
-        let what = if n_sources > 1 {
-            "multi"
-        } else if resolved.first().is_some_and(|(_, m)| m.is_dir()) {
-            "dir"
-        } else {
-            "file"
-        };
-        Ok(PreparedCopy {
-            items,
-            digest,
-            what,
-            dest_shown: format!(
-                "/{dest}{}",
-                if ends_slash && !dest.is_empty() {
-                    "/"
-                } else {
-                    ""
-                }
-            ),
-            image,
-            mount,
-        })
-    }
-}
-
-/// A COPY ready to be written.
-struct PreparedCopy {
-    items: Vec<copy::Item>,
-    digest: String,
-    what: &'static str,
-    dest_shown: String,
-    /// The image the COPY writes onto.
-    image: copy::ImageTree,
-    /// The `--from` image's mount, kept until the files are copied.
-    mount: Option<ImageMount>,
-}
-
-/// An image mounted read-only in a temporary directory (`COPY --from`);
-/// unmounted and removed on drop.
-struct ImageMount {
-    _served: crate::mounts::ServedMount,
-    path: PathBuf,
-    _dir: TempDir,
-}
-
-impl ImageMount {
-    fn new(store: &Store, id: &ImageId) -> Result<ImageMount, String> {
-        let lowers = store
-            .lower_dirs(&id.to_string())
-            .map_err(|e| e.to_string())?;
-        let dir = tempdir_in(&store.root().join("tmp")).map_err(|e| e.to_string())?;
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
-        if lowers.is_empty() {
-            // An empty image: an empty directory is its whole content.
-            return Err("the --from image has no layers".into());
-        }
-        let served = crate::mounts::ServedMount::mount(crate::mounts::options(lowers, None), &path)
-            .map_err(|e| format!("cannot mount the --from image: {e}"))?;
-        Ok(ImageMount {
-            _served: served,
-            path,
-            _dir: dir,
-        })
     }
 }
 

@@ -4,7 +4,14 @@
 //! no controlling terminal (nothing of the caller's terminal to push input
 //! into with TIOCSTI); with `-t` a fresh pty is its controlling terminal.
 
-use super::*;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::{Ctx, Exit};
+use crate::cli::ExecArgs;
+use crate::{attach, spec, sys};
 
 use crate::beneath::Root;
 

@@ -1,7 +1,24 @@
 //! A container's files: commit, export, cp, and the views and mount
 //! daemons they use; container inspect.
 
-use super::*;
+use std::fs;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use strata_layerdb::CommitMeta;
+
+use super::lifecycle::read_report;
+use super::{parse_changes, Ctx};
+use crate::cli::CommitArgs;
+use crate::container::{Container, Status};
+use crate::mounts::{self, ServedMount};
+use crate::proc::{self, ProcId};
+use crate::{supervisor, sys};
 
 pub(super) fn pause_all(init: &ProcId, sig: Signal) {
     for pid in proc::pids_in_namespace_of(init.pid) {
@@ -20,7 +37,7 @@ pub(super) fn pause_all(init: &ProcId, sig: Signal) {
 /// (two `write` calls of one record) is the program's business, as in
 /// docker. With `--pause=false` the container keeps running and only the
 /// sync is done.
-pub fn commit(
+fn commit(
     ctx: &Ctx,
     c: &Container,
     message: Option<String>,
@@ -58,6 +75,72 @@ pub fn commit(
         }
     }
     r
+}
+
+/// `diff`: the container's changes, one `KIND PATH` line each.
+pub(super) fn diff(ctx: &Ctx, container: &str) -> Result<i32> {
+    let c = ctx.container(container)?;
+    let lowers = ctx.store.lower_dirs(&c.config.image_id)?;
+    let mut out = std::io::stdout().lock();
+    let changes = crate::diff::changes(&c.paths.upper(), &lowers)
+        .with_context(|| format!("cannot read the changes of {}", c.config.name))?;
+    for ch in changes {
+        writeln!(out, "{} {}", ch.kind.letter(), ch.path)?;
+    }
+    Ok(0)
+}
+
+/// `commit`: prints the new image's ID.
+pub(super) fn commit_cmd(ctx: &Ctx, a: &CommitArgs) -> Result<i32> {
+    let c = ctx.container(&a.container)?;
+    let id = commit(
+        ctx,
+        &c,
+        a.message.clone(),
+        a.author.clone(),
+        &a.change,
+        a.pause,
+        a.name.as_deref(),
+    )?;
+    println!("{id}");
+    Ok(0)
+}
+
+/// `export`: to `output`, or to stdout when it is not a terminal.
+pub(super) fn export_cmd(ctx: &Ctx, container: &str, output: &Option<PathBuf>) -> Result<i32> {
+    let c = ctx.container(container)?;
+    export(ctx, &c, output.as_deref())?;
+    Ok(0)
+}
+
+/// `mount`: the container's filesystem served by a mount daemon unless it
+/// is mounted already; prints where.
+pub(super) fn mount(ctx: &Ctx, container: &str) -> Result<i32> {
+    let c = ctx.container(container)?;
+    let merged = c.paths.merged();
+    if !proc::is_mounted(&merged) {
+        let lowers = supervisor::lower_dirs(&ctx.store, &c)?;
+        spawn_mount_daemon(
+            &ctx.root,
+            &lowers,
+            Some((c.paths.upper(), c.paths.work())),
+            &merged,
+        )?;
+    }
+    println!("{}", merged.display());
+    Ok(0)
+}
+
+/// `umount`: refused while the container runs (its supervisor owns the
+/// mount then).
+pub(super) fn umount(ctx: &Ctx, container: &str) -> Result<i32> {
+    let c = ctx.container(container)?;
+    if c.running_init()?.is_some() {
+        bail!("container {container} is running; its filesystem stays mounted until it stops");
+    }
+    proc::unmount_all_under(&c.paths.dir);
+    println!("{container}");
+    Ok(0)
 }
 
 /// A view of a container's merged filesystem: the live mount when it

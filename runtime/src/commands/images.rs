@@ -1,7 +1,20 @@
 //! Image commands: images, save, rmi, history, and image inspect.
 
-use super::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use strata_layerdb::{Compression, ImageSummary, ImportOptions, LoadOptions, Removed, SaveFormat};
+
+use super::files::spawn_mount_daemon;
+use super::{parse_changes, Ctx};
+use crate::cli::{HistoryArgs, ImagesArgs, ImportArgs, LoadArgs, SaveFormatArg};
 use crate::cli::{ImageFilter, OutputFormat};
+use crate::format::{self, ago, human_size, parse_rfc3339, Table};
+use crate::process::EXIT_RUNTIME;
+use crate::{proc, sys};
 
 pub(super) fn split_name(n: &str) -> (String, String) {
     match n.rfind(':') {
@@ -145,7 +158,7 @@ impl ImageFilters {
             return Ok(false);
         }
         if !self.labels.is_empty() {
-            let info = ctx.store.inspect(&i.id.to_string())?;
+            let info = ctx.store.inspect(&i.id)?;
             let labels = info
                 .config
                 .config
@@ -183,6 +196,28 @@ fn image_heading(field: &str) -> String {
 
 pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
     let filters = ImageFilters::new(ctx, a)?;
+    let list = selected_images(ctx, a, &filters)?;
+    if a.quiet {
+        for i in &list {
+            println!(
+                "{}",
+                if a.no_trunc {
+                    i.id.to_string()
+                } else {
+                    i.id.short()
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let rows = image_rows(ctx, a, &filters, &list)?;
+    print_images(a, &rows)?;
+    Ok(0)
+}
+
+/// The images `images` lists: intermediate build images only with `-a`,
+/// then the filters, newest first.
+fn selected_images(ctx: &Ctx, a: &ImagesArgs, filters: &ImageFilters) -> Result<Vec<ImageSummary>> {
     let mut list = ctx.store.images()?;
     if !a.all {
         // Untagged images of build steps, as docker hides them.
@@ -204,21 +239,19 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
         }
     });
     list.sort_by_key(|i| std::cmp::Reverse(i.created.as_deref().and_then(parse_rfc3339)));
-    if a.quiet {
-        for i in &list {
-            println!(
-                "{}",
-                if a.no_trunc {
-                    i.id.to_string()
-                } else {
-                    i.id.short()
-                }
-            );
-        }
-        return Ok(0);
-    }
+    Ok(list)
+}
+
+/// One row per name an image is listed under (`<none>` for an untagged
+/// one), with every field a template may use.
+fn image_rows(
+    ctx: &Ctx,
+    a: &ImagesArgs,
+    filters: &ImageFilters,
+    list: &[ImageSummary],
+) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
-    for i in &list {
+    for i in list {
         let names = if i.names.is_empty() {
             vec![None]
         } else {
@@ -256,15 +289,20 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             }));
         }
     }
+    Ok(rows)
+}
+
+/// The rows as JSON, a template, a table template, or docker's table.
+fn print_images(a: &ImagesArgs, rows: &[Value]) -> Result<()> {
     match &a.format {
-        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(rows)?),
         Some(OutputFormat::Template(tpl)) => {
-            for r in &rows {
+            for r in rows {
                 println!("{}", format::go_template(tpl, r));
             }
         }
         Some(OutputFormat::Table(tpl)) if !tpl.trim().is_empty() => {
-            print!("{}", format::table_template(tpl, &rows, &image_heading));
+            print!("{}", format::table_template(tpl, rows, &image_heading));
         }
         Some(OutputFormat::Table(_)) | None => {
             let mut head = vec!["REPOSITORY", "TAG"];
@@ -273,7 +311,7 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             }
             head.extend(["IMAGE ID", "CREATED", "SIZE"]);
             let mut t = Table::new(&head);
-            for r in &rows {
+            for r in rows {
                 let mut row: Vec<String> = vec![
                     r["Repository"].as_str().unwrap_or("").into(),
                     r["Tag"].as_str().unwrap_or("").into(),
@@ -291,15 +329,15 @@ pub(super) fn images(ctx: &Ctx, a: &ImagesArgs) -> Result<i32> {
             print!("{}", t.render());
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 pub(super) fn save(ctx: &Ctx, a: &crate::cli::SaveArgs) -> Result<i32> {
     let refs: Vec<&str> = a.images.iter().map(String::as_str).collect();
-    let format = match a.format.as_str() {
-        "docker-archive" => SaveFormat::DockerArchive,
-        "oci-archive" => SaveFormat::OciArchive(Compression::None),
-        "oci-dir" => {
+    let format = match a.format {
+        SaveFormatArg::DockerArchive => SaveFormat::DockerArchive,
+        SaveFormatArg::OciArchive => SaveFormat::OciArchive(Compression::None),
+        SaveFormatArg::OciDir => {
             let dir = a
                 .output
                 .as_ref()
@@ -307,7 +345,6 @@ pub(super) fn save(ctx: &Ctx, a: &crate::cli::SaveArgs) -> Result<i32> {
             ctx.store.save_oci_dir(&refs, dir, Compression::None)?;
             return Ok(0);
         }
-        other => bail!("unknown format {other:?}: use docker-archive, oci-archive or oci-dir"),
     };
     match &a.output {
         Some(p) => {
@@ -374,7 +411,8 @@ pub(super) fn trunc(s: &str, n: usize, no_trunc: bool) -> String {
     }
 }
 
-pub(super) fn history(ctx: &Ctx, image: &str, no_trunc: bool, quiet: bool) -> Result<i32> {
+pub(super) fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<i32> {
+    let (image, no_trunc, quiet) = (a.image.as_str(), a.no_trunc, a.quiet);
     let id = ctx.store.resolve(image)?;
     let h = ctx.store.history(image)?;
     let mut t = Table::new(&["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]);
@@ -429,6 +467,95 @@ pub(super) fn image_json(ctx: &Ctx, r: &str) -> Result<Value> {
         "History": cfg.get("history"),
         "Containers": info.users,
     }))
+}
+
+/// `import`: a root filesystem tarball (a file or `-` for stdin) becomes
+/// a one-layer image.
+pub(super) fn import(ctx: &Ctx, a: &ImportArgs) -> Result<i32> {
+    let mut input: Box<dyn Read> = if a.file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(fs::File::open(&a.file).with_context(|| format!("open {}", a.file))?)
+    };
+    let changes = parse_changes(&a.change)?;
+    let id = ctx.store.import(
+        &mut input,
+        &ImportOptions {
+            name: a.name.clone(),
+            changes,
+            comment: a.message.clone(),
+            created: None,
+        },
+    )?;
+    println!("{id}");
+    Ok(0)
+}
+
+/// `load`: the images of an archive (a file or stdin), printed by name,
+/// or by ID when they have none.
+pub(super) fn load(ctx: &Ctx, a: &LoadArgs) -> Result<i32> {
+    let loaded = match &a.input {
+        Some(p) => ctx.store.load(p, &LoadOptions::default())?,
+        None => ctx
+            .store
+            .load_reader(&mut std::io::stdin(), &LoadOptions::default())?,
+    };
+    if !a.quiet {
+        for l in loaded {
+            if l.names.is_empty() {
+                println!("Loaded image ID: {}", l.id);
+            }
+            for n in l.names {
+                println!("Loaded image: {n}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `tag`: another name for an image.
+pub(super) fn tag(ctx: &Ctx, source: &str, target: &str) -> Result<i32> {
+    ctx.store.tag(source, target)?;
+    Ok(0)
+}
+
+/// `image mount`: the image's layers served read-only by a mount daemon
+/// (once), at `dir` or under the store; prints where.
+pub(super) fn mount(ctx: &Ctx, image: &str, dir: Option<PathBuf>) -> Result<i32> {
+    let info = ctx.store.inspect(image)?;
+    let dir = match dir {
+        Some(d) => d,
+        None => ctx.root.join("image-mounts").join(info.id.hex()),
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    if !proc::is_mounted(&dir) {
+        let lowers: Vec<PathBuf> = info.layers.iter().rev().map(|l| l.path.clone()).collect();
+        spawn_mount_daemon(&ctx.root, &lowers, None, &dir)?;
+    }
+    println!("{}", dir.canonicalize().unwrap_or(dir).display());
+    Ok(0)
+}
+
+/// `image unmount`: by mountpoint, or by image (its mountpoint under the
+/// store, which is then removed).
+pub(super) fn unmount(ctx: &Ctx, target: &str) -> Result<i32> {
+    let p = Path::new(target);
+    let dir = if p.is_dir() && proc::is_mounted(p) {
+        p.to_path_buf()
+    } else {
+        let id = ctx.store.resolve(target)?;
+        ctx.root.join("image-mounts").join(id.hex())
+    };
+    if !proc::is_mounted(&dir) {
+        bail!("{target} is not mounted");
+    }
+    strata_fs::unmount(&dir.canonicalize()?)
+        .map_err(|e| anyhow!("unmount {}: {e}", dir.display()))?;
+    if dir.starts_with(ctx.root.join("image-mounts")) {
+        let _ = fs::remove_dir(&dir);
+    }
+    println!("{target}");
+    Ok(0)
 }
 
 #[cfg(test)]

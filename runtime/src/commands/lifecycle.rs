@@ -1,7 +1,26 @@
 //! A container's life: create, run, start (attached or detached), ps, stop,
 //! rm, logs and attach.
 
-use super::*;
+use std::fs;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{Command as Proc, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use super::{Ctx, Exit};
+use crate::attach;
+use crate::cli::{PsArgs, RunArgs, StartArgs};
+use crate::container::{Container, State, Status};
+use crate::format::{self, ago, parse_rfc3339, Table};
+use crate::ids::ContainerId;
+use crate::proc::{self, ProcId};
+use crate::process::{self, EXIT_RUNTIME};
+use crate::signal::parse as parse_signal;
+use crate::spec::{self, RunFlags};
 
 pub(super) fn run_flags(a: &RunArgs) -> Result<RunFlags> {
     let security = crate::security::Security::from_flags(
@@ -42,7 +61,7 @@ pub(super) fn run_flags(a: &RunArgs) -> Result<RunFlags> {
 
 /// `create`: a container directory, its init layer, and a user mark on its
 /// image (so `rmi` refuses while it exists).
-pub fn create(ctx: &Ctx, a: &RunArgs) -> Result<Container> {
+pub(super) fn create_container(ctx: &Ctx, a: &RunArgs) -> Result<Container> {
     let (image_ref, cmd) = a
         .args
         .split_first()
@@ -68,7 +87,7 @@ pub fn create(ctx: &Ctx, a: &RunArgs) -> Result<Container> {
 }
 
 pub(super) fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
-    let c = create(ctx, a)?;
+    let c = create_container(ctx, a)?;
     if a.detach {
         start_detached(ctx, &c)?;
         println!("{}", c.id());
@@ -76,6 +95,89 @@ pub(super) fn run(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
     } else {
         start_attached(ctx, &c, a.interactive)
     }
+}
+
+/// `create`: prints the new container's ID.
+pub(super) fn create(ctx: &Ctx, a: &RunArgs) -> Result<i32> {
+    let c = create_container(ctx, a)?;
+    println!("{}", c.id());
+    Ok(0)
+}
+
+/// `start`: attached (one container, its exit code) or detached (each
+/// container not running yet, its reference printed).
+pub(super) fn start(ctx: &Ctx, a: &StartArgs) -> Result<i32> {
+    if a.attach || a.interactive {
+        if a.containers.len() != 1 {
+            bail!("you cannot attach to more than one container");
+        }
+        let c = ctx.container(&a.containers[0])?;
+        return start_attached(ctx, &c, a.interactive);
+    }
+    for r in &a.containers {
+        let c = ctx.container(r)?;
+        if c.running_init()?.is_none() {
+            start_detached(ctx, &c)?;
+        }
+        println!("{r}");
+    }
+    Ok(0)
+}
+
+/// `stop`: each container in turn, its reference printed.
+pub(super) fn stop_all(ctx: &Ctx, time: u64, containers: &[String]) -> Result<i32> {
+    for r in containers {
+        let c = ctx.container(r)?;
+        stop(&c, time)?;
+        println!("{r}");
+    }
+    Ok(0)
+}
+
+/// `kill`: the signal to each container's init; after SIGKILL, returns
+/// once the container has stopped.
+pub(super) fn kill_all(ctx: &Ctx, signal: &str, containers: &[String]) -> Result<i32> {
+    let sig = parse_signal(signal)?;
+    for r in containers {
+        let c = ctx.container(r)?;
+        let init = c
+            .running_init()?
+            .ok_or_else(|| anyhow!("cannot kill container {r}: it is not running"))?;
+        init.signal(sig)
+            .with_context(|| format!("cannot send {sig} to container {r}"))?;
+        if sig == Signal::SIGKILL {
+            wait_stopped(&c, Duration::from_secs(30));
+        }
+        println!("{r}");
+    }
+    Ok(0)
+}
+
+/// `restart`: stop, then start detached.
+pub(super) fn restart_all(ctx: &Ctx, time: u64, containers: &[String]) -> Result<i32> {
+    for r in containers {
+        let c = ctx.container(r)?;
+        stop(&c, time)?;
+        start_detached(ctx, &c)?;
+        println!("{r}");
+    }
+    Ok(0)
+}
+
+/// `rm`: every container is tried; a failure is printed and makes the exit
+/// code 125.
+pub(super) fn remove_all(ctx: &Ctx, force: bool, containers: &[String]) -> Result<i32> {
+    let mut failed = None;
+    for r in containers {
+        match ctx.container(r).and_then(|c| remove(ctx, &c, force)) {
+            Ok(()) => println!("{r}"),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                failed = Some(EXIT_RUNTIME);
+            }
+        }
+    }
+    Ok(failed.unwrap_or(0))
 }
 
 pub(super) fn supervisor_command(ctx: &Ctx, c: &Container, detach: bool) -> Result<Proc> {
@@ -182,13 +284,8 @@ pub(super) fn status_text(s: &State) -> String {
     }
 }
 
-pub(super) fn ps(
-    ctx: &Ctx,
-    all: bool,
-    quiet: bool,
-    no_trunc: bool,
-    fmt: Option<&str>,
-) -> Result<i32> {
+pub(super) fn ps(ctx: &Ctx, a: &PsArgs) -> Result<i32> {
+    let (all, quiet, no_trunc, fmt) = (a.all, a.quiet, a.no_trunc, a.format.as_deref());
     let mut rows = Vec::new();
     let mut list = ctx.reg.list()?;
     list.reverse();

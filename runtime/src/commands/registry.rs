@@ -3,9 +3,11 @@
 //! per blob, on stderr, only when it is a terminal) and what is printed.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::fs;
+use std::io::{BufRead, IsTerminal, Read};
 use std::sync::Mutex;
 
+use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use strata_layerdb::registry::{
     self, Credentials, LayerCompression, ManifestFormat, NoProgress, Platform, Progress,
@@ -13,8 +15,8 @@ use strata_layerdb::registry::{
 };
 use strata_layerdb::Digest;
 
-use super::*;
-use crate::cli::{LoginArgs, PullArgs, PushArgs};
+use super::Ctx;
+use crate::cli::{LoginArgs, PullArgs, PushArgs, PushCompression, PushFormat};
 
 /// One bar per blob, like docker's.
 struct Bars {
@@ -114,15 +116,13 @@ pub(super) fn pull(ctx: &Ctx, a: &PullArgs) -> Result<i32> {
 }
 
 pub(super) fn push(ctx: &Ctx, a: &PushArgs) -> Result<i32> {
-    let format = match a.format.as_str() {
-        "oci" => ManifestFormat::Oci,
-        "v2s2" | "docker" => ManifestFormat::V2s2,
-        f => bail!("unknown --format {f:?}: use oci or v2s2"),
+    let format = match a.format {
+        PushFormat::Oci => ManifestFormat::Oci,
+        PushFormat::V2s2 => ManifestFormat::V2s2,
     };
-    let compression = match a.compression_format.as_str() {
-        "gzip" => LayerCompression::Gzip,
-        "zstd" => LayerCompression::Zstd,
-        c => bail!("unknown --compression-format {c:?}: use gzip or zstd"),
+    let compression = match a.compression_format {
+        PushCompression::Gzip => LayerCompression::Gzip,
+        PushCompression::Zstd => LayerCompression::Zstd,
     };
     let opts = PushOptions {
         tls_verify: a.tls_verify,

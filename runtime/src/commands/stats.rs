@@ -1,7 +1,16 @@
 //! `stats`: memory, CPU and processes of running containers, read from
 //! their cgroups, in docker's columns.
 
-use super::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use super::Ctx;
+use crate::cli::StatsArgs;
+use crate::container::Container;
+use crate::format::Table;
+use crate::sys;
 
 use crate::resources::{self, Usage};
 
@@ -51,7 +60,8 @@ fn sample(list: &[(Container, i32)]) -> Vec<Usage> {
         .collect()
 }
 
-pub(super) fn stats(ctx: &Ctx, names: &[String], all: bool, no_stream: bool) -> Result<i32> {
+pub(super) fn stats(ctx: &Ctx, a: &StatsArgs) -> Result<i32> {
+    let (names, all, no_stream) = (&a.containers, a.all, a.no_stream);
     let pick = |ctx: &Ctx| -> Result<Vec<(Container, i32)>> {
         let list: Vec<Container> = if names.is_empty() {
             ctx.reg.list()?

@@ -1,6 +1,15 @@
 //! `system df`, `system prune` and `system check`.
 
-use super::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use strata_layerdb::Removed;
+
+use super::lifecycle::remove;
+use super::Ctx;
+use crate::format::{human_size, Table};
+use crate::proc;
 
 pub(super) fn du(p: &Path) -> u64 {
     let Ok(m) = fs::symlink_metadata(p) else {

@@ -78,6 +78,23 @@ pub const ALL_CAPS: [&str; 41] = [
 /// Docker's default seccomp profile, in docker's format.
 pub const DEFAULT_SECCOMP_PROFILE: &str = include_str!("seccomp-default.json");
 
+/// A seccomp profile (docker's format) that cannot be turned into a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// Not JSON, or not the shape of a profile.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// No `defaultAction`.
+    #[error("it has no defaultAction")]
+    NoDefaultAction,
+    /// No `syscalls` list.
+    #[error("it has no syscalls list")]
+    NoSyscalls,
+    /// A rule of `syscalls` without an `action`.
+    #[error("a rule has no action")]
+    RuleWithoutAction,
+}
+
 /// A security flag that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -101,7 +118,7 @@ pub enum SecurityError {
         /// The file.
         path: String,
         /// Why.
-        err: String,
+        err: SeccompError,
     },
 }
 
@@ -222,7 +239,7 @@ impl Security {
     }
 
     /// The OCI `linux.seccomp` of the container, or `None` without a filter.
-    pub fn seccomp(&self) -> Result<Option<Value>, String> {
+    pub fn seccomp(&self) -> Result<Option<Value>, SeccompError> {
         if self.privileged || self.seccomp_unconfined {
             return Ok(None);
         }
@@ -311,12 +328,12 @@ fn kernel_at_least(min: &str) -> bool {
 /// `includes`/`excludes` of `caps`, `arches`, `minKernel`) made into the
 /// OCI `linux.seccomp` for a process with `caps` on this machine. A profile
 /// already in OCI form (`architectures`, no conditions) passes through.
-pub fn seccomp_for(profile: &str, caps: &[String]) -> Result<Value, String> {
-    let p: Value = serde_json::from_str(profile).map_err(|e| e.to_string())?;
+pub fn seccomp_for(profile: &str, caps: &[String]) -> Result<Value, SeccompError> {
+    let p: Value = serde_json::from_str(profile)?;
     let default_action = p
         .get("defaultAction")
         .and_then(Value::as_str)
-        .ok_or("it has no defaultAction")?;
+        .ok_or(SeccompError::NoDefaultAction)?;
     let arch = docker_arch();
     let has_cap = |c: &String| caps.contains(c);
     let applies = |rule: &Value| -> bool {
@@ -346,7 +363,7 @@ pub fn seccomp_for(profile: &str, caps: &[String]) -> Result<Value, String> {
     for rule in p
         .get("syscalls")
         .and_then(Value::as_array)
-        .ok_or("it has no syscalls list")?
+        .ok_or(SeccompError::NoSyscalls)?
     {
         if !applies(rule) {
             continue;
@@ -358,7 +375,7 @@ pub fn seccomp_for(profile: &str, caps: &[String]) -> Result<Value, String> {
         let action = rule
             .get("action")
             .and_then(Value::as_str)
-            .ok_or("a rule has no action")?;
+            .ok_or(SeccompError::RuleWithoutAction)?;
         let mut r = json!({"names": names, "action": action});
         if let Some(e) = rule.get("errnoRet") {
             r["errnoRet"] = e.clone();
