@@ -10,7 +10,13 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
-pub use strata_ovl::sys::*;
+pub use strata_ovl::sys::{
+    check, chmod_at, chown_at, copy_range, fallocate, fchmod, fchown, fstat, fstat_placeholder,
+    fstatvfs, fsync, ftruncate, futimens, getxattr_at, getxattr_vec, link_at, link_fd,
+    listxattr_vec, lseek, mkdir_at, mknod_at, open_beneath, open_dir_path, pread, pwrite,
+    read_dir_fd, readlink_at, removexattr_at, rename_at2, setxattr_at, stat_at, symlink_at,
+    unlink_at, utimens_at, Time,
+};
 
 /// Mounts a FUSE filesystem at `target` served through the open `/dev/fuse`
 /// fd `dev`, with `data` as the extra mount data (after `fd=`, `rootmode=`).
