@@ -345,7 +345,7 @@ fn container_spec(
             .unwrap_or_default()
     };
     let user = users::resolve(&cfg.user, &text("/etc/passwd"), &text("/etc/group"))
-        .map_err(StartFailure::runtime)?;
+        .map_err(|e| StartFailure::runtime(e.to_string()))?;
     let mut env = cfg.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));

@@ -50,10 +50,21 @@ fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
     })
 }
 
+/// A user or group name the container's files do not have.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserError {
+    /// No passwd entry of that name (and not a number).
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    NoUser(String),
+    /// No group entry of that name (and not a number).
+    #[error("unable to find group {0}: no matching entries in group file")]
+    NoGroup(String),
+}
+
 /// Resolves `spec` (`""` for root, `name`, `uid`, `name:group`, `uid:gid`)
 /// with the text of the container's passwd and group files. The error says
 /// which name was not found.
-pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, String> {
+pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, UserError> {
     let (user, grp) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -63,18 +74,12 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, St
     let (uid, mut gid, home, name) = match (&entry, user.parse::<u32>()) {
         (Some(e), _) => (e.uid, e.gid, e.home.to_string(), Some(e.name.to_string())),
         (None, Ok(n)) => (n, 0, "/".to_string(), None),
-        (None, Err(_)) => {
-            return Err(format!(
-                "unable to find user {user}: no matching entries in passwd file"
-            ))
-        }
+        (None, Err(_)) => return Err(UserError::NoUser(user.to_string())),
     };
     if let Some(g) = grp.filter(|g| !g.is_empty()) {
         gid = match group_entries(group).find(|(n, id, _)| *n == g || id.to_string() == g) {
             Some((_, id, _)) => id,
-            None => g.parse().map_err(|_| {
-                format!("unable to find group {g}: no matching entries in group file")
-            })?,
+            None => g.parse().map_err(|_| UserError::NoGroup(g.to_string()))?,
         };
     }
     let groups = match &name {
@@ -113,6 +118,6 @@ mod tests {
         assert_eq!((n.uid, n.gid), (65534, 10));
         let u = resolve("4242:99", PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid), (4242, 99));
-        assert!(resolve("bob", PASSWD, GROUP).unwrap_err().contains("bob"));
+        assert!(resolve("bob", PASSWD, GROUP).unwrap_err().to_string().contains("bob"));
     }
 }
