@@ -47,6 +47,13 @@ impl Podman {
             .prefix("strata-podman-")
             .tempdir_in("/var/tmp")
             .expect("temp dir");
+        Podman::in_dir(dir, None)
+    }
+
+    /// A podman whose store (`root`, `run`) lives in `store`, not in its
+    /// own directory.
+    fn in_dir(dir: tempfile::TempDir, store: Option<&Path>) -> Podman {
+        let base = store.unwrap_or(dir.path()).to_path_buf();
         std::fs::write(
             dir.path().join("containers.conf"),
             "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\n\
@@ -58,8 +65,8 @@ impl Podman {
             format!(
                 "[storage]\ndriver = \"overlay\"\nrunroot = \"{run}\"\ngraphroot = \"{root}\"\n\n\
                  [storage.options.overlay]\nmount_program = \"{prog}\"\n",
-                run = dir.path().join("run").display(),
-                root = dir.path().join("root").display(),
+                run = base.join("run").display(),
+                root = base.join("root").display(),
                 prog = strata_program().display()
             ),
         )
@@ -198,4 +205,77 @@ fn podman_loads_an_image_saved_by_strata() {
     p.ok(&["load", "-q", "-i", saved.to_str().expect("utf-8 path")]);
     let out = p.ok(&["run", "--rm", "localhost/busybox-c1", "cat", "/root/file"]);
     assert_eq!(out, "data\n");
+}
+
+/// A kernel overlayfs mount of the test's own, unmounted on drop.
+struct KernelOverlay(PathBuf);
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Nested containers: podman's store on a kernel overlayfs (as inside a
+/// container whose own root is one), where the kernel refuses an overlayfs
+/// upper and strata-mount writes `.wh.` whiteouts instead of devices.
+/// Deleting, renaming and replacing image directories must still work,
+/// and a commit must carry the changes.
+#[test]
+fn podman_with_its_store_on_a_kernel_overlayfs() {
+    if !podman_available() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("strata-podman-nested-")
+        .tempdir_in("/var/tmp")
+        .expect("temp dir");
+    for d in ["ol", "ou", "ow", "om"] {
+        std::fs::create_dir(dir.path().join(d)).expect("mkdir");
+    }
+    let om = dir.path().join("om");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        dir.path().join("ol").display(),
+        dir.path().join("ou").display(),
+        dir.path().join("ow").display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &om,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .expect("mount a kernel overlayfs for the store");
+    let _overlay = KernelOverlay(om.clone());
+    let conf_dir = tempfile::Builder::new()
+        .prefix("strata-podman-conf-")
+        .tempdir_in("/var/tmp")
+        .expect("temp dir");
+    let p = Podman::in_dir(conf_dir, Some(&om));
+    let archive = fixtures().join("busybox-c1-docker-archive.tar");
+    p.ok(&["load", "-q", "-i", archive.to_str().expect("utf-8 path")]);
+    p.ok(&[
+        "run",
+        "--name",
+        "n",
+        "localhost/busybox-c1",
+        "sh",
+        "-c",
+        "rm /bin/ls && mv /opt /opt2 && rm -rf /root && mkdir /root && echo x > /root/new",
+    ]);
+    p.ok(&["commit", "-q", "n", "localhost/nested"]);
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "localhost/nested",
+        "sh",
+        "-c",
+        "ls /bin/ls 2>&1; ls -d /opt 2>&1; ls -d /opt2/d; ls /root",
+    ]);
+    assert!(out.contains("/bin/ls: No such file"), "{out}");
+    assert!(out.contains("/opt: No such file"), "{out}");
+    assert!(out.contains("/opt2/d\nnew\n"), "{out}");
+    drop(p);
 }
