@@ -118,6 +118,9 @@ mod tests {
         assert_eq!((n.uid, n.gid), (65534, 10));
         let u = resolve("4242:99", PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid), (4242, 99));
-        assert!(resolve("bob", PASSWD, GROUP).unwrap_err().to_string().contains("bob"));
+        assert!(resolve("bob", PASSWD, GROUP)
+            .unwrap_err()
+            .to_string()
+            .contains("bob"));
     }
 }
