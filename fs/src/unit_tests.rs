@@ -299,35 +299,39 @@ fn a_rename_that_fails_half_way_changes_nothing() {
     );
 }
 
-#[test]
-fn renaming_a_lower_directory_that_fails_before_it_is_opaque_changes_nothing() {
-    // The lower directory had an entry deleted: its whiteout must still hide
-    // it after the failure, though the copy-up had already removed it.
+/// Renames the lower directory `d` (holding `files`, of which `deleted`
+/// was deleted through the mount first) to `e` with `points` armed, for
+/// both whiteout forms: nothing may change.
+fn lower_dir_rename_fails_cleanly(files: &[&str], deleted: &str, points: &[(&'static str, Errno)]) {
     for forms in [WH_FILES, DEVICES] {
         let u = Union::new(
             |l| {
-                put(l, "d/x");
-                put(l, "d/gone");
+                for f in files {
+                    put(l, f);
+                }
             },
             |_| {},
         );
         {
             let ov = u.mount_with(Some(forms));
-            ov.unlink(&find(&ov, "d").unwrap(), OsStr::new("gone"))
+            let (dir, name) = deleted.rsplit_once('/').unwrap();
+            ov.unlink(&find(&ov, dir).unwrap(), OsStr::new(name))
                 .unwrap();
         }
-        let points = &[("materialize.opaque", Errno::EIO)];
         fails_cleanly(&u, forms, points, |ov| {
             let r = root(ov);
-            ov.rename(
-                &r,
-                OsStr::new("d"),
-                &r,
-                OsStr::new("e"),
-                fuser::RenameFlags::empty(),
-            )
+            let flags = fuser::RenameFlags::empty();
+            ov.rename(&r, OsStr::new("d"), &r, OsStr::new("e"), flags)
         });
     }
+}
+
+#[test]
+fn renaming_a_lower_directory_that_fails_before_it_is_opaque_changes_nothing() {
+    // Its whiteout must still hide the deleted entry after the failure,
+    // though the copy-up had already removed it.
+    let points = &[("materialize.opaque", Errno::EIO)];
+    lower_dir_rename_fails_cleanly(&["d/x", "d/gone"], "d/gone", points);
 }
 
 #[test]
@@ -335,35 +339,11 @@ fn renaming_a_lower_tree_that_fails_during_its_copy_up_changes_nothing() {
     // The second file copy fails (ENOSPC, say), after a subdirectory was
     // copied up and made opaque: all of it is undone.
     use crate::faults::PASS;
-    for forms in [WH_FILES, DEVICES] {
-        let u = Union::new(
-            |l| {
-                put(l, "d/a/x");
-                put(l, "d/a/gone");
-                put(l, "d/b");
-            },
-            |_| {},
-        );
-        {
-            let ov = u.mount_with(Some(forms));
-            let a = find(&ov, "d/a").unwrap();
-            ov.unlink(&a, OsStr::new("gone")).unwrap();
-        }
-        let points = &[
-            ("materialize.copy_up", PASS),
-            ("materialize.copy_up", Errno::EIO),
-        ];
-        fails_cleanly(&u, forms, points, |ov| {
-            let r = root(ov);
-            ov.rename(
-                &r,
-                OsStr::new("d"),
-                &r,
-                OsStr::new("e"),
-                fuser::RenameFlags::empty(),
-            )
-        });
-    }
+    let points = &[
+        ("materialize.copy_up", PASS),
+        ("materialize.copy_up", Errno::EIO),
+    ];
+    lower_dir_rename_fails_cleanly(&["d/a/x", "d/a/gone", "d/b"], "d/a/gone", points);
 }
 
 /// Regression: renaming a lower directory whose tree holds two names of one
