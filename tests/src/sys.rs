@@ -259,3 +259,30 @@ pub fn at_exit(f: extern "C" fn()) {
     let r = unsafe { libc::atexit(f) };
     assert_eq!(r, 0, "atexit failed");
 }
+
+/// `/dev/fuse` open to every user for the guard's life (Debian's default
+/// mode is 0666; some machines have 0600), for tests that mount as an
+/// unprivileged user; the old mode comes back on drop.
+pub struct DevFuseOpen(u32);
+
+impl DevFuseOpen {
+    /// Makes `/dev/fuse` mode 0666.
+    #[allow(clippy::new_without_default)] // it changes the machine: no Default
+    pub fn new() -> DevFuseOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/fuse")
+            .expect("/dev/fuse")
+            .permissions()
+            .mode();
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
+            .expect("chmod /dev/fuse");
+        DevFuseOpen(mode & 0o7777)
+    }
+}
+
+impl Drop for DevFuseOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}

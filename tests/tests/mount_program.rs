@@ -784,30 +784,6 @@ fn noxattrs_turns_extended_attributes_off() {
     );
 }
 
-/// Gives `/dev/fuse` mode 0666 (a usual distribution's mode) while alive,
-/// and puts back the mode it had.
-struct DevFuseOpen(u32);
-
-impl DevFuseOpen {
-    fn new() -> DevFuseOpen {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata("/dev/fuse")
-            .expect("/dev/fuse")
-            .permissions()
-            .mode();
-        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666))
-            .expect("chmod /dev/fuse");
-        DevFuseOpen(mode & 0o7777)
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
-    }
-}
-
 /// Runs `args` as the unprivileged user 65534 in `dir`.
 fn as_nobody(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new("setpriv")
@@ -824,7 +800,7 @@ fn as_nobody(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
 /// works in the mount, and both `fusermount3 -u` and SIGTERM unmount it.
 #[test]
 fn unprivileged_user_mounts_through_fusermount3() {
-    let _open = DevFuseOpen::new();
+    let _open = strata_tests::sys::DevFuseOpen::new();
     let root = strata_tests::mount::temp_root();
     let dir = root.path();
     for d in ["lower", "upper", "work", "merged"] {

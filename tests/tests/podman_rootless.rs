@@ -32,30 +32,6 @@ fn have(prog: &str, pkg: &str) -> bool {
     ok
 }
 
-/// /dev/fuse open to every user for the guard's life (Debian's default is
-/// 0666; this machine has 0600), as rootless podman needs.
-struct DevFuseOpen(u32);
-
-impl DevFuseOpen {
-    fn new() -> DevFuseOpen {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/fuse")
-            .expect("/dev/fuse")
-            .permissions()
-            .mode();
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
-            .expect("chmod /dev/fuse");
-        DevFuseOpen(mode & 0o7777)
-    }
-}
-
-impl Drop for DevFuseOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
-    }
-}
-
 /// An unprivileged user with subordinate uid and gid ranges, and a podman
 /// of its own whose overlay driver mounts through `mount_program`.
 struct RootlessPodman {
@@ -306,7 +282,7 @@ fn rootless_podman_with_strata_and_fuse_overlayfs_as_the_control() {
     if !have("podman", "podman") || !have("newuidmap", "uidmap") {
         return;
     }
-    let _fuse = DevFuseOpen::new();
+    let _fuse = strata_tests::sys::DevFuseOpen::new();
     {
         let p = RootlessPodman::new(&strata_program(), "s");
         steps(&p, false);
