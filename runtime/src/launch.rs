@@ -210,14 +210,32 @@ pub fn start(
 /// Brings up `lo` in the network namespace of process `pid`, from a
 /// thread of its own (setns changes only the calling thread, which then
 /// ends).
-fn loopback_up_in(pid: libc::pid_t) -> Result<(), String> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
-    std::thread::spawn(move || -> Result<(), String> {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-        sys::loopback_up().map_err(|e| e.to_string())
+fn loopback_up_in(pid: libc::pid_t) -> Result<(), LoopbackError> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(LoopbackError::Open)?;
+    std::thread::spawn(move || -> Result<(), LoopbackError> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(LoopbackError::Enter)?;
+        sys::loopback_up().map_err(LoopbackError::Up)
     })
     .join()
-    .map_err(|_| "the thread panicked".to_string())?
+    .map_err(|_| LoopbackError::Panicked)?
+}
+
+/// Why `lo` could not be brought up in a container's network namespace.
+#[derive(Debug, thiserror::Error)]
+enum LoopbackError {
+    /// Its namespace file.
+    #[error("cannot open its network namespace: {0}")]
+    Open(std::io::Error),
+    /// setns into it.
+    #[error("cannot enter its network namespace: {0}")]
+    Enter(nix::errno::Errno),
+    /// The interface flags.
+    #[error("{0}")]
+    Up(nix::errno::Errno),
+    /// The thread that entered it.
+    #[error("the thread panicked")]
+    Panicked,
 }
 
 /// What `exec` runs.

@@ -616,9 +616,11 @@ fn start_slirp(
 }
 
 /// Asks slirp4netns (API socket) to forward a host port.
-fn add_hostfwd(sock: &Path, p: &PortMapping) -> Result<(), String> {
-    let mut s =
-        UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
+fn add_hostfwd(sock: &Path, p: &PortMapping) -> Result<(), HostfwdError> {
+    let mut s = UnixStream::connect(sock).map_err(|err| HostfwdError::Connect {
+        path: sock.to_path_buf(),
+        err,
+    })?;
     let req = serde_json::json!({
         "execute": "add_hostfwd",
         "arguments": {
@@ -629,22 +631,43 @@ fn add_hostfwd(sock: &Path, p: &PortMapping) -> Result<(), String> {
         }
     });
     s.write_all(req.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(HostfwdError::Io)?;
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut line = String::new();
     BufReader::new(s)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(HostfwdError::Io)?;
     let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|_| format!("unexpected answer {line:?}"))?;
+        serde_json::from_str(&line).map_err(|_| HostfwdError::Answer(line.clone()))?;
     match v.get("error") {
-        Some(e) => Err(e
-            .get("desc")
-            .and_then(|d| d.as_str())
-            .unwrap_or("refused")
-            .to_string()),
+        Some(e) => Err(HostfwdError::Refused(
+            e.get("desc")
+                .and_then(|d| d.as_str())
+                .unwrap_or("refused")
+                .to_string(),
+        )),
         None => Ok(()),
     }
+}
+
+/// Why slirp4netns did not forward a port.
+#[derive(Debug, thiserror::Error)]
+enum HostfwdError {
+    /// Its API socket.
+    #[error("connect {}: {err}", .path.display())]
+    Connect {
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    /// Talking to it.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// An answer that is no JSON.
+    #[error("unexpected answer {0:?}")]
+    Answer(String),
+    /// Its refusal, as it said it.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The `/etc/resolv.conf` of a container of this network.

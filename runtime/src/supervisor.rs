@@ -65,16 +65,16 @@ pub fn supervise(root: &Path, id: &str, mode: Mode) -> i32 {
     let _ = nix::unistd::setsid();
     attach::unblock_all_signals();
     sys::ignore_signals(&[Signal::SIGHUP, Signal::SIGINT, Signal::SIGPIPE]);
-    let found = (|| -> Result<(Store, Registry, Container), String> {
-        let store = Store::open(root).map_err(|e| e.to_string())?;
-        let reg = Registry::open(root).map_err(|e| e.to_string())?;
-        let c = reg.find(id).map_err(|e| e.to_string())?;
+    let found = (|| -> Result<(Store, Registry, Container), SuperviseError> {
+        let store = Store::open(root)?;
+        let reg = Registry::open(root)?;
+        let c = reg.find(id)?;
         Ok((store, reg, c))
     })();
     let (store, reg, c) = match found {
         Ok(x) => x,
         Err(e) => {
-            let f = StartFailure::runtime(e);
+            let f = StartFailure::runtime(e.to_string());
             report_failure(mode, &f);
             return f.code;
         }
@@ -103,12 +103,21 @@ pub fn supervise(root: &Path, id: &str, mode: Mode) -> i32 {
     }
 }
 
-fn remove_after_exit(store: &Store, reg: &Registry, c: &Container) -> Result<(), String> {
+/// What keeps the supervisor from finding or removing its container.
+#[derive(Debug, thiserror::Error)]
+enum SuperviseError {
+    /// The image store.
+    #[error(transparent)]
+    Store(#[from] strata_layerdb::Error),
+    /// The container registry.
+    #[error(transparent)]
+    Container(#[from] crate::container::Error),
+}
+
+fn remove_after_exit(store: &Store, reg: &Registry, c: &Container) -> Result<(), SuperviseError> {
     proc::unmount_all_under(&c.paths.dir);
-    reg.delete(c).map_err(|e| e.to_string())?;
-    store
-        .remove_image_user(&c.config.image_id, c.id().as_str())
-        .map_err(|e| e.to_string())?;
+    reg.delete(c)?;
+    store.remove_image_user(&c.config.image_id, c.id().as_str())?;
     Ok(())
 }
 
