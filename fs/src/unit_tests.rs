@@ -78,6 +78,13 @@ fn find(ov: &Overlay, path: &str) -> Result<Arc<Node>, Errno> {
     Ok(n)
 }
 
+/// Renames `from` to `to`, both in the root.
+fn rename_in_root(ov: &Overlay, from: &str, to: &str) -> Result<(), Errno> {
+    let r = root(ov);
+    let flags = fuser::RenameFlags::empty();
+    ov.rename(&r, OsStr::new(from), &r, OsStr::new(to), flags)
+}
+
 fn names(ov: &Overlay, dir: &str) -> Vec<String> {
     let d = if dir.is_empty() {
         root(ov)
@@ -157,22 +164,20 @@ fn renaming_a_lower_directory_moves_its_tree() {
         |_| {},
     );
     let ov = u.mount();
-    let r = root(&ov);
-    ov.rename(
-        &r,
-        OsStr::new("d"),
-        &r,
-        OsStr::new("e"),
-        fuser::RenameFlags::empty(),
-    )
-    .unwrap();
+    rename_in_root(&ov, "d", "e").unwrap();
     assert_eq!(names(&ov, ""), ["e"]);
     assert_eq!(names(&ov, "e"), ["sub", "x"]);
     assert_eq!(names(&ov, "e/sub"), ["y"]);
     assert_eq!(find(&ov, "d").err(), Some(Errno::ENOENT));
     let bad = fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_NOREPLACE;
     assert_eq!(
-        ov.rename(&r, OsStr::new("e"), &r, OsStr::new("f"), bad),
+        ov.rename(
+            &root(&ov),
+            OsStr::new("e"),
+            &root(&ov),
+            OsStr::new("f"),
+            bad
+        ),
         Err(Errno::EINVAL)
     );
 }
@@ -269,16 +274,7 @@ fn an_unlink_that_fails_half_way_changes_nothing() {
 
 #[test]
 fn a_rename_that_fails_half_way_changes_nothing() {
-    let rename = |ov: &Overlay| {
-        let r = root(ov);
-        ov.rename(
-            &r,
-            OsStr::new("f"),
-            &r,
-            OsStr::new("g"),
-            fuser::RenameFlags::empty(),
-        )
-    };
+    let rename = |ov: &Overlay| rename_in_root(ov, "f", "g");
     let lower = |l: &Path| put(l, "f");
     fails_cleanly(
         &Union::new(lower, |up| put(up, "f")),
@@ -318,11 +314,7 @@ fn lower_dir_rename_fails_cleanly(files: &[&str], deleted: &str, points: &[(&'st
             ov.unlink(&find(&ov, dir).unwrap(), OsStr::new(name))
                 .unwrap();
         }
-        fails_cleanly(&u, forms, points, |ov| {
-            let r = root(ov);
-            let flags = fuser::RenameFlags::empty();
-            ov.rename(&r, OsStr::new("d"), &r, OsStr::new("e"), flags)
-        });
+        fails_cleanly(&u, forms, points, |ov| rename_in_root(ov, "d", "e"));
     }
 }
 
@@ -363,15 +355,7 @@ fn renaming_a_lower_directory_with_hard_links_inside() {
             |_| {},
         );
         let ov = u.mount();
-        let r = root(&ov);
-        ov.rename(
-            &r,
-            OsStr::new("d"),
-            &r,
-            OsStr::new("e"),
-            fuser::RenameFlags::empty(),
-        )
-        .unwrap();
+        rename_in_root(&ov, "d", "e").unwrap();
         assert_eq!(names(&ov, "e"), ["hl", "sub"]);
         assert_eq!(names(&ov, "e/sub"), ["f"]);
         let a = fs::metadata(u.path("upper/e/hl")).unwrap();

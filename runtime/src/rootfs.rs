@@ -145,14 +145,7 @@ mod tests {
             dir: t.path().join("c"),
         };
         fs::create_dir_all(paths.init()).unwrap();
-        let cfg: ContainerConfig = serde_json::from_value(serde_json::json!({
-            "id": "a".repeat(64), "name": "n", "image": "i",
-            "image_id": format!("sha256:{}", "b".repeat(64)),
-            "created": "1970-01-01T00:00:00Z", "args": ["sh"], "env": [],
-            "workdir": "/", "user": "", "hostname": "h",
-            "volumes": [{"host": "/tmp", "target": "/mnt/v", "read_only": false}]
-        }))
-        .unwrap();
+        let cfg = config_with_a_volume();
         prepare_init_layer(&paths, &cfg, &[lower]).unwrap();
         let init = paths.init();
         assert_eq!(
@@ -162,6 +155,18 @@ mod tests {
         assert!(init.join("etc/hosts").is_file());
         assert!(init.join("mnt/v").is_dir());
         assert_eq!(fs::read_to_string(paths.hostname()).unwrap(), "h\n");
+    }
+
+    /// A container config with the hostname `h` and a volume at /mnt/v.
+    fn config_with_a_volume() -> ContainerConfig {
+        serde_json::from_value(serde_json::json!({
+            "id": "a".repeat(64), "name": "n", "image": "i",
+            "image_id": format!("sha256:{}", "b".repeat(64)),
+            "created": "1970-01-01T00:00:00Z", "args": ["sh"], "env": [],
+            "workdir": "/", "user": "", "hostname": "h",
+            "volumes": [{"host": "/tmp", "target": "/mnt/v", "read_only": false}]
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -179,14 +184,7 @@ mod tests {
             dir: t.path().join("c"),
         };
         fs::create_dir_all(paths.init()).unwrap();
-        let cfg: ContainerConfig = serde_json::from_value(serde_json::json!({
-            "id": "a".repeat(64), "name": "n", "image": "i",
-            "image_id": format!("sha256:{}", "b".repeat(64)),
-            "created": "1970-01-01T00:00:00Z", "args": ["sh"], "env": [],
-            "workdir": "/", "user": "", "hostname": "h",
-            "volumes": [{"host": "/tmp", "target": "/mnt/v", "read_only": false}]
-        }))
-        .unwrap();
+        let cfg = config_with_a_volume();
         prepare_init_layer(&paths, &cfg, &[lower]).unwrap();
         let init = paths.init();
         assert!(!init.join("etc").exists());
