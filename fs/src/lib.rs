@@ -73,7 +73,7 @@ pub enum MountError {
     },
     #[error("{kind} {dir} is in use by another live mount; unmount that one first (two mounts sharing an upperdir or workdir corrupt each other)")]
     InUse { kind: &'static str, dir: PathBuf },
-    #[error("cannot open /dev/fuse: {0} (is the fuse module loaded?)")]
+    #[error("cannot open /dev/fuse: {0}; the fuse module must be loaded and /dev/fuse readable and writable by the user (mode 0666, as Debian's fuse3 package makes it)")]
     Device(Errno),
     #[error("mount of {0} failed: {1}")]
     Mount(PathBuf, Errno),
@@ -330,7 +330,16 @@ impl Prepared {
         // namespace may be refused /dev/fuse too, and then fusermount3 is
         // the way, as for any other user.
         let privileged = sys::has_init_cap_sys_admin();
-        let direct = sys::open_fuse_device().and_then(|dev| {
+        // A setuid fusermount3 is no help in a user namespace: the host's
+        // root is not mapped there, so it runs without its privilege.
+        let fusermount_helps = !privileged && !sys::in_user_namespace();
+        let opened = sys::open_fuse_device();
+        if let Err(e @ (Errno::EACCES | Errno::EPERM | Errno::ENOENT | Errno::ENODEV)) = opened {
+            if !fusermount_helps {
+                return Err(MountError::Device(e));
+            }
+        }
+        let direct = opened.and_then(|dev| {
             sys::mount_fuse(
                 dev.as_fd(),
                 &mnt,
@@ -345,7 +354,7 @@ impl Prepared {
             Ok(dev) => (dev, None),
             // A user who may not open /dev/fuse or mount: the setuid
             // fusermount3 mounts, as libfuse does for fuse-overlayfs.
-            Err(Errno::EACCES | Errno::EPERM) if !privileged => {
+            Err(Errno::EACCES | Errno::EPERM) if fusermount_helps => {
                 let (dev, sock) = sys::mount_fuse_fusermount(&mnt, &fusermount_options(flags))
                     .map_err(|e| MountError::Mount(mnt.clone(), e))?;
                 (dev, Some(sock))

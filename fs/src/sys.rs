@@ -256,15 +256,22 @@ pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
     f.as_fd()
 }
 
+/// Whether this process runs in a user namespace other than the initial
+/// one (whose map is the identity of every id). There a setuid program
+/// owned by the host's root (fusermount3) runs without its privilege.
+pub fn in_user_namespace() -> bool {
+    !std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        f == ["0", "0", "4294967295"]
+    })
+}
+
 /// Whether this process holds `CAP_SYS_ADMIN` in the initial user
 /// namespace: what FUSE passthrough (backing files) and `trusted.*` xattrs
 /// need. Root in a user namespace does not.
 pub fn has_init_cap_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
-    let initial_ns = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
-        let f: Vec<&str> = m.split_whitespace().collect();
-        f == ["0", "0", "4294967295"]
-    });
+    let initial_ns = !in_user_namespace();
     let cap_eff = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

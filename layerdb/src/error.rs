@@ -48,6 +48,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file's owner is not mapped in the user namespace the store is
+    /// used from (rootless, with too few subordinate ids).
+    #[error("cannot give {path} the owner {uid}:{gid}: not mapped in this user namespace; give the user a range of 65536 ids in /etc/subuid and /etc/subgid")]
+    UnmappedOwner {
+        /// The entry's path in the layer.
+        path: String,
+        /// The owner's uid in the tar.
+        uid: u32,
+        /// The owner's gid.
+        gid: u32,
+    },
+
     /// A tar stream is not a valid tar (bad checksum, truncated, garbage).
     #[error("corrupt tar stream {what}: {reason}")]
     CorruptTar {

@@ -40,21 +40,14 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use tracing::warn;
 
+use crate::abilities::Abilities;
 use crate::error::{Error, Result};
 use crate::ids::{DiffId, Hasher};
 use crate::tarfmt::{padding, EntryKind, ExtBudget, RawHeader, BLOCK};
 use crate::tarsplit::SplitWriter;
 use strata_ovl::names::EntryName;
 use strata_ovl::sys as ovl_sys;
-use strata_ovl::{is_private_xattr, layer, Forms, OpaqueForm, RelPath, WhiteoutForm, XattrNs};
-
-/// The forms an unprivileged store writes: `.wh.NAME` whiteouts and the
-/// kernel's `userxattr` opaque marker.
-const UNPRIVILEGED_FORMS: Forms = Forms {
-    whiteout: WhiteoutForm::WhFile,
-    opaque: OpaqueForm::Xattr(XattrNs::User),
-    xattrs: Some(XattrNs::User),
-};
+use strata_ovl::{is_private_xattr, layer, Forms, RelPath, WhiteoutForm};
 
 /// What an extraction produced.
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +266,7 @@ struct DirMeta {
 struct Extractor {
     root: OwnedFd,
     root_path: PathBuf,
-    privileged: bool,
+    can: Abilities,
     forms: Forms,
     explicit_dirs: HashSet<Vec<u8>>,
     dirs: Vec<DirMeta>,
@@ -364,9 +357,16 @@ impl Extractor {
             if is_private_xattr(k) {
                 continue;
             }
-            if !self.privileged && (k.starts_with(b"trusted.") || k.starts_with(b"security.")) {
+            let allowed = if k.starts_with(b"trusted.") {
+                self.can.trusted_xattrs
+            } else if k.starts_with(b"security.") {
+                self.can.owners
+            } else {
+                true
+            };
+            if !allowed {
                 warn!(path = %String::from_utf8_lossy(rel), xattr = %String::from_utf8_lossy(k),
-                      "xattr dropped in an unprivileged store");
+                      "xattr dropped: not permitted here");
                 continue;
             }
             let cname = |b: &[u8]| {
@@ -394,15 +394,25 @@ impl Extractor {
         e: &Entry,
         chmod: bool,
     ) -> Result<()> {
-        if self.privileged {
-            nix::unistd::fchownat(
+        if self.can.owners {
+            match nix::unistd::fchownat(
                 dir,
                 name,
                 Some(Uid::from_raw(e.uid)),
                 Some(Gid::from_raw(e.gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|err| Error::io("chown", self.host_path(rel), err.into()))?;
+            ) {
+                Ok(()) => {}
+                // The owner is not mapped in this user namespace.
+                Err(Errno::EINVAL) => {
+                    return Err(Error::UnmappedOwner {
+                        path: String::from_utf8_lossy(rel).into_owned(),
+                        uid: e.uid,
+                        gid: e.gid,
+                    })
+                }
+                Err(err) => return Err(Error::io("chown", self.host_path(rel), err.into())),
+            }
         }
         if chmod {
             nix::sys::stat::fchmodat(
@@ -618,7 +628,9 @@ impl Extractor {
             return Err(Error::bad_entry(raw, "hard link to the layer root"));
         }
         let (tp, tb) = split_parent(&t);
-        let tdir = match open_beneath(self.root.as_fd(), tp) {
+        // A target at the layer's root is in the root itself (openat2 of an
+        // empty path fails).
+        let tdir = match open_beneath(self.root.as_fd(), if tp.is_empty() { b"." } else { tp }) {
             Ok(fd) => fd,
             Err(_) => {
                 return Err(Error::bad_entry(
@@ -652,7 +664,9 @@ impl Extractor {
         Ok(())
     }
 
-    /// A character or block device; refused in an unprivileged store.
+    /// A character or block device. Where devices cannot be made (a user
+    /// namespace) it is skipped with a warning, as docker and
+    /// containers/storage do there; an unprivileged store refuses it.
     fn device(
         &self,
         dir: BorrowedFd<'_>,
@@ -661,11 +675,15 @@ impl Extractor {
         e: &Entry,
         (ma, mi): (u32, u32),
     ) -> Result<()> {
-        if !self.privileged {
-            return Err(Error::bad_entry(
-                &e.raw_name,
-                "device node in an unprivileged store",
-            ));
+        if !self.can.devices {
+            if !self.can.owners {
+                return Err(Error::bad_entry(
+                    &e.raw_name,
+                    "device node in an unprivileged store",
+                ));
+            }
+            warn!(path = %String::from_utf8_lossy(p), "device node skipped: devices cannot be made in a user namespace");
+            return Ok(());
         }
         let kind = if matches!(e.kind, EntryKind::Char(..)) {
             SFlag::S_IFCHR
@@ -740,7 +758,7 @@ pub(crate) fn extract<R: Read, S: Write>(
     input: R,
     dest: &Path,
     split: &mut SplitWriter<S>,
-    privileged: bool,
+    can: Abilities,
     what: &str,
 ) -> Result<Extracted> {
     let root = nix::fcntl::open(
@@ -752,12 +770,8 @@ pub(crate) fn extract<R: Read, S: Write>(
     let mut ex = Extractor {
         root,
         root_path: dest.to_path_buf(),
-        privileged,
-        forms: if privileged {
-            Forms::KERNEL
-        } else {
-            UNPRIVILEGED_FORMS
-        },
+        can,
+        forms: can.forms,
         explicit_dirs: HashSet::new(),
         dirs: Vec::new(),
         cache: None,

@@ -42,6 +42,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod abilities;
 pub mod archive;
 pub mod buildcache;
 pub mod check;
@@ -60,6 +61,7 @@ pub mod tarbounds;
 pub(crate) mod tarfmt;
 pub mod tarsplit;
 
+pub use abilities::Abilities;
 pub use archive::{Compression, LoadOptions, LoadedImage, SaveFormat};
 pub use check::{CheckReport, Problem};
 pub use config::{CommitMeta, ConfigChange, ImageConfig};

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::abilities::Abilities;
 use crate::config::{self, ConfigChange, ImageConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::extract;
@@ -182,7 +183,7 @@ pub struct StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-    privileged: bool,
+    abilities: Abilities,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -228,8 +229,9 @@ impl<R: Read> Read for HashingReader<R> {
 impl Store {
     /// Opens (creating it if needed) the store at `root`.
     ///
-    /// The store is privileged (device whiteouts, owners, device nodes,
-    /// `trusted.*` xattrs) when the process runs as root.
+    /// What the store may do (owners, device nodes, `trusted.*` xattrs,
+    /// device whiteouts) is probed in its `tmp` directory: see
+    /// [`Abilities`].
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         Store::open_with(root, &StoreOptions::default())
     }
@@ -251,10 +253,12 @@ impl Store {
             .mode(0o600)
             .open(&lock)
             .ctx("create", &lock)?;
-        Ok(Store {
-            root,
-            privileged: !opts.unprivileged && nix::unistd::geteuid().is_root(),
-        })
+        let abilities = if opts.unprivileged {
+            Abilities::UNPRIVILEGED
+        } else {
+            Abilities::probe(&root.join("tmp"))?
+        };
+        Ok(Store { root, abilities })
     }
 
     /// The root a user means: `explicit`, else `$STRATA_ROOT`, else
@@ -279,9 +283,10 @@ impl Store {
         &self.root
     }
 
-    /// Whether the store writes device whiteouts, owners and devices.
-    pub fn is_privileged(&self) -> bool {
-        self.privileged
+    /// What extraction may do here (owners, devices, `trusted.*`, the
+    /// forms written), as probed at open.
+    pub fn abilities(&self) -> Abilities {
+        self.abilities
     }
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
@@ -360,7 +365,7 @@ impl Store {
             .map_err(|e| Error::io("zstd", &split_path, e))?;
         let mut split = SplitWriter::new(enc).map_err(|e| Error::io("write", &split_path, e))?;
         let input = extract::decompress(reader, what)?;
-        let ex = extract::extract(input, &diff, &mut split, self.privileged, what)?;
+        let ex = extract::extract(input, &diff, &mut split, self.abilities, what)?;
         let enc = split
             .finish()
             .map_err(|e| Error::io("write", &split_path, e))?;

@@ -130,3 +130,24 @@ fn long_names_pax_and_gnu_round_trip_byte_for_byte() {
     assert_eq!(rebuilt, tar);
     assert_eq!(info.layers[0].diff_id.0, Digest::of(&tar));
 }
+
+/// A hard link whose target sits at the layer's root (what `commit` packs
+/// after `ln /bin/busybox /bb2`: `bb2` sorts first, `bin/busybox` links to
+/// it) was refused as "not in this layer".
+#[test]
+fn hard_link_to_a_file_at_the_layer_root() {
+    let tar = TarBuilder::new()
+        .file("bb2", b"data")
+        .dir("bin/")
+        .hardlink("bin/busybox", "bb2")
+        .build();
+    let (_d, store) = store();
+    store.import(&mut &tar[..], &opts("hl")).unwrap();
+    let root = &store.inspect("hl").unwrap().layers[0].path;
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        fs::metadata(root.join("bb2")).unwrap(),
+        fs::metadata(root.join("bin/busybox")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+}

@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The store directory (default /var/lib/strata).
+    /// The store directory (default /var/lib/strata; for an ordinary user
+    /// $XDG_DATA_HOME/strata, i.e. ~/.local/share/strata).
     #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// The command.
@@ -117,6 +118,15 @@ pub enum Command {
     Attach {
         /// The container.
         container: String,
+    },
+    /// Run a command in the rootless namespace (as root there, with the
+    /// user's subordinate ids mapped), as `podman unshare` does; default
+    /// `$SHELL`. As root: runs the command as is.
+    #[command(trailing_var_arg = true)]
+    Unshare {
+        /// The command and its arguments.
+        #[arg(allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
@@ -773,6 +783,14 @@ pub struct ExecArgs {
 /// Errors are printed as `Error: ...` on stderr.
 pub fn main() -> i32 {
     crate::sys::default_sigpipe();
+    // `STRATA_LOG=debug` (or any tracing filter): the logs of strata and
+    // the libraries it runs (libcontainer), on stderr.
+    if let Some(filter) = std::env::var_os("STRATA_LOG").filter(|v| !v.is_empty()) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter.to_string_lossy()))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -108,6 +108,9 @@ pub struct Started {
 
 impl Drop for Started {
     fn drop(&mut self) {
+        // The init of the container's PID namespace: its end ends every
+        // process in there, with or without a cgroup to kill (rootless).
+        kill_init(self.pid);
         let _ = self.oci.refresh_status();
         let _ = self.oci.delete(true);
     }
@@ -184,10 +187,12 @@ pub fn start(
     let pid = oci.pid();
     if let (Some(p), true) = (pid, own_netns) {
         if let Err(e) = loopback_up_in(libc::pid_t::from(p)) {
+            kill_init(our_pid(p));
             let _ = oci.delete(true);
             return Err(failure("bring up lo in the container", e));
         }
         if let Err(f) = on_created(libc::pid_t::from(p)) {
+            kill_init(our_pid(p));
             let _ = oci.delete(true);
             return Err(f);
         }
@@ -205,6 +210,19 @@ pub fn start(
     };
     started.map_err(|e| failure("cannot start the container", e))?;
     Ok(s)
+}
+
+/// Kills a container's init and reaps it, if it is still an unreaped
+/// child of this process (never a recycled pid: a reaped child is no
+/// longer ours to wait for).
+fn kill_init(pid: Pid) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    if let Ok(WaitStatus::StillAlive) =
+        waitpid(pid, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL))
+    {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
+    }
 }
 
 /// Brings up `lo` in the network namespace of process `pid`, from a

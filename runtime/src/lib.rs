@@ -41,6 +41,7 @@ pub mod proc;
 pub mod process;
 pub mod resources;
 pub mod rootfs;
+pub mod rootless;
 pub mod security;
 pub mod signal;
 pub mod spec;

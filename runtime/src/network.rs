@@ -418,6 +418,7 @@ pub fn start(c: &Container, pid: libc::pid_t) -> Result<Option<Helper>, StartFai
         return Ok(None);
     }
     let prog = helper_program(cfg.network)?;
+    tun_usable(cfg.network)?;
     let ports = resolve_ports(&cfg.ports)?;
     let log = c.paths.dir.join("network.log");
     let _ = std::fs::remove_file(&log);
@@ -447,6 +448,19 @@ pub fn start(c: &Container, pid: libc::pid_t) -> Result<Option<Helper>, StartFai
         return Err(fail("the helper exited", &st));
     }
     Ok(Some(helper))
+}
+
+/// pasta and slirp4netns open `/dev/net/tun` inside the namespace: without
+/// `CAP_DAC_OVERRIDE` of the host (rootless) it must be open to all.
+fn tun_usable(net: Network) -> Result<(), StartFailure> {
+    use nix::unistd::{access, AccessFlags};
+    match access("/dev/net/tun", AccessFlags::R_OK | AccessFlags::W_OK) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(StartFailure::runtime(format!(
+            "--network {}: /dev/net/tun: {e}; user-mode networking needs it readable and writable by the user (mode 0666, as Debian makes it), or use --network none",
+            name(net)
+        ))),
+    }
 }
 
 /// The deadline for a helper to say it is ready.

@@ -68,6 +68,9 @@ pub struct ProcessInputs<'a> {
     /// in the container's tree (then the container's own copies are bound
     /// onto them).
     pub etc_files: [bool; 3],
+    /// The runtime runs in a user namespace: no cgroup limits or device
+    /// rules in the spec.
+    pub rootless: bool,
 }
 
 fn bind(src: &Path, dst: &str, ro: bool) -> Value {
@@ -96,9 +99,16 @@ pub fn spec(c: &Container, p: &ProcessInputs<'_>) -> Result<Value, SeccompError>
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["nosuid", "noexec", "nodev", "relatime", if sec.privileged { "rw" } else { "ro" }]}),
     ];
+    mounts.push(if p.rootless {
+        // A cgroup filesystem cannot be mounted without a cgroup namespace
+        // of its own: the namespace's hierarchy, bound read-only.
+        json!({"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup",
+               "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"]})
+    } else {
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", if sec.privileged { "rw" } else { "ro" }]})
+    });
     let etc = [
         (c.paths.hostname(), "/etc/hostname"),
         (c.paths.hosts(), "/etc/hosts"),
@@ -147,8 +157,13 @@ pub fn spec(c: &Container, p: &ProcessInputs<'_>) -> Result<Value, SeccompError>
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": resources::cgroups_path(c.id().as_str()),
-        "resources": res,
     });
+    // In a user namespace (rootless) devices are what the kernel lets it
+    // have (bind mounts of the host's, no mknod), and cgroups are best
+    // effort: limits are not promised where they cannot be kept.
+    if !p.rootless {
+        linux["resources"] = res;
+    }
     if !sec.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -210,6 +225,7 @@ mod tests {
             env: vec!["PATH=/bin".into()],
             console: None,
             etc_files: [true, true, false],
+            rootless: false,
         }
     }
 

@@ -377,6 +377,7 @@ fn container_spec(
         user: &user,
         env,
         console,
+        rootless: strata_fs::sys::in_user_namespace(),
         etc_files: [
             is_file("/etc/hostname"),
             is_file("/etc/hosts"),

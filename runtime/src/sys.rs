@@ -267,3 +267,17 @@ pub fn spawn_tied(
     };
     cmd.spawn()
 }
+
+/// Points stdin, stdout and stderr at `/dev/null` and closes every other
+/// descriptor: a daemon that must not hold its caller's pipes open.
+pub fn detach_stdio_and_close_all() {
+    if let Ok(null) = dev_null() {
+        for fd in 0..3 {
+            let _ = dup_onto(null.as_fd(), fd);
+        }
+    }
+    // SAFETY: close_range(2) closes descriptors 3 and up; nothing in this
+    // process uses them after the call (callers are forked daemons that
+    // hold no `OwnedFd` they will use or drop afterwards).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}

@@ -69,6 +69,13 @@ pub(super) fn create_container(ctx: &Ctx, a: &RunArgs) -> Result<Container> {
     let info = ctx.store.inspect(image_ref)?;
     let id = ContainerId::generate();
     let config = spec::build(id, image_ref, &info, cmd, &run_flags(a)?)?;
+    if config.resources != crate::resources::Resources::default()
+        && strata_fs::sys::in_user_namespace()
+    {
+        eprintln!(
+            "WARNING: resource limits are ignored: a rootless container cannot set cgroup limits without cgroup v2 delegation"
+        );
+    }
     let lowers: Vec<PathBuf> = info.layers.iter().rev().map(|l| l.path.clone()).collect();
     let c = ctx.reg.create(config, |paths, cfg| {
         crate::rootfs::prepare_init_layer(paths, cfg, &lowers).map_err(|err| {

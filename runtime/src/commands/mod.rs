@@ -54,6 +54,10 @@ pub struct Ctx {
 impl Ctx {
     fn open(root: Option<PathBuf>) -> Result<Ctx> {
         let root = Store::default_root(root.as_deref());
+        Ctx::open_at(root)
+    }
+
+    fn open_at(root: PathBuf) -> Result<Ctx> {
         let store = Store::open(&root)
             .with_context(|| format!("cannot open the store at {}", root.display()))?;
         let reg = Registry::open(&root)
@@ -69,7 +73,26 @@ impl Ctx {
 /// Runs a parsed command line: one line per command, the work in the
 /// module that owns it.
 pub fn dispatch(cli: Cli) -> Result<i32> {
-    let ctx = Ctx::open(cli.root)?;
+    // Before anything starts a thread: an ordinary user's commands run in
+    // the user's rootless namespace, on the user's store.
+    let rootless = match &cli.command {
+        Command::Completion { .. } | Command::Login(_) | Command::Logout { .. } => None,
+        _ if !nix::unistd::geteuid().is_root() => Some(crate::rootless::enter()?),
+        _ => None,
+    };
+    if let Command::Unshare { command } = &cli.command {
+        return unshare(command);
+    }
+    let explicit = cli.root.or_else(|| {
+        std::env::var_os("STRATA_ROOT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let ctx = match (explicit, rootless) {
+        (Some(root), _) => Ctx::open_at(root)?,
+        (None, Some(dirs)) => Ctx::open_at(dirs.store)?,
+        (None, None) => Ctx::open(None)?,
+    };
     match cli.command {
         Command::Images(a) | Command::Image(ImageCommand::Ls(a)) => images::images(&ctx, &a),
         Command::Import(a) => images::import(&ctx, &a),
@@ -93,6 +116,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Exec(a) => exec::exec(&ctx, &a),
         Command::Attach { container } => lifecycle::attach_logs(&ctx, &container),
         Command::Completion { shell } => completion(shell),
+        Command::Unshare { command } => unshare(&command),
         Command::Diff { container } => files::diff(&ctx, &container),
         Command::Commit(a) => files::commit_cmd(&ctx, &a),
         Command::Export { output, container } => files::export_cmd(&ctx, &container, &output),
@@ -115,6 +139,33 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Supervise(a) => internal::supervise(&ctx, &a),
         Command::ServeMount(a) => internal::serve_mount(a),
     }
+}
+
+/// `unshare`: runs a command (default `$SHELL`) where this process is, in
+/// the rootless namespace for an ordinary user; its exit code.
+fn unshare(command: &[String]) -> Result<i32> {
+    let (prog, args) = match command.split_first() {
+        Some((p, a)) => (p.clone(), a.to_vec()),
+        None => (
+            std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
+            Vec::new(),
+        ),
+    };
+    let status = std::process::Command::new(&prog)
+        .args(&args)
+        .status()
+        .map_err(|e| Exit {
+            code: if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            },
+            message: format!("cannot run {prog}: {e}"),
+        })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// `completion`: the shell completion script of this command line.
