@@ -264,10 +264,19 @@ fn join(pause: ProcId) -> Result<()> {
     if !pause.is_alive() {
         return Err(sys_err("join the pause process")(Errno::ESRCH));
     }
+    // Joining a mount namespace moves the caller to its root: relative
+    // paths on the command line must keep meaning the caller's directory.
+    let cwd = nix::fcntl::open(
+        ".",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys_err("open the working directory"))?;
     nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER)
         .map_err(sys_err("join the user namespace"))?;
     nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS)
         .map_err(sys_err("join the mount namespace"))?;
+    nix::unistd::fchdir(cwd).map_err(sys_err("return to the working directory"))?;
     // Root in there, with its capabilities.
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
         .map_err(sys_err("setresgid"))?;

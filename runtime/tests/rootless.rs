@@ -1,0 +1,437 @@
+//! `strata` as an ordinary user: the test makes a user with subordinate id
+//! ranges and runs the `strata` binary as that user (`runuser`), with the
+//! default store (`~/.local/share/strata`) and run directory
+//! (`$XDG_RUNTIME_DIR/strata`): load, run with `-p`, exec, commit, build,
+//! push and pull against a loopback registry. It also checks the one-line
+//! errors for what a rootless user may lack.
+//!
+//! This machine's `/dev/fuse` and `/dev/net/tun` are 0600 (Debian makes
+//! them 0666): the tests open them to all for their run and put the modes
+//! back on drop. One lock serialises the tests of this file, which share
+//! those modes; the user, its id ranges, its processes (the pause process
+//! among them) and its files go on drop, also when a step fails.
+
+mod common;
+mod registry_support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use common::Run;
+
+static DEVICES: Mutex<()> = Mutex::new(());
+
+/// Device nodes opened to all users, their modes restored on drop.
+struct OpenDevices(Vec<(PathBuf, u32)>);
+
+impl OpenDevices {
+    fn set(paths: &[&str], mode: u32) -> OpenDevices {
+        let mut saved = Vec::new();
+        for p in paths {
+            let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            saved.push((PathBuf::from(p), m.mode() & 0o7777));
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        OpenDevices(saved)
+    }
+}
+
+impl Drop for OpenDevices {
+    fn drop(&mut self) {
+        for (p, mode) in &self.0 {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*mode));
+        }
+    }
+}
+
+/// Removes the lines naming `user` from /etc/subuid or /etc/subgid.
+fn drop_range(file: &str, user: &str) {
+    if let Ok(s) = std::fs::read_to_string(file) {
+        let kept: String = s
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{user}:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let _ = std::fs::write(file, kept);
+    }
+}
+
+/// An ordinary user with a home and a runtime directory under a test
+/// directory, and a copy of `strata` it may run.
+struct User {
+    name: String,
+    uid: u32,
+    /// The first id of its subordinate range (none when `None`).
+    base: Option<u32>,
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+}
+
+impl User {
+    fn new(tag: &str, with_range: bool) -> User {
+        let name = format!("strt{}{tag}", std::process::id() % 100_000);
+        let dir = tempfile::Builder::new()
+            .prefix("strata-user-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = dir.path().join("home");
+        let ok = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", "-d"])
+            .arg(&home)
+            .arg(&name)
+            .status()
+            .expect("run useradd")
+            .success();
+        assert!(ok, "useradd {name}");
+        // useradd may have given it a range: the test decides.
+        drop_range("/etc/subuid", &name);
+        drop_range("/etc/subgid", &name);
+        let uid = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .expect("the new user")
+            .uid
+            .as_raw();
+        let base = with_range.then(|| 600_000 + (std::process::id() % 1000) * 65_536);
+        let mut u = User {
+            name,
+            uid,
+            base,
+            dir,
+            exe: PathBuf::new(),
+        };
+        if let Some(base) = base {
+            for file in ["/etc/subuid", "/etc/subgid"] {
+                let mut s = std::fs::read_to_string(file).unwrap_or_default();
+                s.push_str(&format!("{}:{base}:65536\n", u.name));
+                std::fs::write(file, s).unwrap();
+            }
+        }
+        for d in ["home", "run"] {
+            let p = u.dir.path().join(d);
+            std::fs::create_dir(&p).unwrap();
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+        }
+        std::fs::set_permissions(
+            u.dir.path().join("run"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        u.exe = u.dir.path().join("strata");
+        std::fs::copy(env!("CARGO_BIN_EXE_strata"), &u.exe).unwrap();
+        u
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// A file the user owns, in its home.
+    fn give(&self, name: &str, from: &Path) -> PathBuf {
+        let to = self.home().join(name);
+        std::fs::copy(from, &to).unwrap();
+        std::os::unix::fs::chown(&to, Some(self.uid), Some(self.uid)).unwrap();
+        to
+    }
+
+    fn strata(&self, args: &[&str]) -> Run {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home().display()))
+            .arg(format!(
+                "XDG_RUNTIME_DIR={}",
+                self.dir.path().join("run").display()
+            ))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(&self.exe)
+            .args(args)
+            .current_dir(self.home())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run strata as the user")
+            .into()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.strata(args);
+        assert_eq!(r.code, 0, "rootless strata {args:?}: {r:?}");
+        r.stdout
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = self.strata(&["rm", "-f", "web"]);
+        // Whatever still runs as the user: supervisors left by a failed
+        // step, the pause process.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .status();
+        for _ in 0..100 {
+            let left = Command::new("pgrep")
+                .args(["-u", &self.name])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !left {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = Command::new("userdel").arg(&self.name).status();
+        drop_range("/etc/subuid", &self.name);
+        drop_range("/etc/subgid", &self.name);
+    }
+}
+
+/// One HTTP/1.0 GET from the host; the body, empty while nothing answers.
+fn http_get(port: u16, path: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    if write!(s, "GET {path} HTTP/1.0\r\n\r\n").is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have_uidmap() -> bool {
+    registry_support::have("newuidmap", "uidmap")
+}
+
+#[test]
+fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
+    if !have_uidmap() {
+        return;
+    }
+    let _serial = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    let _open = OpenDevices::set(&["/dev/fuse", "/dev/net/tun"], 0o666);
+    let u = User::new("a", true);
+    let base = u.base.unwrap();
+    let archive = u.give("busybox.tar", &common::fixture());
+    u.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(u.ok(&["images"]).contains("localhost/busybox"));
+
+    // The store and run state are the user's, where XDG says.
+    let store = u.home().join(".local/share/strata");
+    assert_eq!(std::fs::metadata(&store).unwrap().uid(), u.uid);
+    let pause = u.dir.path().join("run/strata/pause.pid");
+    assert!(pause.is_file(), "no pause process recorded");
+    // Root of the image is the user on disk (no chown storm: extraction
+    // gave each file its owner through the namespace's mapping).
+    let layers = store.join("layers");
+    let any_layer = std::fs::read_dir(&layers).unwrap().next().unwrap().unwrap();
+    let bin = any_layer.path().join("diff/bin");
+    assert_eq!(std::fs::metadata(&bin).unwrap().uid(), u.uid);
+
+    // Inside: root, the subordinate range mapped.
+    let out = u.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map",
+    ]);
+    assert!(out.starts_with("0\n"), "{out}");
+    assert!(out.contains(&base.to_string()), "{out}");
+
+    // A web server published on the host's loopback (pasta).
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    u.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &publish,
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = http_get(port, "/index.html");
+        if body == "hello\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(body, "hello\n");
+    assert!(u
+        .ok(&["port", "web"])
+        .contains(&format!("127.0.0.1:{port}")));
+
+    // exec: what rootless podman users hit first (rename of an image
+    // directory, rm -rf then mkdir, hard links, owners of the range).
+    u.ok(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "mv /etc /etc2 && rm -rf /root && mkdir /root && ln /bin/busybox /bb2 \
+         && touch /owned && chown 1234:5678 /owned",
+    ]);
+    let upper_owned = std::fs::read_dir(store.join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("upper/owned"))
+        .find(|p| p.exists())
+        .expect("the container's upper directory");
+    let m = std::fs::metadata(&upper_owned).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (base + 1233, base + 5677),
+        "owner on disk"
+    );
+    // cp both ways, export.
+    let note = u.home().join("note.txt");
+    std::fs::write(&note, "from the host\n").unwrap();
+    std::os::unix::fs::chown(&note, Some(u.uid), Some(u.uid)).unwrap();
+    u.ok(&["cp", note.to_str().unwrap(), "web:/note.txt"]);
+    u.ok(&["cp", "web:/etc2/passwd", "passwd.out"]);
+    assert!(std::fs::read_to_string(u.home().join("passwd.out"))
+        .unwrap()
+        .starts_with("root:"));
+    u.ok(&["export", "-o", "web.tar", "web"]);
+    let listing = Command::new("tar")
+        .args(["-tf"])
+        .arg(u.home().join("web.tar"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "note.txt"),
+        "{listing}"
+    );
+    u.ok(&["stop", "-t", "1", "web"]);
+    u.ok(&["commit", "web", "mine:1"]);
+    u.ok(&["rm", "web"]);
+    let out = u.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "mine:1",
+        "sh",
+        "-c",
+        "ls -d /etc2 /root; test ! -e /etc && echo gone; stat -c '%i %h' /bb2 /bin/busybox; stat -c '%u:%g' /owned",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..3], ["/etc2", "/root", "gone"], "{out}");
+    assert_eq!(lines[3], lines[4], "hard link kept: {out}");
+    assert_eq!(lines[5], "1234:5678", "{out}");
+
+    // build: RUN steps that delete, rename and hard-link image files, COPY.
+    let ctx = u.home().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Containerfile"),
+        "FROM mine:1\nRUN rm -rf /etc2 && mv /root /root2 && ln /bb2 /bb3 && echo built > /built\nCOPY f.txt /f.txt\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("f.txt"), "copied\n").unwrap();
+    for p in [&ctx, &ctx.join("Containerfile"), &ctx.join("f.txt")] {
+        std::os::unix::fs::chown(p, Some(u.uid), Some(u.uid)).unwrap();
+    }
+    u.ok(&["build", "-t", "built:1", ctx.to_str().unwrap()]);
+    let check = "cat /built /f.txt; test ! -e /etc2 && test -d /root2 && stat -c %h /bb3";
+    let out = u.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "built:1",
+        "sh",
+        "-c",
+        check,
+    ]);
+    assert_eq!(out, "built\ncopied\n3\n");
+
+    // push and pull through a registry on the host's loopback.
+    let Some(reg) = registry_support::Registry::start(None) else {
+        return;
+    };
+    let remote = format!("{}/rootless/built:1", reg.addr);
+    u.ok(&["save", "-o", "built.tar", "built:1"]);
+    assert!(std::fs::metadata(u.home().join("built.tar")).unwrap().len() > 1000);
+    u.ok(&["push", "built:1", &remote]);
+    u.ok(&["rmi", "built:1"]);
+    u.ok(&["pull", &remote]);
+    let out = u.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &remote,
+        "sh",
+        "-c",
+        check,
+    ]);
+    assert_eq!(out, "built\ncopied\n3\n");
+}
+
+#[test]
+fn what_a_rootless_user_lacks_is_named_in_one_line() {
+    if !have_uidmap() {
+        return;
+    }
+    let _serial = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    // No subordinate ids.
+    let bare = User::new("b", false);
+    let r = bare.strata(&["images"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("/etc/subuid") && r.stderr.contains("usermod"),
+        "{r:?}"
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{r:?}");
+    drop(bare);
+
+    let u = User::new("c", true);
+    let archive = u.give("busybox.tar", &common::fixture());
+    u.ok(&["load", "-i", archive.to_str().unwrap()]);
+    // /dev/fuse closed to the user: fusermount3 cannot help in a user
+    // namespace, so the error says what to change.
+    {
+        let _closed = OpenDevices::set(&["/dev/fuse"], 0o600);
+        let r = u.strata(&["run", "--rm", "--network", "none", "busybox", "true"]);
+        assert_eq!(r.code, 125, "{r:?}");
+        assert!(
+            r.stderr.contains("/dev/fuse") && r.stderr.contains("0666"),
+            "{r:?}"
+        );
+    }
+    // /dev/net/tun closed: user-mode networking cannot start.
+    let _fuse = OpenDevices::set(&["/dev/fuse"], 0o666);
+    let _tun = OpenDevices::set(&["/dev/net/tun"], 0o600);
+    let r = u.strata(&["run", "--rm", "busybox", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("/dev/net/tun") && r.stderr.contains("--network none"),
+        "{r:?}"
+    );
+    // And nothing is left running for it but the pause process.
+    assert_eq!(u.ok(&["ps", "-q"]), "");
+}
