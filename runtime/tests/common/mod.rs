@@ -116,14 +116,14 @@ impl Env {
             .collect()
     }
 
-    /// The STATUS column of container `name`.
+    /// The STATUS column of container `name` (asked with `--format`, so
+    /// an empty or filled PORTS column does not shift it).
     pub fn status(&self, name: &str) -> String {
-        let row = self
-            .ps()
-            .into_iter()
-            .find(|r| r.last().map(String::as_str) == Some(name))
-            .unwrap_or_else(|| panic!("{name} not in ps -a"));
-        row[row.len() - 2].clone()
+        let out = self.ok(&["ps", "-a", "--format", "{{.Names}}\t{{.Status}}"]);
+        out.lines()
+            .find_map(|l| l.split_once('\t').filter(|(n, _)| *n == name))
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_else(|| panic!("{name} not in ps -a"))
     }
 
     /// `inspect -f TEMPLATE NAME`, trimmed.
