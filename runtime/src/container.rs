@@ -581,7 +581,12 @@ impl Registry {
         crate::launch::clean_stale(&c.paths, c.id().as_str());
         let _l = self.lock()?;
         let grave = self.dir.join(format!(".rm-{}", c.config.id));
-        fs::rename(&c.paths.dir, &grave).ctx("rename", &c.paths.dir)?;
+        match fs::rename(&c.paths.dir, &grave) {
+            Ok(()) => {}
+            // Removed meanwhile (a `run --rm` supervisor racing `rm -f`).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("rename", &c.paths.dir),
+        }
         fs::remove_dir_all(&grave).ctx("remove", &grave)
     }
 

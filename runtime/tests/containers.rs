@@ -789,3 +789,29 @@ fn attached_output_is_logged_and_no_descriptor_leaks_in() {
     assert_eq!(fds.lines().count(), 4, "{fds}");
     assert!(!fds.lines().any(|l| l == "7"), "{fds}");
 }
+
+/// `rm -f` of a `run --rm` container: its supervisor removes it as the
+/// container dies, and `rm` must not then fail on a directory already gone
+/// (it printed "rename ...: No such file or directory" and exited 125).
+#[test]
+fn rm_force_of_an_auto_removed_container_succeeds() {
+    let env = Env::new();
+    for i in 0..3 {
+        let name = format!("auto{i}");
+        env.ok(&[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "busybox",
+            "sleep",
+            "100",
+        ]);
+        let r = env.run(&["rm", "-f", &name]);
+        assert_eq!((r.code, r.stdout.trim()), (0, name.as_str()), "{r:?}");
+        assert!(!env.ok(&["ps", "-a"]).contains(&name));
+    }
+}
