@@ -203,6 +203,17 @@ pub fn enter() -> Result<Dirs> {
         join(pause)?;
         return Ok(dirs);
     }
+    // The pause process is gone but containers still run (it was killed
+    // alone): their supervisors hold the namespace, so join it there and
+    // give it a new pause process, rather than make a second namespace
+    // from which they could not be reached.
+    if let Some(sup) = live_supervisor(&dirs.store) {
+        if join(sup).is_ok() {
+            let pause = spawn_pause_here()?;
+            record_pause(&pidfile, pause)?;
+            return Ok(dirs);
+        }
+    }
     let uids = range("uid", &user.name, uid.as_raw())?;
     let gids = range("gid", &user.name, uid.as_raw())?;
     let newuidmap = find_helper("newuidmap")?;
@@ -211,12 +222,50 @@ pub fn enter() -> Result<Dirs> {
         map_ids(&newuidmap, "newuidmap", pid, uid.as_raw(), uids)?;
         map_ids(&newgidmap, "newgidmap", pid, user.gid.as_raw(), gids)
     })?;
+    record_pause(&pidfile, pause)?;
+    join(pause)?;
+    Ok(dirs)
+}
+
+/// Writes the pause process's identity (temp file + rename).
+fn record_pause(pidfile: &Path, pause: ProcId) -> Result<()> {
     let tmp = pidfile.with_extension("pid.tmp");
     std::fs::write(&tmp, format!("{} {}\n", pause.pid, pause.start_time))
         .map_err(io_err("write", &tmp))?;
-    std::fs::rename(&tmp, &pidfile).map_err(io_err("rename", &pidfile))?;
-    join(pause)?;
-    Ok(dirs)
+    std::fs::rename(&tmp, pidfile).map_err(io_err("rename", pidfile))
+}
+
+/// A live supervisor of one of the store's containers.
+fn live_supervisor(store: &Path) -> Option<ProcId> {
+    std::fs::read_dir(store.join("containers"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<crate::container::State>(&b).ok())
+        .find_map(|st| st.supervisor.filter(ProcId::is_alive))
+}
+
+/// Forks a pause process in the namespaces this process is in.
+fn spawn_pause_here() -> Result<ProcId> {
+    match sys::fork().map_err(sys_err("fork"))? {
+        sys::Forked::Child => {
+            let _ = nix::unistd::setsid();
+            let _ = nix::unistd::chdir("/");
+            pause_forever()
+        }
+        sys::Forked::Parent(child) => ProcId::of(child.as_raw())
+            .ok_or_else(|| sys_err("start the pause process")(Errno::ESRCH)),
+    }
+}
+
+/// The pause process's life: no descriptors of its caller, a name `ps`
+/// shows, asleep until killed.
+fn pause_forever() -> ! {
+    sys::detach_stdio_and_close_all();
+    let _ = nix::sys::prctl::set_name(c"strata-pause");
+    loop {
+        nix::unistd::pause();
+    }
 }
 
 /// Creates the run directory, private to the user; refuses one that is
@@ -427,9 +476,5 @@ fn pause_main(to_parent: OwnedFd, from_parent: OwnedFd) -> ! {
     report(&mut to, setup);
     drop(to);
     drop(from);
-    sys::detach_stdio_and_close_all();
-    let _ = nix::sys::prctl::set_name(c"strata-pause");
-    loop {
-        nix::unistd::pause();
-    }
+    pause_forever()
 }

@@ -282,6 +282,26 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
         .ok(&["port", "web"])
         .contains(&format!("127.0.0.1:{port}")));
 
+    // The pause process killed alone: the next command finds the namespace
+    // through the running container's supervisor (not a new namespace, from
+    // which `exec` could not enter the container).
+    let old: i32 = std::fs::read_to_string(&pause)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    while std::fs::metadata(format!("/proc/{old}/ns")).is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(u.ok(&["exec", "web", "cat", "/www/index.html"]), "hello\n");
+
     // exec: what rootless podman users hit first (rename of an image
     // directory, rm -rf then mkdir, hard links, owners of the range).
     u.ok(&[
