@@ -157,6 +157,7 @@ fn time(t: Option<TimeOrNow>) -> Option<Time> {
 /// Runs a handler, turning a panic into a logged error (the dropped reply
 /// answers `EIO`).
 fn guarded(op: Op, f: impl FnOnce()) {
+    sys::thread_umask_zero();
     if catch_unwind(AssertUnwindSafe(f)).is_err() {
         error!(op = op.name(), "request handler panicked; answered EIO");
     }

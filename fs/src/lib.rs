@@ -252,9 +252,8 @@ impl Prepared {
     /// ([`Prepared::handshake`]) and serves them. On error nothing is left
     /// mounted.
     ///
-    /// Sets the process umask to 0 (the server creates files with the exact
-    /// modes callers ask for): a program that serves a mount and also
-    /// creates files of its own should do so with explicit modes.
+    /// The process umask is left alone: each server thread gets a umask of
+    /// its own, 0, at its first request (`sys::thread_umask_zero`).
     pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<Prepared, MountError> {
         opts.validate()?;
         let mnt = mountpoint
@@ -306,7 +305,6 @@ impl Prepared {
         }
         let locks = lock_layers(opts.upper.as_deref(), opts.work.as_deref())?;
         sys::raise_nofile_limit();
-        sys::set_umask(0);
         let stack = layers::Stack::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())?;
         let threads = opts.threads.unwrap_or_else(default_threads);
         let mut flags: u64 = if opts.nosuid { libc::MS_NOSUID } else { 0 };

@@ -221,12 +221,29 @@ pub fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
-/// Sets the process umask (the server creates files with exact modes).
+/// Sets the process umask.
 pub fn set_umask(mask: u32) {
     // SAFETY: umask cannot fail.
     unsafe {
         libc::umask(mask);
     }
+}
+
+/// Gives the calling thread a umask of its own, 0, once: the server
+/// creates files with the exact modes callers ask for (the kernel sends
+/// the caller's umask with each create, applied in `creation_mode`), while
+/// the rest of a process that serves a mount in threads (the runtime's
+/// supervisor) keeps its umask. The umask lives in the `fs_struct`, which
+/// `unshare(CLONE_FS)` makes private to the thread.
+pub fn thread_umask_zero() {
+    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if DONE.with(|d| d.replace(true)) {
+        return;
+    }
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).is_err() {
+        tracing::warn!("unshare(CLONE_FS) failed; the process umask is set to 0");
+    }
+    set_umask(0);
 }
 
 /// Raises RLIMIT_NOFILE to its hard limit (the server holds one fd per open file).

@@ -107,3 +107,57 @@ impl Drop for ServedMount {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn process_umask() -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Serving a mount in threads left the whole process with umask 0, so
+    /// the supervisor made its files and libcontainer's cgroup directories
+    /// world-writable (bundle 0777, config.json 0666, /sys/fs/cgroup/*/strata
+    /// 0777). The server threads now have a umask of their own, and files
+    /// made through the mount still get exactly the modes asked for.
+    #[test]
+    fn serving_a_mount_leaves_the_process_umask_alone() {
+        let d = tempfile::tempdir().unwrap();
+        for s in ["lower", "upper", "work", "m"] {
+            std::fs::create_dir(d.path().join(s)).unwrap();
+        }
+        crate::sys::set_umask(0o022);
+        let opts = options(
+            vec![d.path().join("lower")],
+            Some((d.path().join("upper"), d.path().join("work"))),
+        );
+        let served = ServedMount::mount(opts, &d.path().join("m")).unwrap();
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 000 && mkdir \"$0/d\" && touch \"$0/f\"")
+            .arg(d.path().join("m"))
+            .status()
+            .unwrap()
+            .success();
+        let umask = process_umask();
+        served.unmount();
+        assert!(ok);
+        assert_eq!(umask, "0022");
+        let mode = |p: &str| {
+            std::fs::metadata(d.path().join("upper").join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!((mode("d"), mode("f")), (0o777, 0o666));
+    }
+}
