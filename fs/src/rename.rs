@@ -174,10 +174,10 @@ impl Overlay {
         needs_whiteout: bool,
     ) -> Res<()> {
         let ufd = self.stack.fd(self.upper()?);
-        let onto_device_whiteout = to_free
-            && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_device_whiteout(&st));
+        let onto_whiteout = to_free
+            && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_whiteout(ufd, path2, &st));
         let mut done = false;
-        if is_dir && onto_device_whiteout {
+        if is_dir && onto_whiteout {
             // The swap also leaves the whiteout the old name may need.
             whiteout::swap_dir_onto_whiteout(ufd, path1.c(), ufd, path2.c(), needs_whiteout)?;
             done = true;

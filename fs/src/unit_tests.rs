@@ -272,6 +272,12 @@ fn fails_cleanly(
 
 const WH_FILES: strata_ovl::Forms = strata_ovl::Forms::AUFS;
 const DEVICES: strata_ovl::Forms = strata_ovl::Forms::KERNEL;
+/// The forms on an upper that takes overlay xattrs but neither devices nor
+/// `.wh.` names (a strata mount, for a nested one).
+const XATTRS: strata_ovl::Forms = strata_ovl::Forms {
+    whiteout: strata_ovl::WhiteoutForm::Xattr(strata_ovl::XattrNs::Trusted),
+    ..strata_ovl::Forms::KERNEL
+};
 
 #[test]
 fn an_unlink_that_fails_half_way_changes_nothing() {
@@ -279,10 +285,12 @@ fn an_unlink_that_fails_half_way_changes_nothing() {
     fails_cleanly(&u, WH_FILES, &[("unlink.remove_upper", Errno::EIO)], |ov| {
         ov.unlink(&*find(ov, "d")?, OsStr::new("a"))
     });
-    let u = Union::new(|l| put(l, "d/a"), |up| put(up, "d/a"));
-    fails_cleanly(&u, DEVICES, &[("unlink.exchange", Errno::EIO)], |ov| {
-        ov.unlink(&*find(ov, "d")?, OsStr::new("a"))
-    });
+    for forms in [DEVICES, XATTRS] {
+        let u = Union::new(|l| put(l, "d/a"), |up| put(up, "d/a"));
+        fails_cleanly(&u, forms, &[("unlink.exchange", Errno::EIO)], |ov| {
+            ov.unlink(&*find(ov, "d")?, OsStr::new("a"))
+        });
+    }
 }
 
 #[test]
@@ -312,7 +320,7 @@ fn a_rename_that_fails_half_way_changes_nothing() {
 /// was deleted through the mount first) to `e` with `points` armed, for
 /// both whiteout forms: nothing may change.
 fn lower_dir_rename_fails_cleanly(files: &[&str], deleted: &str, points: &[(&'static str, Errno)]) {
-    for forms in [WH_FILES, DEVICES] {
+    for forms in [WH_FILES, DEVICES, XATTRS] {
         let u = Union::new(
             |l| {
                 for f in files {
@@ -412,7 +420,7 @@ fn renaming_a_merged_directory_that_fails_at_any_step_changes_nothing() {
         &[("materialize.opaque", PASS), ("materialize.opaque", eio)],
         &[("materialize.place", eio)],
     ];
-    for forms in [WH_FILES, DEVICES] {
+    for forms in [WH_FILES, DEVICES, XATTRS] {
         for p in points {
             let u = merged_union(forms);
             fails_cleanly(&u, forms, p, |ov| rename_in_root(ov, "d", "e"));
@@ -549,4 +557,50 @@ fn a_server_killed_mid_rename_leaves_the_old_tree_or_the_new_one() {
             "the upper when done after being {at}"
         );
     }
+}
+
+/// On an upper that takes neither devices nor `.wh.` names, whiteouts are
+/// empty files carrying `trusted.overlay.whiteout`: deleting, replacing and
+/// renaming lower entries hides them, across a remount.
+#[test]
+fn xattr_whiteouts_hide_lower_entries() {
+    let u = Union::new(
+        |l| {
+            for f in ["a", "b", "d/x", "e/y", "f"] {
+                put(l, f);
+            }
+        },
+        |_| {},
+    );
+    let ov = u.mount_with(Some(XATTRS));
+    let r = root(&ov);
+    ov.unlink(&r, OsStr::new("a")).unwrap();
+    ov.unlink(&find(&ov, "d").unwrap(), OsStr::new("x"))
+        .unwrap();
+    ov.rmdir(&r, OsStr::new("d")).unwrap();
+    rename_in_root(&ov, "e", "e2").unwrap();
+    rename_in_root(&ov, "f", "a").unwrap();
+    let after = view(&ov);
+    assert_eq!(after, ["a", "b", "e2", "e2/y"]);
+    let wh = fs::metadata(u.path("upper/d")).unwrap();
+    assert!(
+        wh.is_file() && wh.len() == 0,
+        "d is an empty file in the upper"
+    );
+    assert!(xattr_names(&u.path("upper/d")).contains(&"trusted.overlay.whiteout".to_string()));
+    assert!(!u.path("upper/.wh.d").exists());
+    drop(ov);
+    assert_eq!(view(&u.mount_with(Some(XATTRS))), after, "after a remount");
+}
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let names = crate::sys::listxattr_vec(
+        crate::sys::borrow(&fs::File::open(p.parent().unwrap()).unwrap()),
+        &std::ffi::CString::new(p.file_name().unwrap().as_encoded_bytes()).unwrap(),
+    )
+    .unwrap();
+    names
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect()
 }

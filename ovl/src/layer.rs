@@ -150,8 +150,9 @@ pub fn clear_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Re
 }
 
 /// Creates a whiteout for `path` (whose parent exists in the upper layer).
-/// The device form takes the name itself, which must not exist; the
-/// `.wh.` form takes `.wh.NAME` beside it.
+/// The device and xattr forms take the name itself, which must not exist;
+/// the `.wh.` form takes `.wh.NAME` beside it. The xattr form marks its
+/// directory first ([`mark_xattr_whiteouts`]).
 pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) -> Result<(), Errno> {
     match form {
         WhiteoutForm::Device => sys::mknod_at(dir, path.c(), libc::S_IFCHR, 0),
@@ -159,7 +160,24 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) ->
             sys::open_beneath(dir, wh_path(path).c(), libc::O_CREAT | libc::O_WRONLY, 0)?;
             Ok(())
         }
+        WhiteoutForm::Xattr(ns) => {
+            mark_xattr_whiteouts(dir, &path.split().0, ns)?;
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            sys::open_beneath(dir, path.c(), flags, 0o600)?;
+            let marked = sys::setxattr_at(dir, path.c(), Xattr::Whiteout.name(ns), b"y", 0);
+            if let Err(e) = marked {
+                let _ = sys::unlink_at(dir, path.c(), false);
+                return Err(e);
+            }
+            Ok(())
+        }
     }
+}
+
+/// Marks the directory `path` of a layer `overlay.whiteouts`: files in it
+/// may be xattr whiteouts, which listings of it then look for.
+pub fn mark_xattr_whiteouts(dir: BorrowedFd<'_>, path: &RelPath, ns: XattrNs) -> Result<(), Errno> {
+    sys::setxattr_at(dir, path.c(), Xattr::Whiteouts.name(ns), b"y", 0)
 }
 
 /// Removes an AUFS-form whiteout `.wh.NAME` for `path` if there is one.
