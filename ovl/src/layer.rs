@@ -63,7 +63,8 @@ pub fn is_opaque(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
 pub struct DirMarks {
     /// An opaque xattr with the value `y`.
     pub opaque: bool,
-    /// `overlay.whiteouts`: files in it may be xattr whiteouts.
+    /// `overlay.whiteouts`, or `overlay.opaque` set to `x`: files in it may
+    /// be xattr whiteouts.
     pub xattr_whiteouts: bool,
 }
 
@@ -81,8 +82,10 @@ pub fn dir_marks(dir: BorrowedFd<'_>, path: &RelPath) -> DirMarks {
             marks.xattr_whiteouts = true;
         } else if !marks.opaque {
             if let Some(name) = OPAQUE_XATTRS.iter().find(|o| o.to_bytes() == n.as_slice()) {
-                marks.opaque =
-                    matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1)) && v[0] == b'y';
+                let one = matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1));
+                marks.opaque = one && v[0] == b'y';
+                // `x`: not opaque, but holding xattr whiteouts (Linux 6.8).
+                marks.xattr_whiteouts |= one && v[0] == b'x';
             }
         }
     }
@@ -174,10 +177,18 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) ->
     }
 }
 
-/// Marks the directory `path` of a layer `overlay.whiteouts`: files in it
-/// may be xattr whiteouts, which listings of it then look for.
+/// Marks the directory `path` of a layer as holding xattr whiteouts, which
+/// listings of it then look for: `overlay.whiteouts`, and `overlay.opaque`
+/// set to `x` (the kernel's mark since Linux 6.8) unless it is opaque
+/// (`y`) already.
 pub fn mark_xattr_whiteouts(dir: BorrowedFd<'_>, path: &RelPath, ns: XattrNs) -> Result<(), Errno> {
-    sys::setxattr_at(dir, path.c(), Xattr::Whiteouts.name(ns), b"y", 0)
+    sys::setxattr_at(dir, path.c(), Xattr::Whiteouts.name(ns), b"y", 0)?;
+    let opaque = Xattr::Opaque.name(ns);
+    let mut v = [0u8; 1];
+    match sys::getxattr_at(dir, path.c(), opaque, &mut v) {
+        Ok(1) if v[0] == b'y' => Ok(()),
+        _ => sys::setxattr_at(dir, path.c(), opaque, b"x", 0),
+    }
 }
 
 /// Removes an AUFS-form whiteout `.wh.NAME` for `path` if there is one.

@@ -253,3 +253,96 @@ impl Drop for FuseOverlayfs {
             .status();
     }
 }
+
+/// An upper written by strata-mount inside a strata-mount (whiteouts in
+/// the kernel's xattr form, opaque xattrs, both escaped by the outer
+/// mount) reads the same through the kernel's overlayfs, as a lower over
+/// the same lower, as through the strata mount that wrote it: the kernel
+/// (6.8+) reads the unescaped forms through the outer mount.
+#[test]
+fn a_nested_upper_reads_the_same_through_the_kernel() {
+    use strata_tests::mount::{pids_with_arg, wait_process_gone, PROCESS_TIMEOUT};
+    use strata_tests::tree::{diff, snapshot, SnapOpts};
+    let Some(outer) = scratch_or_skip(Kind::Fuse) else {
+        return;
+    };
+    let lower = temp_root();
+    for f in ["d/a", "d/b", "gone", "r/x", "r/y", "keep", "o/z"] {
+        let p = lower.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, f).unwrap();
+    }
+    let home = tempfile::Builder::new()
+        .prefix("st")
+        .tempdir_in(outer.path())
+        .unwrap();
+    let (u, w) = (home.path().join("u"), home.path().join("w"));
+    let mnts = temp_root();
+    let (m, k) = (mnts.path().join("m"), mnts.path().join("k"));
+    for d in [&u, &w, &m, &k] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let o = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.path().display(),
+        u.display(),
+        w.display()
+    );
+    let ok = Command::new(strata_program())
+        .args(["-o", &o])
+        .arg(&m)
+        .status()
+        .unwrap()
+        .success();
+    let _unmount = Unmount(vec![k.clone(), m.clone()]);
+    assert!(ok, "strata-mount inside strata-mount");
+    let script = "set -e; rm gone d/a; mv r r2; rm r2/x; rm -r o; mkdir o; echo new > o/n; \
+                  echo more >> keep";
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&m)
+        .output()
+        .unwrap();
+    let seen = snapshot(&m, SnapOpts::MERGED);
+    let servers = pids_with_arg(&m);
+    let _ = Command::new("umount").arg(&m).status();
+    for pid in servers {
+        assert!(
+            wait_process_gone(pid, PROCESS_TIMEOUT),
+            "the inner server exits"
+        );
+    }
+    assert!(
+        out.status.success(),
+        "the script on the nested mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = format!("lowerdir={}:{}", u.display(), lower.path().display());
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &o])
+        .arg(&k)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "the kernel's overlayfs over the nested upper");
+    let kernel = snapshot(&k, SnapOpts::MERGED);
+    let _ = Command::new("umount").arg(&k).status();
+    if let Some(d) = diff("strata", &seen, "kernel", &kernel) {
+        panic!("the nested upper reads differently through the kernel:\n{d}");
+    }
+}
+
+/// Detaches these mounts on drop (each may be unmounted already).
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
