@@ -127,67 +127,9 @@ impl Roots {
         }
         if let (Some(u), Some(w)) = (upper, work) {
             let (ufd, wfd) = (plain("upperdir", u)?, plain("workdir", w)?);
-            // Renames between the two need one mount: one copy of the
-            // mount at their common ancestor, not copying the mounts below
-            // it (the union's own mountpoint may be there).
-            let common: PathBuf = u
-                .components()
-                .zip(w.components())
-                .take_while(|(a, b)| a == b)
-                .map(|(a, _)| a)
-                .collect();
-            let same_fs = |fd: &OwnedFd| {
-                let dev = |f: BorrowedFd<'_>| sys::stat_at(f, c".").map(|st| st.st_dev);
-                sys::open_dir_path(&common)
-                    .and_then(|c| Ok(dev(c.as_fd())? == dev(fd.as_fd())?))
-                    .unwrap_or(false)
-            };
-            let (ufd, wfd) = if same_fs(&ufd) {
-                match sys::clone_tree(&common, false) {
-                    Ok(clone) => {
-                        let under = |p: &Path, fd: OwnedFd| {
-                            let rel = p.strip_prefix(&common).unwrap_or(p);
-                            let rel = if rel.as_os_str().is_empty() {
-                                Path::new(".")
-                            } else {
-                                rel
-                            };
-                            let opened = sys::cstr(rel.as_os_str()).and_then(|r| {
-                                sys::open_beneath(
-                                    clone.as_fd(),
-                                    &r,
-                                    libc::O_PATH | libc::O_DIRECTORY,
-                                    0,
-                                )
-                            });
-                            on_clone(fd, opened)
-                        };
-                        let u2 = under(
-                            u,
-                            ufd.try_clone().map_err(|e| StackError::Open {
-                                kind: "upperdir",
-                                path: u.to_path_buf(),
-                                err: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                            })?,
-                        );
-                        let w2 = under(
-                            w,
-                            wfd.try_clone().map_err(|e| StackError::Work {
-                                path: w.to_path_buf(),
-                                err: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                            })?,
-                        );
-                        // Both on the copy, or neither.
-                        if same_file(&u2, &ufd) != same_file(&w2, &wfd) {
-                            (ufd, wfd)
-                        } else {
-                            (u2, w2)
-                        }
-                    }
-                    Err(_) => (ufd, wfd),
-                }
-            } else {
-                (ufd, wfd)
+            let (ufd, wfd) = match clone_pair(u, &ufd, w, &wfd) {
+                Some(pair) => pair,
+                None => (ufd, wfd),
             };
             out.upper = Some((u.to_path_buf(), ufd));
             out.work = Some((w.to_path_buf(), wfd));
@@ -208,6 +150,39 @@ impl Roots {
     pub fn work(&self) -> Option<BorrowedFd<'_>> {
         self.work.as_ref().map(|(_, fd)| fd.as_fd())
     }
+}
+
+/// The upper and work directories `u` and `w` (open as `ufd` and `wfd`)
+/// opened again on one detached copy of the mount at their common
+/// ancestor: renames between the two need one mount. The mounts below the
+/// ancestor are not copied (the union's own mountpoint may be there), so
+/// both must be on the ancestor's own mount. None where that cannot be.
+fn clone_pair(u: &Path, ufd: &OwnedFd, w: &Path, wfd: &OwnedFd) -> Option<(OwnedFd, OwnedFd)> {
+    let common: PathBuf = u
+        .components()
+        .zip(w.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let dev = |f: BorrowedFd<'_>| sys::stat_at(f, c".").ok().map(|st| st.st_dev);
+    let at = sys::open_dir_path(&common).ok()?;
+    if dev(at.as_fd())? != dev(ufd.as_fd())? {
+        // Above the upper's filesystem: a copy would not hold it.
+        return None;
+    }
+    let clone = sys::clone_tree(&common, false).ok()?;
+    let under = |p: &Path, plain: &OwnedFd| {
+        let rel = p.strip_prefix(&common).ok()?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let r = sys::cstr(rel.as_os_str()).ok()?;
+        let fd = sys::open_beneath(clone.as_fd(), &r, libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        same_file(&fd, plain).then_some(fd)
+    };
+    Some((under(u, ufd)?, under(w, wfd)?))
 }
 
 /// Whether two fds are the same directory (device and inode).

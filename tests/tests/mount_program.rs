@@ -1011,3 +1011,34 @@ fn a_lower_filesystem_unmounts_while_the_union_is_live() {
         m.unmount();
     }
 }
+
+/// The same for the upper's filesystem: upper and work directories are
+/// held on one private copy of their mount, so it unmounts while the union
+/// is live, and the union still writes to it.
+#[test]
+fn the_upper_filesystem_unmounts_while_the_union_is_live() {
+    let mut m = two_lowers().materialize(false);
+    let ut = m.root().join("ut");
+    let _guard = tmpfs_lower(&ut);
+    for d in ["u", "w"] {
+        fs::create_dir(ut.join(d)).expect("mkdir on the tmpfs");
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        m.lowers()[1].display(),
+        ut.join("u").display(),
+        ut.join("w").display()
+    );
+    let out = run_on(&mut m, &opts, None);
+    assert_mounted_ok(&m, &out);
+    fs::write(m.join("new"), "new\n").expect("write through the union");
+    assert_eq!(
+        umount2(&ut, MntFlags::empty()),
+        Ok(()),
+        "umount of a live union's upper filesystem"
+    );
+    fs::write(m.join("d/x"), "changed\n").expect("copy-up after the upper's umount");
+    assert_eq!(fs::read(m.join("new")).expect("read new"), b"new\n");
+    assert_eq!(fs::read(m.join("d/x")).expect("read d/x"), b"changed\n");
+    m.unmount();
+}
