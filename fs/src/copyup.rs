@@ -190,7 +190,7 @@ impl Overlay {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn build_copy(
+    pub(crate) fn build_copy(
         &self,
         from: LayerIdx,
         path: &RelPath,

@@ -68,6 +68,139 @@ pub struct Stack {
     xino_bits: u32,
 }
 
+/// The directories of a mount, opened but not yet checked or prepared:
+/// taken first so the upper and work directories can be locked through
+/// them (`lock_layers` in `lib.rs`) before the work directory is
+/// emptied.
+///
+/// Each is opened on a detached copy of its mount where the kernel allows
+/// it ([`sys::clone_tree`], `CAP_SYS_ADMIN` over the mount namespace), as
+/// the kernel's overlayfs holds its layers: the server's fds then never
+/// keep the layers' own mounts busy, so `umount` of a lower (or upper)
+/// filesystem succeeds right after the union's unmount returns, or while
+/// it is mounted, instead of failing with `EBUSY` until the server has
+/// exited. Elsewhere (rootless), the plain directory.
+#[derive(Debug)]
+pub struct Roots {
+    upper: Option<(PathBuf, OwnedFd)>,
+    /// `WORKDIR` itself (`WORKDIR/work` is made in [`Stack::from_roots`]).
+    work: Option<(PathBuf, OwnedFd)>,
+    lowers: Vec<(PathBuf, OwnedFd)>,
+}
+
+impl Roots {
+    /// Opens the layer directories. `upper` and `work` go together.
+    pub fn open(
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+        work: Option<&Path>,
+    ) -> Result<Roots, StackError> {
+        if lowers.len() > 4096 {
+            return Err(StackError::TooMany(lowers.len()));
+        }
+        let plain = |kind: &'static str, p: &Path| {
+            sys::open_dir_path(p).map_err(|err| match err {
+                Errno::ENOTDIR => StackError::NotDir {
+                    kind,
+                    path: p.to_path_buf(),
+                },
+                err if kind == "workdir" => StackError::Work {
+                    path: p.to_path_buf(),
+                    err,
+                },
+                err => StackError::Open {
+                    kind,
+                    path: p.to_path_buf(),
+                    err,
+                },
+            })
+        };
+        let mut out = Roots {
+            upper: None,
+            work: None,
+            lowers: Vec::new(),
+        };
+        for l in lowers {
+            let fd = plain("lowerdir", l)?;
+            let fd = on_clone(fd, sys::clone_tree(l, true));
+            out.lowers.push((l.to_path_buf(), fd));
+        }
+        if let (Some(u), Some(w)) = (upper, work) {
+            let (ufd, wfd) = (plain("upperdir", u)?, plain("workdir", w)?);
+            let (ufd, wfd) = match clone_pair(u, &ufd, w, &wfd) {
+                Some(pair) => pair,
+                None => (ufd, wfd),
+            };
+            out.upper = Some((u.to_path_buf(), ufd));
+            out.work = Some((w.to_path_buf(), wfd));
+        } else if let Some(u) = upper {
+            let fd = plain("upperdir", u)?;
+            let fd = on_clone(fd, sys::clone_tree(u, false));
+            out.upper = Some((u.to_path_buf(), fd));
+        }
+        Ok(out)
+    }
+
+    /// The upper directory, if any.
+    pub fn upper(&self) -> Option<BorrowedFd<'_>> {
+        self.upper.as_ref().map(|(_, fd)| fd.as_fd())
+    }
+
+    /// The work directory (`WORKDIR`), if any.
+    pub fn work(&self) -> Option<BorrowedFd<'_>> {
+        self.work.as_ref().map(|(_, fd)| fd.as_fd())
+    }
+}
+
+/// The upper and work directories `u` and `w` (open as `ufd` and `wfd`)
+/// opened again on one detached copy of the mount at their common
+/// ancestor: renames between the two need one mount. The mounts below the
+/// ancestor are not copied (the union's own mountpoint may be there), so
+/// both must be on the ancestor's own mount. None where that cannot be.
+fn clone_pair(u: &Path, ufd: &OwnedFd, w: &Path, wfd: &OwnedFd) -> Option<(OwnedFd, OwnedFd)> {
+    let common: PathBuf = u
+        .components()
+        .zip(w.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let dev = |f: BorrowedFd<'_>| sys::stat_at(f, c".").ok().map(|st| st.st_dev);
+    let at = sys::open_dir_path(&common).ok()?;
+    if dev(at.as_fd())? != dev(ufd.as_fd())? {
+        // Above the upper's filesystem: a copy would not hold it.
+        return None;
+    }
+    let clone = sys::clone_tree(&common, false).ok()?;
+    let under = |p: &Path, plain: &OwnedFd| {
+        let rel = p.strip_prefix(&common).ok()?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let r = sys::cstr(rel.as_os_str()).ok()?;
+        let fd = sys::open_beneath(clone.as_fd(), &r, libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        same_file(&fd, plain).then_some(fd)
+    };
+    Some((under(u, ufd)?, under(w, wfd)?))
+}
+
+/// Whether two fds are the same directory (device and inode).
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    let id = |f: &OwnedFd| sys::stat_at(f.as_fd(), c".").map(|st| (st.st_dev, st.st_ino));
+    matches!((id(a), id(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `cloned` (the same directory opened on a detached copy of its mount)
+/// in place of `plain` where it was made and is the same directory; else
+/// `plain`.
+fn on_clone(plain: OwnedFd, cloned: Result<OwnedFd, Errno>) -> OwnedFd {
+    match cloned {
+        Ok(c) if same_file(&c, &plain) => c,
+        _ => plain,
+    }
+}
+
 impl Stack {
     /// Opens the layers. `upper` and `work` go together.
     pub fn open(
@@ -75,43 +208,44 @@ impl Stack {
         upper: Option<&Path>,
         work: Option<&Path>,
     ) -> Result<Stack, StackError> {
-        if lowers.len() > 4096 {
-            return Err(StackError::TooMany(lowers.len()));
-        }
+        Stack::from_roots(Roots::open(lowers, upper, work)?)
+    }
+
+    /// The stack of the directories `roots`: checks that the work
+    /// directory is on the upper's filesystem, makes `WORKDIR/work` and
+    /// empties it of leftovers.
+    pub fn from_roots(roots: Roots) -> Result<Stack, StackError> {
         let mut layers = Vec::new();
         let mut devs: Vec<u64> = Vec::new();
-        let mut open = |kind: &'static str, p: &Path| -> Result<Layer, StackError> {
-            let root = sys::open_dir_path(p).map_err(|err| match err {
-                Errno::ENOTDIR => StackError::NotDir {
+        let mut open =
+            |kind: &'static str, (p, root): (PathBuf, OwnedFd)| -> Result<Layer, StackError> {
+                let st = sys::stat_at(root.as_fd(), c".").map_err(|err| StackError::Open {
                     kind,
-                    path: p.to_path_buf(),
-                },
-                err => StackError::Open {
-                    kind,
-                    path: p.to_path_buf(),
+                    path: p.clone(),
                     err,
-                },
-            })?;
-            let st = sys::stat_at(root.as_fd(), c".").map_err(|err| StackError::Open {
-                kind,
-                path: p.to_path_buf(),
-                err,
-            })?;
-            let dev = st.st_dev;
-            let fs_index = match devs.iter().position(|d| *d == dev) {
-                Some(i) => i as u64,
-                None => {
-                    devs.push(dev);
-                    (devs.len() - 1) as u64
-                }
+                })?;
+                let dev = st.st_dev;
+                let fs_index = match devs.iter().position(|d| *d == dev) {
+                    Some(i) => i as u64,
+                    None => {
+                        devs.push(dev);
+                        (devs.len() - 1) as u64
+                    }
+                };
+                Ok(Layer {
+                    root,
+                    path: p,
+                    dev,
+                    fs_index,
+                })
             };
-            Ok(Layer {
-                root,
-                path: p.to_path_buf(),
-                dev,
-                fs_index,
-            })
-        };
+        let Roots {
+            upper,
+            work,
+            lowers,
+        } = roots;
+        let has_upper = upper.is_some();
+        let upper_path = upper.as_ref().map(|(p, _)| p.clone());
         if let Some(u) = upper {
             layers.push(open("upperdir", u)?);
         }
@@ -119,26 +253,16 @@ impl Stack {
             layers.push(open("lowerdir", l)?);
         }
         let ndevs = devs.len();
-        let work = match (upper, work) {
-            (Some(u), Some(w)) => {
-                let wfd = sys::open_dir_path(w).map_err(|err| StackError::Work {
-                    path: w.to_path_buf(),
-                    err,
-                })?;
+        let work = match (upper_path, work) {
+            (Some(u), Some((w, wfd))) => {
                 let st = sys::stat_at(wfd.as_fd(), c".").map_err(|err| StackError::Work {
-                    path: w.to_path_buf(),
+                    path: w.clone(),
                     err,
                 })?;
                 if st.st_dev != layers[0].dev {
-                    return Err(StackError::WorkOnOtherFs {
-                        work: w.to_path_buf(),
-                        upper: u.to_path_buf(),
-                    });
+                    return Err(StackError::WorkOnOtherFs { work: w, upper: u });
                 }
-                Some(prepare_work(wfd.as_fd()).map_err(|err| StackError::Work {
-                    path: w.to_path_buf(),
-                    err,
-                })?)
+                Some(prepare_work(wfd.as_fd()).map_err(|err| StackError::Work { path: w, err })?)
             }
             _ => None,
         };
@@ -149,7 +273,7 @@ impl Stack {
         };
         Ok(Stack {
             layers,
-            has_upper: upper.is_some(),
+            has_upper,
             work,
             xino_bits,
         })

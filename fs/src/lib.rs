@@ -151,17 +151,24 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// destroy another mount's copy-ups in flight. A directory that cannot be
 /// locked at all (a filesystem without `flock`) is mounted unlocked, with a
 /// warning, as before.
-fn lock_layers(upper: Option<&Path>, work: Option<&Path>) -> Result<Vec<OwnedFd>, MountError> {
+fn lock_layers(
+    roots: &layers::Roots,
+    upper: Option<&Path>,
+    work: Option<&Path>,
+) -> Result<Vec<OwnedFd>, MountError> {
     let mut locks = Vec::new();
     let dirs = [
-        ("upperdir", upper),
-        ("workdir", work.filter(|w| Some(*w) != upper)),
+        ("upperdir", upper.zip(roots.upper())),
+        (
+            "workdir",
+            work.filter(|w| Some(*w) != upper).zip(roots.work()),
+        ),
     ];
     for (kind, dir) in dirs {
-        let Some(dir) = dir else { continue };
+        let Some((dir, fd)) = dir else { continue };
         let start = std::time::Instant::now();
         let fd = loop {
-            match sys::lock_dir(dir) {
+            match sys::lock_dir(fd) {
                 Ok(fd) => break Some(fd),
                 Err(Errno::EWOULDBLOCK) if start.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
@@ -303,9 +310,11 @@ impl Prepared {
                 mnt,
             });
         }
-        let locks = lock_layers(opts.upper.as_deref(), opts.work.as_deref())?;
+        let (upper, work) = (opts.upper.as_deref(), opts.work.as_deref());
+        let roots = layers::Roots::open(&opts.lowers, upper, work)?;
+        let locks = lock_layers(&roots, upper, work)?;
         sys::raise_nofile_limit();
-        let stack = layers::Stack::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())?;
+        let stack = layers::Stack::from_roots(roots)?;
         let threads = opts.threads.unwrap_or_else(default_threads);
         let mut flags: u64 = if opts.nosuid { libc::MS_NOSUID } else { 0 };
         if opts.nodev {

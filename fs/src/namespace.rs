@@ -374,7 +374,10 @@ impl Overlay {
         let upper = self.upper()?;
         let ufd = self.stack.fd(upper);
         match self.forms.whiteout {
-            WhiteoutForm::Device => {
+            WhiteoutForm::Device | WhiteoutForm::Xattr(_) => {
+                if let WhiteoutForm::Xattr(ns) = self.forms.whiteout {
+                    whiteout::mark_xattr_whiteouts(ufd, &path.split().0, ns)?;
+                }
                 let work = self.stack.work().ok_or(Errno::EROFS)?;
                 let tmp = temp_name();
                 self.make_whiteout(work, &tmp)?;

@@ -223,11 +223,11 @@ impl Overlay {
         dir: std::os::fd::BorrowedFd<'_>,
         at: &std::ffi::CStr,
     ) -> Res<()> {
-        if self.forms.whiteout == WhiteoutForm::WhFile {
+        if self.forms.whiteout != WhiteoutForm::Device {
             return strata_ovl::layer::make_whiteout(
                 dir,
                 &RelPath::from_bytes(at.to_bytes()),
-                WhiteoutForm::WhFile,
+                self.forms.whiteout,
             );
         }
         let Some(work) = self.stack.work() else {
@@ -507,11 +507,18 @@ pub(crate) fn upper_forms(stack: &Stack, opts: &MountOptions) -> Res<Forms> {
     };
     let p = strata_ovl::Probe::run(work)?;
     tracing::info!(probe = %p, forms = %p.forms(), "upper filesystem probed");
-    let forms = p.forms();
+    let mut forms = p.forms();
     if forms.whiteout == WhiteoutForm::WhFile && !takes_wh_names(work) {
-        // A FUSE overlay (strata-mount, fuse-overlayfs) as the upper: no
-        // whiteout can be written in any form. Said at mount rather than
-        // refused: adding and changing files still works.
+        // A FUSE overlay as the upper: a strata-mount takes overlay xattrs
+        // for a nested overlay (it escapes them), so whiteouts are the
+        // kernel's xattr form; fuse-overlayfs takes none, and no whiteout
+        // can be written in any form. Said at mount rather than refused:
+        // adding and changing files still works.
+        if let Some(ns) = forms.xattrs {
+            forms.whiteout = WhiteoutForm::Xattr(ns);
+            tracing::info!(forms = %forms, "the upper takes no .wh. names: xattr whiteouts");
+            return Ok(forms);
+        }
         tracing::warn!(
             "the upper filesystem takes neither 0/0 devices nor .wh. names (a FUSE overlay?): \
              removing or replacing a lower entry will fail with EINVAL; \

@@ -6,21 +6,27 @@
 //! and marking it opaque ("materialising" it), where the kernel's overlayfs
 //! without `redirect_dir` fails with `EXDEV`. The upper layer stays portable:
 //! any overlay reader sees the same tree, with no redirect to resolve. The
-//! cost is a copy of the tree's data, once. The old name gets a whiteout when
+//! cost is a copy of the tree's data, once. The copy is built in the work
+//! directory and moved into place by one rename, so a failure or a crash
+//! at any step leaves the old tree (see [`Overlay::materialize_dir`]). The
+//! old name gets a whiteout when
 //! a lower layer still holds it (atomically, with `RENAME_WHITEOUT`, where
 //! devices can be made).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
+use tracing::warn;
 
-use crate::layers::{remove_tree_contents, LayerIdx};
+use crate::copyup::CopyData;
+use crate::layers::{remove_tree, remove_tree_contents, LayerIdx};
 use crate::lookup::{Resolved, NAME_MAX};
 use crate::nodes::{Kind, Node};
 use crate::overlay::{Overlay, Res};
 use crate::path::RelPath;
-use crate::sys;
+use crate::sys::{self, Time};
 use fuser::RenameFlags;
 use strata_ovl::layer as whiteout;
 use strata_ovl::names::is_reserved_name;
@@ -168,10 +174,10 @@ impl Overlay {
         needs_whiteout: bool,
     ) -> Res<()> {
         let ufd = self.stack.fd(self.upper()?);
-        let onto_device_whiteout = to_free
-            && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_device_whiteout(&st));
+        let onto_whiteout = to_free
+            && matches!(sys::stat_at(ufd, path2.c()), Ok(st) if whiteout::is_whiteout(ufd, path2, &st));
         let mut done = false;
-        if is_dir && onto_device_whiteout {
+        if is_dir && onto_whiteout {
             // The swap also leaves the whiteout the old name may need.
             whiteout::swap_dir_onto_whiteout(ufd, path1.c(), ufd, path2.c(), needs_whiteout)?;
             done = true;
@@ -262,111 +268,139 @@ impl Overlay {
     }
 
     /// Copies the merged directory tree at `path` (merged from `layers`)
-    /// entirely into the upper layer and marks it opaque. On failure
-    /// everything it did is undone (see [`Undo`]): the view and the upper
-    /// layer are as they were, whatever step failed.
+    /// entirely into the upper layer, every directory of it opaque. The
+    /// copy is built in the work directory (lower files copied, upper files
+    /// hard-linked, directories made anew) and moved into place by one
+    /// rename as the last step: over nothing, or exchanged with the upper
+    /// directory it replaces, which is then removed. A failure at any step,
+    /// or a crash, leaves the view and the upper layer as they were; what
+    /// was built stays only in the work directory, emptied at the next
+    /// mount. An upper directory that cannot be exchanged (no
+    /// `RENAME_EXCHANGE`) is refused with `EXDEV`, as the kernel's overlayfs
+    /// refuses it, and `mv` copies instead.
     pub fn materialize_dir(&self, path: &RelPath, layers: &[LayerIdx]) -> Res<()> {
-        let mut undo = Vec::new();
-        let res = self.materialize_into(path, layers, &mut undo);
-        if res.is_err() {
-            let ufd = self.stack.fd(self.upper()?);
-            for step in undo.into_iter().rev() {
-                match step {
-                    Undo::Created(p, is_dir) => {
-                        let _ = crate::layers::remove_tree(ufd, p.c(), is_dir);
-                    }
-                    Undo::Opaque(p, hidden) => {
-                        let _ = whiteout::clear_opaque(ufd, &p, self.forms.opaque);
-                        for name in hidden {
-                            let _ = self.make_whiteout(ufd, p.join(&name).c());
-                        }
-                    }
+        let ufd = self.stack.fd(self.upper()?);
+        let work = self.stack.work().ok_or(Errno::EROFS)?;
+        let tmp = crate::copyup::temp_name();
+        let tmp_path = RelPath::from_bytes(tmp.to_bytes());
+        let mut links = HashMap::new();
+        let in_upper = sys::stat_at(ufd, path.c()).is_ok();
+        let placed = self
+            .build_tree(path, layers, &tmp_path, &mut links)
+            .and_then(|()| crate::faults::point("materialize.place"))
+            .and_then(|()| {
+                if !in_upper {
+                    return sys::rename_at2(work, &tmp, ufd, path.c(), libc::RENAME_NOREPLACE);
                 }
+                match sys::rename_at2(work, &tmp, ufd, path.c(), libc::RENAME_EXCHANGE) {
+                    Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => {
+                        Err(Errno::EXDEV)
+                    }
+                    r => r,
+                }
+            });
+        if let Err(e) = placed {
+            warn!(?e, %path, "copying a directory up for its rename failed");
+            let _ = remove_tree(work, &tmp, true);
+            return Err(e);
+        }
+        if in_upper {
+            // The old upper directory, now under the temporary name: its
+            // files are other names of the new tree's. Removing it can
+            // wait for the next mount if it fails now.
+            let cleared = crate::faults::point("materialize.clear")
+                .and_then(|()| remove_tree(work, &tmp, true));
+            if let Err(e) = cleared {
+                warn!(?e, %path, "the replaced upper directory stays in the work directory until the next mount");
             }
         }
-        res
+        // Lower hard links with names outside the tree: those names keep
+        // sharing the file (a name that is not linked still shows the same
+        // data, from below).
+        for ((from, real_ino), (src, _)) in links {
+            if let Err(e) = self.link_up_siblings(from, &src, real_ino) {
+                warn!(?e, %src, "cannot link a hard link's other names to its copy");
+            }
+        }
+        Ok(())
     }
 
-    /// The work of [`Overlay::materialize_dir`], recording in `undo` each
-    /// change to the upper layer as it is made.
-    fn materialize_into(
+    /// Builds the copy of the merged directory `src` (merged from `layers`)
+    /// at `dst` in the work directory, for [`Overlay::materialize_dir`].
+    /// `links` maps each multiply-linked lower file copied so far (layer,
+    /// real inode) to its path in the view and in the copy, so its other
+    /// names in the tree link to the one copy.
+    fn build_tree(
         &self,
-        path: &RelPath,
+        src: &RelPath,
         layers: &[LayerIdx],
-        undo: &mut Vec<Undo>,
+        dst: &RelPath,
+        links: &mut HashMap<(LayerIdx, u64), (RelPath, RelPath)>,
     ) -> Res<()> {
         let upper = self.upper()?;
         let ufd = self.stack.fd(upper);
-        if !self.stack.is_upper(layers[0]) {
-            let st = sys::stat_at(self.stack.fd(layers[0]), path.c())?;
-            self.copy_up_entry(
-                layers[0],
-                path,
-                crate::copyup::CopyData::All,
-                self.stack.ino(layers[0], st.st_ino),
-            )?;
-            undo.push(Undo::Created(path.clone(), true));
-        }
-        // From here on the directory is in the upper layer too: copying up
-        // a lower hard link brings its other names up (and their parent
-        // directories), so each name is looked up again, with the upper.
-        let layers: smallvec::SmallVec<[LayerIdx; 8]> = std::iter::once(upper)
-            .chain(layers.iter().copied().filter(|l| *l != upper))
-            .collect();
-        let layers = &layers[..];
-        for (name, layer, ino, kind) in self.merged_entries(path, layers)? {
-            let child = path.join(&name);
+        let work = self.stack.work().ok_or(Errno::EROFS)?;
+        let top = layers[0];
+        let st = sys::stat_at(self.stack.fd(top), src.c())?;
+        let ino = self.ino_for(top, src, &st, Kind::Dir, layers);
+        self.build_copy(top, src, &st, Kind::Dir, work, dst.c(), CopyData::All, ino)?;
+        for (name, layer, _, kind) in self.merged_entries(src, layers)? {
+            let (child, copy) = (src.join(&name), dst.join(&name));
             if kind == Kind::Dir {
-                if let Some(r) = self.resolve(path, layers, &name)? {
-                    if !r.layers.iter().all(|l| self.stack.is_upper(*l)) {
-                        self.materialize_into(&child, &r.layers, undo)?;
-                    }
+                if let Some(r) = self.resolve(src, layers, &name)? {
+                    self.build_tree(&child, &r.layers, &copy, links)?;
                 }
             } else if self.stack.is_upper(layer) {
                 // A metacopy file in a tree that becomes opaque: its data
-                // comes up before the lower layers are cut off (the same
-                // file in view either way: nothing to undo).
+                // comes up first, in place (the same file in view either
+                // way), before the lower layers are cut off.
                 if kind == Kind::File && self.is_metacopy_at(upper, &child) {
-                    if let Some(r) = self.resolve(path, layers, &name)? {
+                    if let Some(r) = self.resolve(src, layers, &name)? {
                         if r.layers.len() > 1 {
                             self.copy_up_data_at(&child, r.layers[1])?;
                         }
                     }
                 }
-            } else if sys::stat_at(ufd, child.c()).is_ok() {
-                // Linked up already, as another name of a lower hard link
-                // copied up before it.
+                crate::faults::point("materialize.link")?;
+                sys::link_at(ufd, child.c(), work, copy.c())?;
             } else {
+                let lst = sys::stat_at(self.stack.fd(layer), child.c())?;
+                let shared = lst.st_nlink > 1;
+                if let Some((_, first)) = links.get(&(layer, lst.st_ino)).filter(|_| shared) {
+                    crate::faults::point("materialize.link")?;
+                    sys::link_at(work, first.c(), work, copy.c())?;
+                    continue;
+                }
                 crate::faults::point("materialize.copy_up")?;
-                self.copy_up_entry(
+                let ino = self.stack.ino(layer, lst.st_ino);
+                self.build_copy(
                     layer,
                     &child,
-                    crate::copyup::CopyData::All,
-                    self.stack.ino(layer, ino),
+                    &lst,
+                    kind,
+                    work,
+                    copy.c(),
+                    CopyData::All,
+                    ino,
                 )?;
-                undo.push(Undo::Created(child, false));
+                if shared {
+                    links.insert((layer, lst.st_ino), (child, copy));
+                }
             }
         }
-        // Whiteouts go before the directory is made opaque (the kernel's
-        // overlayfs would list them in a directory that merges nothing);
-        // if marking it fails, they come back, or deleted lower entries
-        // would show again.
-        let removed = whiteout::remove_whiteouts(ufd, path)?;
         // No longer merged, and full of copied-up entries.
-        self.mark_impure(path);
-        let marked = crate::faults::point("materialize.opaque")
-            .and_then(|()| whiteout::set_opaque(ufd, path, self.forms.opaque));
-        undo.push(Undo::Opaque(path.clone(), removed));
-        marked
+        crate::faults::point("materialize.opaque")?;
+        whiteout::set_opaque(work, dst, self.forms.opaque)?;
+        if let Some(impure) = self.xattr(strata_ovl::Xattr::Impure) {
+            let _ = sys::setxattr_at(work, dst.c(), impure, b"y", 0);
+        }
+        // Filling it was not a change users made: its times are the
+        // original's.
+        sys::utimens_at(
+            work,
+            dst.c(),
+            Time::Set(st.st_atime, st.st_atime_nsec),
+            Time::Set(st.st_mtime, st.st_mtime_nsec),
+        )
     }
-}
-
-/// A change [`Overlay::materialize_dir`] made to the upper layer, undone in
-/// reverse order when a later step fails.
-enum Undo {
-    /// An entry copied up (`true`: a directory), removed again.
-    Created(RelPath, bool),
-    /// A directory marked opaque after its whiteouts of these names were
-    /// removed: unmarked, and the whiteouts made again.
-    Opaque(RelPath, Vec<Vec<u8>>),
 }

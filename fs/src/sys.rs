@@ -189,15 +189,13 @@ pub fn fuse_conf_allows_other() -> bool {
     })
 }
 
-/// Opens the directory `path` (`O_RDONLY | O_DIRECTORY | O_CLOEXEC`) and
+/// Opens the directory `dir` again (`O_RDONLY | O_DIRECTORY | O_CLOEXEC`) and
 /// takes an exclusive `flock` on it without waiting: `EWOULDBLOCK` while
 /// another open file holds it. The lock belongs to the open file, so a
 /// forked child that keeps the fd keeps the lock, and it goes when the last
 /// fd closes (no explicit unlock that a child could run by mistake).
-pub fn lock_dir(path: &std::path::Path) -> Result<OwnedFd, Errno> {
-    use nix::fcntl::OFlag;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())?;
+pub fn lock_dir(dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    let fd = open_beneath(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     // SAFETY: plain syscall on an fd we own.
     check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
     Ok(fd)
@@ -298,4 +296,30 @@ pub fn has_init_cap_sys_admin() -> bool {
         })
         .unwrap_or(0);
     initial_ns && cap_eff & (1 << CAP_SYS_ADMIN) != 0
+}
+
+/// An `O_PATH` fd of the root of a detached copy of the mount at `path`,
+/// rooted at `path` (`open_tree(OPEN_TREE_CLONE)`; with `recursive`, the
+/// mounts below it are copied too). The copy belongs to the fd: while it
+/// is open the filesystem stays alive, but the mount `path` lies on is not
+/// held busy, so it can be unmounted (as the kernel's overlayfs holds its
+/// layers). `EPERM` without `CAP_SYS_ADMIN` over the mount namespace.
+pub fn clone_tree(path: &std::path::Path, recursive: bool) -> Result<OwnedFd, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; the
+    // kernel returns a new fd or -1, checked before it is owned.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one
+    // else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }

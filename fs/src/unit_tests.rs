@@ -16,9 +16,11 @@ use crate::nodes::{Node, NodeId};
 use crate::options::MountOptions;
 use crate::overlay::Overlay;
 
-/// A lower layer, an upper and a work directory in a temp dir.
+/// A lower layer, an upper and a work directory in a temp dir (or, in a
+/// kill test's child, in its parent's).
 struct Union {
-    dir: tempfile::TempDir,
+    root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Union {
@@ -29,11 +31,22 @@ impl Union {
         }
         lower(&dir.path().join("lower"));
         upper(&dir.path().join("upper"));
-        Union { dir }
+        Union {
+            root: dir.path().to_path_buf(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// The union another process made in `root`, left in place on drop.
+    fn at(root: &Path) -> Union {
+        Union {
+            root: root.to_path_buf(),
+            _dir: None,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
+        self.root.join(p)
     }
 
     fn mount(&self) -> Overlay {
@@ -259,6 +272,12 @@ fn fails_cleanly(
 
 const WH_FILES: strata_ovl::Forms = strata_ovl::Forms::AUFS;
 const DEVICES: strata_ovl::Forms = strata_ovl::Forms::KERNEL;
+/// The forms on an upper that takes overlay xattrs but neither devices nor
+/// `.wh.` names (a strata mount, for a nested one).
+const XATTRS: strata_ovl::Forms = strata_ovl::Forms {
+    whiteout: strata_ovl::WhiteoutForm::Xattr(strata_ovl::XattrNs::Trusted),
+    ..strata_ovl::Forms::KERNEL
+};
 
 #[test]
 fn an_unlink_that_fails_half_way_changes_nothing() {
@@ -266,10 +285,12 @@ fn an_unlink_that_fails_half_way_changes_nothing() {
     fails_cleanly(&u, WH_FILES, &[("unlink.remove_upper", Errno::EIO)], |ov| {
         ov.unlink(&*find(ov, "d")?, OsStr::new("a"))
     });
-    let u = Union::new(|l| put(l, "d/a"), |up| put(up, "d/a"));
-    fails_cleanly(&u, DEVICES, &[("unlink.exchange", Errno::EIO)], |ov| {
-        ov.unlink(&*find(ov, "d")?, OsStr::new("a"))
-    });
+    for forms in [DEVICES, XATTRS] {
+        let u = Union::new(|l| put(l, "d/a"), |up| put(up, "d/a"));
+        fails_cleanly(&u, forms, &[("unlink.exchange", Errno::EIO)], |ov| {
+            ov.unlink(&*find(ov, "d")?, OsStr::new("a"))
+        });
+    }
 }
 
 #[test]
@@ -299,7 +320,7 @@ fn a_rename_that_fails_half_way_changes_nothing() {
 /// was deleted through the mount first) to `e` with `points` armed, for
 /// both whiteout forms: nothing may change.
 fn lower_dir_rename_fails_cleanly(files: &[&str], deleted: &str, points: &[(&'static str, Errno)]) {
-    for forms in [WH_FILES, DEVICES] {
+    for forms in [WH_FILES, DEVICES, XATTRS] {
         let u = Union::new(
             |l| {
                 for f in files {
@@ -362,4 +383,224 @@ fn renaming_a_lower_directory_with_hard_links_inside() {
         let b = fs::metadata(u.path("upper/e/sub/f")).unwrap();
         assert_eq!(a.ino(), b.ino(), "the two names still share their file");
     }
+}
+
+/// A lower directory `d` merged with an upper one: a file and a directory
+/// only in the upper, a lower file deleted (its whiteout in `d/a`), a
+/// lower hard link with both names in the tree.
+fn merged_union(forms: strata_ovl::Forms) -> Union {
+    let u = Union::new(
+        |l| {
+            for f in ["d/a/x", "d/a/gone", "d/b", "d/hl"] {
+                put(l, f);
+            }
+            fs::create_dir(l.join("d/sub")).unwrap();
+            fs::hard_link(l.join("d/hl"), l.join("d/sub/hl2")).unwrap();
+        },
+        |up| {
+            put(up, "d/up");
+            put(up, "d/new/y");
+        },
+    );
+    let ov = u.mount_with(Some(forms));
+    ov.unlink(&find(&ov, "d/a").unwrap(), OsStr::new("gone"))
+        .unwrap();
+    u
+}
+
+#[test]
+fn renaming_a_merged_directory_that_fails_at_any_step_changes_nothing() {
+    use crate::faults::PASS;
+    let eio = Errno::EIO;
+    let points: &[&[(&'static str, Errno)]] = &[
+        &[("materialize.copy_up", eio)],
+        &[("materialize.copy_up", PASS), ("materialize.copy_up", eio)],
+        &[("materialize.link", eio)],
+        &[("materialize.opaque", eio)],
+        &[("materialize.opaque", PASS), ("materialize.opaque", eio)],
+        &[("materialize.place", eio)],
+    ];
+    for forms in [WH_FILES, DEVICES, XATTRS] {
+        for p in points {
+            let u = merged_union(forms);
+            fails_cleanly(&u, forms, p, |ov| rename_in_root(ov, "d", "e"));
+            let ov = u.mount_with(Some(forms));
+            assert_eq!(names(&ov, "e"), ["a", "b", "hl", "new", "sub", "up"]);
+            assert_eq!(names(&ov, "e/a"), ["x"]);
+        }
+    }
+}
+
+/// The files left in the work directory (`WORKDIR/work`).
+fn work_entries(u: &Union) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(u.path("work/work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_replaced_upper_directory_left_in_the_work_directory_goes_at_the_next_mount() {
+    let u = merged_union(DEVICES);
+    let ov = u.mount_with(Some(DEVICES));
+    crate::faults::arm(&[("materialize.clear", Errno::EIO)]);
+    rename_in_root(&ov, "d", "e").unwrap();
+    assert!(crate::faults::all_fired());
+    let after = view(&ov);
+    assert!(after.contains(&"e/new/y".to_string()), "{after:?}");
+    let left: Vec<String> = work_entries(&u)
+        .into_iter()
+        .filter(|n| n.starts_with("#strata-"))
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "the old upper directory, in the work directory"
+    );
+    drop(ov);
+    let ov = u.mount_with(Some(DEVICES));
+    let left = work_entries(&u);
+    assert!(
+        left.iter().all(|n| !n.starts_with("#strata-")),
+        "{left:?} after a new mount"
+    );
+    assert_eq!(view(&ov), after);
+}
+
+/// Where a kill test's child finds its union and what to do: the union's
+/// directory, then `FORMS:POINT:NTH`.
+const KILL_DIR: &str = "STRATA_TEST_KILL_DIR";
+const KILL_AT: &str = "STRATA_TEST_KILL_AT";
+
+/// The child of [`a_server_killed_mid_rename_leaves_the_old_tree_or_the_new_one`]:
+/// renames `d` to `e` in the union at `dir`, killed by SIGKILL at the
+/// `nth` hit of `point`; exits with 3 if the rename ends without reaching it.
+fn kill_child(dir: &str, at: &str) -> ! {
+    let mut it = at.split(':');
+    let forms = if it.next() == Some("wh") {
+        WH_FILES
+    } else {
+        DEVICES
+    };
+    let point: &'static str = Box::leak(it.next().unwrap().to_string().into_boxed_str());
+    let nth: usize = it.next().unwrap().parse().unwrap();
+    let u = Union::at(Path::new(dir));
+    let ov = u.mount_with(Some(forms));
+    crate::faults::arm_kill(point, nth);
+    let r = rename_in_root(&ov, "d", "e");
+    eprintln!("the rename ended ({r:?}) without reaching {point} #{nth}");
+    std::process::exit(3)
+}
+
+/// A server killed at any step of renaming a merged lower directory (as by
+/// SIGKILL or a crash) leaves the old tree in view; its leftovers are only
+/// in the work directory, emptied at the next mount, and the same rename
+/// then ends with the same upper layer as one never interrupted.
+#[test]
+fn a_server_killed_mid_rename_leaves_the_old_tree_or_the_new_one() {
+    use std::os::unix::process::ExitStatusExt;
+    if let (Ok(dir), Ok(at)) = (std::env::var(KILL_DIR), std::env::var(KILL_AT)) {
+        kill_child(&dir, &at);
+    }
+    let kills: &[(&str, &str, usize)] = &[
+        ("dev", "materialize.copy_up", 0),
+        ("dev", "materialize.copy_up", 2),
+        ("dev", "materialize.link", 1),
+        ("dev", "materialize.opaque", 1),
+        ("dev", "materialize.place", 0),
+        ("dev", "materialize.clear", 0),
+        ("wh", "materialize.copy_up", 1),
+        ("wh", "materialize.place", 0),
+        ("wh", "materialize.clear", 0),
+        ("wh", "rename.move", 0),
+    ];
+    for &(form, point, nth) in kills {
+        let forms = if form == "wh" { WH_FILES } else { DEVICES };
+        let reference = merged_union(forms);
+        let ov = reference.mount_with(Some(forms));
+        rename_in_root(&ov, "d", "e").unwrap();
+        let (view_done, upper_done) = (view(&ov), upper_tree(&reference));
+        drop(ov);
+
+        let u = merged_union(forms);
+        let (view_before, upper_before) = (view(&u.mount_with(Some(forms))), upper_tree(&u));
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "unit_tests::a_server_killed_mid_rename_leaves_the_old_tree_or_the_new_one",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .env(KILL_DIR, &u.root)
+            .env(KILL_AT, format!("{form}:{point}:{nth}"))
+            .status()
+            .unwrap();
+        let at = format!("killed at {point} #{nth} ({form})");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{at}: {status}");
+        let ov = u.mount_with(Some(forms));
+        assert!(
+            work_entries(&u).iter().all(|n| !n.starts_with("#strata-")),
+            "{at}"
+        );
+        assert_eq!(view(&ov), view_before, "the view after being {at}");
+        if point != "materialize.clear" && point != "rename.move" {
+            assert_eq!(upper_tree(&u), upper_before, "the upper after being {at}");
+        }
+        rename_in_root(&ov, "d", "e").unwrap();
+        assert_eq!(view(&ov), view_done, "the view when done after being {at}");
+        assert_eq!(
+            upper_tree(&u),
+            upper_done,
+            "the upper when done after being {at}"
+        );
+    }
+}
+
+/// On an upper that takes neither devices nor `.wh.` names, whiteouts are
+/// empty files carrying `trusted.overlay.whiteout`: deleting, replacing and
+/// renaming lower entries hides them, across a remount.
+#[test]
+fn xattr_whiteouts_hide_lower_entries() {
+    let u = Union::new(
+        |l| {
+            for f in ["a", "b", "d/x", "e/y", "f"] {
+                put(l, f);
+            }
+        },
+        |_| {},
+    );
+    let ov = u.mount_with(Some(XATTRS));
+    let r = root(&ov);
+    ov.unlink(&r, OsStr::new("a")).unwrap();
+    ov.unlink(&find(&ov, "d").unwrap(), OsStr::new("x"))
+        .unwrap();
+    ov.rmdir(&r, OsStr::new("d")).unwrap();
+    rename_in_root(&ov, "e", "e2").unwrap();
+    rename_in_root(&ov, "f", "a").unwrap();
+    let after = view(&ov);
+    assert_eq!(after, ["a", "b", "e2", "e2/y"]);
+    let wh = fs::metadata(u.path("upper/d")).unwrap();
+    assert!(
+        wh.is_file() && wh.len() == 0,
+        "d is an empty file in the upper"
+    );
+    assert!(xattr_names(&u.path("upper/d")).contains(&"trusted.overlay.whiteout".to_string()));
+    assert!(!u.path("upper/.wh.d").exists());
+    drop(ov);
+    assert_eq!(view(&u.mount_with(Some(XATTRS))), after, "after a remount");
+}
+
+fn xattr_names(p: &Path) -> Vec<String> {
+    let names = crate::sys::listxattr_vec(
+        crate::sys::borrow(&fs::File::open(p.parent().unwrap()).unwrap()),
+        &std::ffi::CString::new(p.file_name().unwrap().as_encoded_bytes()).unwrap(),
+    )
+    .unwrap();
+    names
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect()
 }

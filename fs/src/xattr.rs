@@ -4,8 +4,17 @@
 //! the union (whiteouts, opacity, origins), and so do the owner overrides
 //! (`security.fuseoverlayfs.override_stat`, `user.containers.override_stat`,
 //! shown as the owner and mode instead, see `ownership.rs`): they are never
-//! listed, reading one gives `ENODATA`, and setting or removing one is
-//! refused with `EPERM`.
+//! listed, and a layer's own are never read or changed through the mount.
+//!
+//! A client's overlay xattrs are escaped, as the kernel's overlayfs does
+//! since Linux 6.7 ("Nesting overlayfs mounts"): `trusted.overlay.X` (and
+//! `user.overlay.X`) set through the mount is stored as
+//! `trusted.overlay.overlay.X`, and such an escaped xattr of any layer is
+//! listed and read as `trusted.overlay.X`. So an overlay mounted with its
+//! upper (or lower) directory on this mount, a nested strata-mount or the
+//! kernel's, keeps its opaque directories and xattr whiteouts, and this
+//! mount never takes them for its own. The other private names are refused
+//! (`ENODATA` to read, `EPERM` to change).
 //! Changing any other xattr of a lower entry copies it up first. With
 //! `noxattrs=1` every xattr call fails (EOPNOTSUPP to the caller).
 //!
@@ -24,10 +33,21 @@ use crate::copyup::CopyData;
 use crate::nodes::Node;
 use crate::overlay::{Overlay, Res};
 use crate::sys;
-use strata_ovl::is_private_xattr;
+use strata_ovl::{escape_xattr, is_private_xattr, unescape_xattr};
 
 /// The xattr that holds file capabilities.
 const CAPS: &[u8] = b"security.capability";
+
+/// The name a client's xattr `name` has in the layers: escaped for an
+/// overlay name, `EPERM` (`ENODATA` for a read) for another private one.
+fn layer_name(name: &OsStr, private: Errno) -> Res<CString> {
+    let stored = match escape_xattr(name.as_bytes()) {
+        Some(escaped) => escaped,
+        None if is_private_xattr(name.as_bytes()) => return Err(private),
+        None => name.as_bytes().to_vec(),
+    };
+    CString::new(stored).map_err(|_| Errno::EINVAL)
+}
 
 impl Overlay {
     /// ENOSYS under `noxattrs`: the kernel then stops sending xattr
@@ -42,14 +62,11 @@ impl Overlay {
     /// Reads xattr `name` of `node`; with `size` 0, only its length.
     pub fn getxattr(&self, node: &Node, name: &OsStr, size: u32) -> Res<Vec<u8>> {
         self.xattrs_on()?;
-        if is_private_xattr(name.as_bytes()) {
-            return Err(Errno::ENODATA);
-        }
+        let cname = layer_name(name, Errno::ENODATA)?;
         let caps = name.as_bytes() == CAPS;
         if caps && node.no_caps.load(Ordering::Relaxed) {
             return Err(Errno::ENODATA);
         }
-        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         let path = self.nodes.path(node)?;
         let fd = self.stack.fd(node.top());
         let mut buf = vec![0u8; size as usize];
@@ -103,7 +120,7 @@ impl Overlay {
         let names = sys::listxattr_vec(fd, path.c())?;
         let mut out = Vec::new();
         for n in names.into_iter().filter(|n| !is_private_xattr(n)) {
-            out.extend_from_slice(&n);
+            out.extend_from_slice(&unescape_xattr(&n).unwrap_or(n));
             out.push(0);
         }
         Ok(out)
@@ -113,10 +130,7 @@ impl Overlay {
     pub fn setxattr(&self, node: &Node, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
         self.xattrs_on()?;
         let upper = self.upper()?;
-        if is_private_xattr(name.as_bytes()) {
-            return Err(Errno::EPERM);
-        }
-        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let cname = layer_name(name, Errno::EPERM)?;
         self.ensure_upper_with(node, CopyData::Meta)?;
         let path = self.nodes.path(node)?;
         self.xattr_changed(name);
@@ -127,10 +141,7 @@ impl Overlay {
     pub fn removexattr(&self, node: &Node, name: &OsStr) -> Res<()> {
         self.xattrs_on()?;
         let upper = self.upper()?;
-        if is_private_xattr(name.as_bytes()) {
-            return Err(Errno::EPERM);
-        }
-        let cname = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let cname = layer_name(name, Errno::EPERM)?;
         // Fail before a copy-up when there is nothing to remove.
         let path = self.nodes.path(node)?;
         sys::getxattr_at(self.stack.fd(node.top()), path.c(), &cname, &mut [])?;

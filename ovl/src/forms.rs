@@ -20,6 +20,12 @@ pub enum WhiteoutForm {
     /// An empty `.wh.NAME` file beside the hidden name, where the upper
     /// filesystem refuses the device.
     WhFile,
+    /// An empty regular file of the hidden name carrying `overlay.whiteout`
+    /// in a namespace (the kernel's xattr whiteout, which it reads in lower
+    /// layers since Linux 6.7): where the upper takes neither the device
+    /// nor `.wh.` names but takes overlay xattrs, as a Strata mount does
+    /// for a nested overlay (it escapes them).
+    Xattr(XattrNs),
 }
 
 /// How an opaque directory is marked in the upper layer.
@@ -67,6 +73,7 @@ impl fmt::Display for Forms {
         let wh = match self.whiteout {
             WhiteoutForm::Device => "device 0/0",
             WhiteoutForm::WhFile => ".wh.NAME",
+            WhiteoutForm::Xattr(ns) => Xattr::Whiteout.name(ns).to_str().unwrap_or("?"),
         };
         let opq = match self.opaque {
             OpaqueForm::Xattr(ns) => Xattr::Opaque.name(ns).to_str().unwrap_or("?"),

@@ -63,7 +63,8 @@ pub fn is_opaque(dir: BorrowedFd<'_>, path: &RelPath) -> bool {
 pub struct DirMarks {
     /// An opaque xattr with the value `y`.
     pub opaque: bool,
-    /// `overlay.whiteouts`: files in it may be xattr whiteouts.
+    /// `overlay.whiteouts`, or `overlay.opaque` set to `x`: files in it may
+    /// be xattr whiteouts.
     pub xattr_whiteouts: bool,
 }
 
@@ -81,8 +82,10 @@ pub fn dir_marks(dir: BorrowedFd<'_>, path: &RelPath) -> DirMarks {
             marks.xattr_whiteouts = true;
         } else if !marks.opaque {
             if let Some(name) = OPAQUE_XATTRS.iter().find(|o| o.to_bytes() == n.as_slice()) {
-                marks.opaque =
-                    matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1)) && v[0] == b'y';
+                let one = matches!(sys::getxattr_at(dir, path.c(), name, &mut v), Ok(1));
+                marks.opaque = one && v[0] == b'y';
+                // `x`: not opaque, but holding xattr whiteouts (Linux 6.8).
+                marks.xattr_whiteouts |= one && v[0] == b'x';
             }
         }
     }
@@ -150,8 +153,9 @@ pub fn clear_opaque(dir: BorrowedFd<'_>, path: &RelPath, form: OpaqueForm) -> Re
 }
 
 /// Creates a whiteout for `path` (whose parent exists in the upper layer).
-/// The device form takes the name itself, which must not exist; the
-/// `.wh.` form takes `.wh.NAME` beside it.
+/// The device and xattr forms take the name itself, which must not exist;
+/// the `.wh.` form takes `.wh.NAME` beside it. The xattr form marks its
+/// directory first ([`mark_xattr_whiteouts`]).
 pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) -> Result<(), Errno> {
     match form {
         WhiteoutForm::Device => sys::mknod_at(dir, path.c(), libc::S_IFCHR, 0),
@@ -159,6 +163,31 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, path: &RelPath, form: WhiteoutForm) ->
             sys::open_beneath(dir, wh_path(path).c(), libc::O_CREAT | libc::O_WRONLY, 0)?;
             Ok(())
         }
+        WhiteoutForm::Xattr(ns) => {
+            mark_xattr_whiteouts(dir, &path.split().0, ns)?;
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+            sys::open_beneath(dir, path.c(), flags, 0o600)?;
+            let marked = sys::setxattr_at(dir, path.c(), Xattr::Whiteout.name(ns), b"y", 0);
+            if let Err(e) = marked {
+                let _ = sys::unlink_at(dir, path.c(), false);
+                return Err(e);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Marks the directory `path` of a layer as holding xattr whiteouts, which
+/// listings of it then look for: `overlay.whiteouts`, and `overlay.opaque`
+/// set to `x` (the kernel's mark since Linux 6.8) unless it is opaque
+/// (`y`) already.
+pub fn mark_xattr_whiteouts(dir: BorrowedFd<'_>, path: &RelPath, ns: XattrNs) -> Result<(), Errno> {
+    sys::setxattr_at(dir, path.c(), Xattr::Whiteouts.name(ns), b"y", 0)?;
+    let opaque = Xattr::Opaque.name(ns);
+    let mut v = [0u8; 1];
+    match sys::getxattr_at(dir, path.c(), opaque, &mut v) {
+        Ok(1) if v[0] == b'y' => Ok(()),
+        _ => sys::setxattr_at(dir, path.c(), opaque, b"x", 0),
     }
 }
 

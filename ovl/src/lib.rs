@@ -31,7 +31,9 @@ pub mod stack;
 pub mod sys;
 
 pub use forms::{Forms, OpaqueForm, Probe, WhiteoutForm};
-pub use names::{is_private_xattr, EntryName, Xattr, XattrNs};
+pub use names::{
+    escape_xattr, is_escaped_xattr, is_private_xattr, unescape_xattr, EntryName, Xattr, XattrNs,
+};
 pub use ownership::{OverrideKind, OverrideMode, OverrideStat};
 pub use path::RelPath;
 pub use stack::{Found, MergedEntry, Stack};

@@ -134,10 +134,49 @@ const PRIVATE_PREFIXES: [&[u8]; 3] = [
 const PRIVATE_NAMES: [&CStr; 2] = [OVERRIDE_STAT_PRIVILEGED, OVERRIDE_STAT_CONTAINERS];
 
 /// Whether an xattr name is private to the overlay format (see
-/// [`PRIVATE_PREFIXES`] and [`PRIVATE_NAMES`]).
+/// [`PRIVATE_PREFIXES`] and [`PRIVATE_NAMES`]). An escaped overlay xattr
+/// ([`is_escaped_xattr`]) is not: it is data, a nested overlay's own.
 pub fn is_private_xattr(name: &[u8]) -> bool {
-    PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
-        || PRIVATE_NAMES.iter().any(|n| n.to_bytes() == name)
+    (PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
+        || PRIVATE_NAMES.iter().any(|n| n.to_bytes() == name))
+        && !is_escaped_xattr(name)
+}
+
+/// The prefixes of the overlay's own xattrs, which a mount escapes for its
+/// clients (the kernel's overlayfs escapes the one of its namespace).
+const OVERLAY_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+
+/// What escaping inserts after an overlay prefix.
+const ESCAPE: &[u8] = b"overlay.";
+
+/// Whether `name` is an escaped overlay xattr, `trusted.overlay.overlay.*`
+/// or `user.overlay.overlay.*`: stored in a layer for a nested overlay (an
+/// overlay mounted on this one), shown to clients with one `overlay.` less
+/// ([`unescape_xattr`]), never read as the overlay's own (Linux 6.7+,
+/// overlayfs.rst "Nesting overlayfs mounts").
+pub fn is_escaped_xattr(name: &[u8]) -> bool {
+    OVERLAY_PREFIXES
+        .iter()
+        .any(|p| name.strip_prefix(*p).is_some_and(|r| r.starts_with(ESCAPE)))
+}
+
+/// The name under which a client's xattr `name` is stored in a layer: an
+/// overlay xattr (`trusted.overlay.X`, `user.overlay.X`, escaped or not)
+/// with one more `overlay.` (`trusted.overlay.overlay.X`), so the client
+/// (a nested overlay) keeps its whiteouts and opaque directories and this
+/// mount never takes them for its own; `None` for every other name, stored
+/// as it is.
+pub fn escape_xattr(name: &[u8]) -> Option<Vec<u8>> {
+    let p = OVERLAY_PREFIXES.iter().find(|p| name.starts_with(p))?;
+    Some([*p, ESCAPE, &name[p.len()..]].concat())
+}
+
+/// The name clients see for an escaped xattr `name` of a layer (one
+/// `overlay.` less), `None` if it is not escaped.
+pub fn unescape_xattr(name: &[u8]) -> Option<Vec<u8>> {
+    let p = OVERLAY_PREFIXES.iter().find(|p| name.starts_with(p))?;
+    let rest = name[p.len()..].strip_prefix(ESCAPE)?;
+    Some([*p, rest].concat())
 }
 
 /// What a directory entry's name means in the AUFS/OCI forms.
@@ -216,6 +255,54 @@ mod tests {
         ] {
             assert!(!is_private_xattr(n.as_bytes()), "{n}");
         }
+    }
+
+    #[test]
+    fn overlay_xattrs_are_escaped_one_level_at_a_time() {
+        let esc = |n: &str| escape_xattr(n.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        let unesc = |n: &str| unescape_xattr(n.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            esc("trusted.overlay.opaque").as_deref(),
+            Some("trusted.overlay.overlay.opaque")
+        );
+        assert_eq!(
+            esc("user.overlay.whiteout").as_deref(),
+            Some("user.overlay.overlay.whiteout")
+        );
+        assert_eq!(
+            esc("trusted.overlay.overlay.opaque").as_deref(),
+            Some("trusted.overlay.overlay.overlay.opaque"),
+            "nesting to any depth"
+        );
+        for n in [
+            "user.mime_type",
+            "user.fuseoverlayfs.opaque",
+            "trusted.overlayx",
+            "security.capability",
+        ] {
+            assert_eq!(esc(n), None, "{n}");
+            assert_eq!(unesc(n), None, "{n}");
+        }
+        assert_eq!(unesc("trusted.overlay.opaque"), None);
+        assert_eq!(
+            unesc("trusted.overlay.overlay.opaque").as_deref(),
+            Some("trusted.overlay.opaque")
+        );
+        for n in [
+            "trusted.overlay.overlay.opaque",
+            "user.overlay.overlay.x",
+            "user.overlay.overlay.overlay.y",
+        ] {
+            assert!(is_escaped_xattr(n.as_bytes()), "{n}");
+            assert!(
+                !is_private_xattr(n.as_bytes()),
+                "{n} is a nested overlay's data"
+            );
+            assert_eq!(esc(&unesc(n).unwrap()).as_deref(), Some(n), "round trip");
+        }
+        assert!(!is_escaped_xattr(b"trusted.overlay.opaque"));
+        assert!(!is_escaped_xattr(b"trusted.overlay.overlayx"));
+        assert!(is_private_xattr(b"trusted.overlay.overlayx"));
     }
 
     #[test]

@@ -204,6 +204,10 @@ struct Writes {
     /// private xattrs are refused): there whiteouts are written as `.wh.`
     /// files and opaque directories with `.wh..wh..opq`.
     plain_fs: bool,
+    /// The directory is on a strata-mount, which escapes overlay xattrs:
+    /// whiteouts are written in the kernel's xattr form and opaque
+    /// directories with the opaque xattr.
+    xattr_forms: bool,
 }
 
 impl Writes {
@@ -214,6 +218,7 @@ impl Writes {
             ns: if userns { User } else { Trusted },
             privileged: !userns,
             plain_fs: !crate::upperfs::is_overlay_fs(dir),
+            xattr_forms: crate::upperfs::escapes_overlay_xattrs(dir),
         }
     }
 }
@@ -246,6 +251,16 @@ fn make_dir(full: &Path) {
         fs::create_dir_all(full).unwrap_or_else(|e| panic!("mkdir {}: {e}", full.display()));
         fs::set_permissions(full, fs::Permissions::from_mode(0o755)).expect("chmod dir");
     }
+}
+
+/// A whiteout in the kernel's xattr form, as strata-mount writes it on an
+/// upper that takes neither devices nor `.wh.` names: an empty file
+/// carrying `overlay.whiteout`, in a directory marked `overlay.whiteouts`.
+fn xwhiteout(full: &Path, ns: strata_ovl::XattrNs) {
+    let parent = full.parent().expect("parent");
+    setx(parent, Xattr::Whiteouts.name(ns), b"y");
+    fs::write(full, b"").expect("write xwhiteout");
+    setx(full, Xattr::Whiteout.name(ns), b"y");
 }
 
 fn whiteout_dev(full: &Path) {
@@ -282,6 +297,8 @@ fn apply_step(root: &Path, step: &Step, w: &Writes, mtimes: &mut Vec<(PathBuf, i
             let full = parent_dirs(root, rel);
             if native || (w.plain_fs && matches!(step, Step::Whiteout(_))) {
                 whiteout_dev(&full);
+            } else if w.xattr_forms {
+                xwhiteout(&full, w.ns);
             } else {
                 let wh = with_name_prefix(&full, names::WHITEOUT_PREFIX);
                 fs::write(&wh, b"").expect("write .wh. file");
@@ -301,7 +318,11 @@ fn apply_step(root: &Path, step: &Step, w: &Writes, mtimes: &mut Vec<(PathBuf, i
         Step::Opaque(rel, form) => {
             let full = parent_dirs(root, rel);
             make_dir(&full);
-            let form = if w.plain_fs { *form } else { OpaqueForm::WhOpq };
+            let form = match (w.plain_fs, w.xattr_forms) {
+                (true, _) => *form,
+                (false, true) => OpaqueForm::TrustedXattr,
+                (false, false) => OpaqueForm::WhOpq,
+            };
             match (native, form) {
                 (true, _) => setx(&full, Xattr::Opaque.name(w.ns), b"y"),
                 (false, OpaqueForm::TrustedXattr) => setx(&full, Xattr::Opaque.name(w.ns), b"y"),

@@ -16,11 +16,14 @@
 //! tmpfs) it is the oracle on the same filesystem; where it cannot (an
 //! overlayfs or FUSE upper) the oracle is the kernel's overlayfs with its
 //! upper under /tmp: results, merged trees and the upper directories with
-//! their forms normalized are compared. A FUSE overlay upper can hold no
-//! whiteout (strata-mount and fuse-overlayfs refuse `.wh.` names and 0/0
-//! devices through their mounts): there the fixtures' upper starts without
-//! whiteouts and opaque markers, and a case whose script needs one is
-//! skipped by name ([`adapt`], [`cannot_hold`], [`first_refused_whiteout`]).
+//! their forms normalized are compared. On a strata-mount upper, the inner
+//! mount writes the kernel's xattr whiteouts and opaque xattrs, which the
+//! outer escapes. Another FUSE overlay upper (fuse-overlayfs as
+//! `$STRATA_MOUNT`) can hold no whiteout (it refuses `.wh.` names, 0/0
+//! devices and overlay xattrs through its mount): there the fixtures' upper
+//! starts without whiteouts and opaque markers, and a case whose script
+//! needs one is skipped by name ([`adapt`], [`cannot_hold`],
+//! [`first_refused_whiteout`]).
 //!
 //! Each differential case of such a binary then runs again inside a user
 //! namespace (the test binary re-executed with `--exact NAME`, see
@@ -141,6 +144,16 @@ pub fn is_overlay_fs(dir: &Path) -> bool {
         let t = s.filesystem_type().0;
         t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC
     })
+}
+
+/// Whether `dir` is on this binary's strata-mount upper filesystem, which
+/// escapes a nested overlay's xattrs: fixtures written there take the
+/// kernel's xattr whiteouts and opaque xattrs (`.wh.` names and 0/0 devices
+/// are refused through it).
+pub fn escapes_overlay_xattrs(dir: &Path) -> bool {
+    selected() == Some(Kind::Fuse)
+        && !fuse_upper_without_whiteouts()
+        && nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC)
 }
 
 /// Whether CI asked for every tool to be present (`CI=true`).
@@ -471,7 +484,17 @@ pub fn describe() -> String {
 /// fuse-overlayfs's), which refuses `.wh.` names and 0/0 devices, the
 /// upper starts without its whiteouts and opaque markers, on both sides.
 pub fn adapt(layers: &crate::Layers) -> Option<crate::Layers> {
-    (selected() == Some(Kind::Fuse)).then(|| layers.without_upper_markers())
+    fuse_upper_without_whiteouts().then(|| layers.without_upper_markers())
+}
+
+/// Whether this binary's uppers are on a FUSE overlay that can hold no
+/// whiteout: one that is not strata-mount (`$STRATA_MOUNT`, fuse-overlayfs
+/// say). strata-mount escapes a nested overlay's xattrs (`overlay.opaque`,
+/// `overlay.whiteout`), so an upper on it holds opaque directories and the
+/// kernel's xattr whiteouts.
+fn fuse_upper_without_whiteouts() -> bool {
+    selected() == Some(Kind::Fuse)
+        && strata_program().file_name() != Some(std::ffi::OsStr::new("strata-mount"))
 }
 
 /// Why a case cannot run with this binary's upper filesystem, if it
@@ -479,7 +502,7 @@ pub fn adapt(layers: &crate::Layers) -> Option<crate::Layers> {
 /// opaque directory in the upper (as the kernel's run on /tmp shows,
 /// `kernel_upper`) has no form to write it in.
 pub fn cannot_hold(kernel_upper: Option<&crate::Snapshot>) -> Option<&'static str> {
-    if selected() != Some(Kind::Fuse) {
+    if !fuse_upper_without_whiteouts() {
         return None;
     }
     let needs = kernel_upper.is_some_and(|u| {
@@ -500,7 +523,7 @@ pub fn first_refused_whiteout(
     kernel: &[crate::OpResult],
     program: &[crate::OpResult],
 ) -> Option<usize> {
-    if selected() != Some(Kind::Fuse) {
+    if !fuse_upper_without_whiteouts() {
         return None;
     }
     kernel

@@ -278,6 +278,46 @@ fn overlay_private_xattrs_cannot_be_set_or_seen() {
     );
 }
 
+/// A client's overlay xattrs are escaped, as the kernel's overlayfs does
+/// since Linux 6.7 ("Nesting overlayfs mounts"): `trusted.overlay.X` set
+/// through the mount is stored as `trusted.overlay.overlay.X` (the upper
+/// trees are compared too) and read back as set, never taken for the
+/// mount's own (a directory a client marks opaque still merges, an empty
+/// file marked a whiteout still shows); a layer's escaped xattr is shown
+/// with one `overlay.` less. (In a user namespace `trusted.*` is refused
+/// on both sides.)
+#[test]
+fn overlay_xattrs_of_clients_are_escaped() {
+    let layers = Layers::new().lower(|l| {
+        l.file("esc", "")
+            .xattr("esc", "trusted.overlay.overlay.whiteout", "y")
+            .file("dir/x", "x\n")
+            .file("empty", "")
+    });
+    differential(
+        &layers,
+        &[
+            Op::Stat("esc"),
+            Op::ListXattr("esc"),
+            Op::GetXattr("esc", "trusted.overlay.whiteout"),
+            Op::GetXattr("esc", "trusted.overlay.overlay.whiteout"),
+            Op::SetXattr("dir", "trusted.overlay.opaque", b"y"),
+            Op::List("dir"),
+            Op::GetXattr("dir", "trusted.overlay.opaque"),
+            Op::ListXattr("dir"),
+            Op::SetXattr("empty", "trusted.overlay.whiteout", b"y"),
+            Op::Stat("empty"),
+            Op::ListXattr("empty"),
+            Op::SetXattr("empty", "trusted.overlay.overlay.deeper", b"2"),
+            Op::GetXattr("empty", "trusted.overlay.overlay.deeper"),
+            Op::ListXattr("empty"),
+            Op::RemoveXattr("dir", "trusted.overlay.opaque"),
+            Op::ListXattr("dir"),
+            Op::List(""),
+        ],
+    );
+}
+
 #[test]
 fn unlink() {
     let mut ops = Vec::new();
