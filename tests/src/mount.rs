@@ -615,9 +615,10 @@ impl Mounted {
         }
         for &pid in &self.servers {
             if !wait_process_gone(pid, PROCESS_TIMEOUT) {
+                let threads = thread_states(pid);
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 problems.push(format!(
-                    "the FUSE server (pid {pid}) of {} did not exit within {:?} after unmount; killed it",
+                    "the FUSE server (pid {pid}) of {} did not exit within {:?} after unmount; killed it; its threads were: {threads}",
                     self.mnt.display(),
                     PROCESS_TIMEOUT
                 ));
@@ -699,4 +700,40 @@ impl Drop for Mounted {
 /// Escapes `:` (and `\`) in a lowerdir element as fuse-overlayfs expects.
 pub fn escape_colon(path: &str) -> String {
     path.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// What each thread of `pid` was doing (name, state, wait channel, kernel
+/// stack): the diagnosis of a server that does not exit.
+fn thread_states(pid: i32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "gone".into();
+    };
+    let read = |p: std::path::PathBuf| fs::read_to_string(p).unwrap_or_default();
+    tasks
+        .flatten()
+        .map(|t| {
+            let p = t.path();
+            let stat = read(p.join("stat"));
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or("?")
+                .to_string();
+            let stack: Vec<String> = read(p.join("stack"))
+                .lines()
+                .take(6)
+                .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+                .collect();
+            format!(
+                "[{} {} {} wchan={} stack={}]",
+                t.file_name().to_string_lossy(),
+                read(p.join("comm")).trim(),
+                state,
+                read(p.join("wchan")).trim(),
+                stack.join("<")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
