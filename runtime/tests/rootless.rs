@@ -302,6 +302,13 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
     }
     assert_eq!(u.ok(&["exec", "web", "cat", "/www/index.html"]), "hello\n");
 
+    // `strata mount` mounts in the user's namespace: seen under `unshare`,
+    // where strata uses the user's store; stats has no cgroup to read.
+    let inside = format!("cat \"$({} mount web)/www/index.html\"", u.exe.display());
+    assert_eq!(u.ok(&["unshare", "sh", "-c", &inside]), "hello\n");
+    let r = u.strata(&["stats", "--no-stream"]);
+    assert!(r.code == 125 && r.stderr.contains("cgroup"), "{r:?}");
+
     // exec: what rootless podman users hit first (rename of an image
     // directory, rm -rf then mkdir, hard links, owners of the range).
     u.ok(&[

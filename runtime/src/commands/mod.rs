@@ -81,7 +81,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         _ => None,
     };
     if let Command::Unshare { command } = &cli.command {
-        return unshare(command);
+        // strata run in there is root and would use /var/lib/strata.
+        let store = rootless.map(|d| d.store);
+        return unshare(command, store.as_deref());
     }
     let explicit = cli.root.or_else(|| {
         std::env::var_os("STRATA_ROOT")
@@ -116,7 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Exec(a) => exec::exec(&ctx, &a),
         Command::Attach { container } => lifecycle::attach_logs(&ctx, &container),
         Command::Completion { shell } => completion(shell),
-        Command::Unshare { command } => unshare(&command),
+        Command::Unshare { command } => unshare(&command, None),
         Command::Diff { container } => files::diff(&ctx, &container),
         Command::Commit(a) => files::commit_cmd(&ctx, &a),
         Command::Export { output, container } => files::export_cmd(&ctx, &container, &output),
@@ -142,8 +144,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 /// `unshare`: runs a command (default `$SHELL`) where this process is, in
-/// the rootless namespace for an ordinary user; its exit code.
-fn unshare(command: &[String]) -> Result<i32> {
+/// the rootless namespace for an ordinary user (with `STRATA_ROOT` set to
+/// the user's store, so `strata` in there uses it); its exit code.
+fn unshare(command: &[String], store: Option<&std::path::Path>) -> Result<i32> {
     let (prog, args) = match command.split_first() {
         Some((p, a)) => (p.clone(), a.to_vec()),
         None => (
@@ -151,17 +154,19 @@ fn unshare(command: &[String]) -> Result<i32> {
             Vec::new(),
         ),
     };
-    let status = std::process::Command::new(&prog)
-        .args(&args)
-        .status()
-        .map_err(|e| Exit {
-            code: if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            },
-            message: format!("cannot run {prog}: {e}"),
-        })?;
+    let mut cmd = std::process::Command::new(&prog);
+    cmd.args(&args);
+    if let (Some(store), None) = (store, std::env::var_os("STRATA_ROOT")) {
+        cmd.env("STRATA_ROOT", store);
+    }
+    let status = cmd.status().map_err(|e| Exit {
+        code: if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+        message: format!("cannot run {prog}: {e}"),
+    })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()

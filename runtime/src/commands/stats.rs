@@ -61,6 +61,9 @@ fn sample(list: &[(Container, i32)]) -> Vec<Usage> {
 }
 
 pub(super) fn stats(ctx: &Ctx, a: &StatsArgs) -> Result<i32> {
+    if strata_fs::sys::in_user_namespace() {
+        bail!("stats reads each container's cgroup, and rootless containers have none of their own here (that needs cgroup v2 with delegation)");
+    }
     let (names, all, no_stream) = (&a.containers, a.all, a.no_stream);
     let pick = |ctx: &Ctx| -> Result<Vec<(Container, i32)>> {
         let list: Vec<Container> = if names.is_empty() {
