@@ -254,6 +254,21 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
     assert!(out.starts_with("0\n"), "{out}");
     assert!(out.contains(&base.to_string()), "{out}");
 
+    // slirp4netns, the other user-mode network.
+    let out = u.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "slirp4netns",
+        "busybox",
+        "ip",
+        "-4",
+        "addr",
+        "show",
+        "tap0",
+    ]);
+    assert!(out.contains("10.0.2.100"), "{out}");
+
     // A web server published on the host's loopback (pasta).
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:80");
