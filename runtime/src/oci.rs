@@ -97,9 +97,17 @@ pub fn spec(c: &Container, p: &ProcessInputs<'_>) -> Result<Value, SeccompError>
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", if sec.privileged { "rw" } else { "ro" }]}),
     ];
+    let sys_mode = if sec.privileged { "rw" } else { "ro" };
+    mounts.push(if p.rootless && cfg.network == Network::Host {
+        // sysfs may be mounted only by the owner of the network namespace:
+        // rootless with the host's network, the host's /sys is bound.
+        json!({"destination": "/sys", "type": "bind", "source": "/sys",
+               "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev", sys_mode]})
+    } else {
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", sys_mode]})
+    });
     mounts.push(if p.rootless {
         // A cgroup filesystem cannot be mounted without a cgroup namespace
         // of its own: the namespace's hierarchy, bound read-only.

@@ -254,6 +254,19 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
     assert!(out.starts_with("0\n"), "{out}");
     assert!(out.contains(&base.to_string()), "{out}");
 
+    // The host's network (sysfs cannot be mounted there: /sys is bound).
+    let out = u.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net | grep -c lo",
+    ]);
+    assert_eq!(out, "1\n");
+
     // slirp4netns, the other user-mode network.
     let out = u.ok(&[
         "run",
