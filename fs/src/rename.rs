@@ -52,6 +52,8 @@ impl Overlay {
         if is_reserved_name(newname.as_bytes()) {
             return Err(Errno::EINVAL);
         }
+        // A marked copy-up finds its data by its path: none may move.
+        self.settle_copyups()?;
         self.ensure_upper(parent)?;
         self.ensure_upper(newparent)?;
         // No other request runs meanwhile: the FUSE dispatch holds

@@ -275,3 +275,17 @@ pub fn has_init_cap_sys_admin() -> bool {
         .unwrap_or(0);
     initial_ns && cap_eff & (1 << CAP_SYS_ADMIN) != 0
 }
+
+/// `syncfs(2)`: writes out everything dirty of the filesystem that holds
+/// `fd` (which must be a real fd, not `O_PATH`).
+pub fn syncfs(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::unistd::syncfs(fd)
+}
+
+/// `fremovexattr(2)`.
+pub fn fremovexattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: `fd` is a live descriptor for the call's duration and `name`
+    // a NUL-terminated string; the call reads nothing else.
+    let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+    Errno::result(r).map(drop)
+}
