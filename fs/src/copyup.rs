@@ -406,6 +406,9 @@ impl PendingSync {
     pub const BURST: usize = 256;
     /// How long without a new mark ends a burst.
     pub const IDLE: Duration = Duration::from_millis(20);
+    /// Marked files (each an open fd) beyond which a copy-up waits for a
+    /// flush itself.
+    pub const MAX_PENDING: usize = 4 * Self::BURST;
 
     pub(crate) fn new(upper: OwnedFd, mark: &'static CStr) -> PendingSync {
         PendingSync {
@@ -454,6 +457,11 @@ impl PendingSync {
         });
         if n == 1 || n >= Self::BURST {
             self.wake.notify_one();
+        }
+        // The thread cannot keep up (a slow syncfs, or no thread): this
+        // request waits for a flush, so the open fds stay bounded.
+        if n >= Self::MAX_PENDING {
+            let _ = self.flush(false);
         }
     }
 

@@ -260,6 +260,12 @@ pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
 /// namespace: what FUSE passthrough (backing files) and `trusted.*` xattrs
 /// need. Root in a user namespace does not.
 pub fn has_init_cap_sys_admin() -> bool {
+    // Asked twice while mounting; the answer does not change.
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(init_cap_sys_admin)
+}
+
+fn init_cap_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     let initial_ns = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
         let f: Vec<&str> = m.split_whitespace().collect();
