@@ -140,10 +140,17 @@ impl Overlay {
                     libc::O_RDONLY | libc::O_DIRECTORY,
                     0,
                 )?;
-                Some(Arc::new(crate::copyup::PendingSync::new(
-                    fd,
-                    Xattr::Metacopy.name(ns),
-                )))
+                // A mark is only as good as the order in which the upper
+                // filesystem commits metadata (see copyup.rs).
+                let batch = opts
+                    .batch_sync
+                    .unwrap_or_else(|| sys::orders_metadata(std::os::fd::AsFd::as_fd(&fd)));
+                batch.then(|| {
+                    Arc::new(crate::copyup::PendingSync::new(
+                        fd,
+                        Xattr::Metacopy.name(ns),
+                    ))
+                })
             }
             _ => None,
         };

@@ -295,3 +295,36 @@ pub fn fremovexattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Err
     let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
     Errno::result(r).map(drop)
 }
+
+/// Whether the filesystem of `fd` commits metadata changes in the order
+/// they were made, so that a crash keeps a prefix of them: a journal or
+/// copy-on-write (xfs, btrfs, ext3/ext4 with a journal), or nothing
+/// survives a crash anyway (tmpfs). ext4 without a journal, and anything
+/// not known, does not count.
+pub fn orders_metadata(fd: BorrowedFd<'_>) -> bool {
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    const TMPFS: i64 = 0x0102_1994;
+    const EXT: i64 = 0xef53;
+    let Ok(fs) = nix::sys::statfs::fstatfs(fd) else {
+        return false;
+    };
+    // `f_type`'s width varies by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.filesystem_type().0 as i64;
+    match kind {
+        XFS | BTRFS | TMPFS => true,
+        // A journaled ext3/ext4 has a jbd2 entry named after its device.
+        EXT => fstat(fd).is_ok_and(|st| {
+            let (major, minor) = (libc::major(st.st_dev), libc::minor(st.st_dev));
+            std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+                .ok()
+                .and_then(|u| {
+                    u.lines()
+                        .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+                })
+                .is_some_and(|dev| std::path::Path::new(&format!("/proc/fs/jbd2/{dev}-8")).exists())
+        }),
+        _ => false,
+    }
+}
