@@ -32,10 +32,14 @@
 //!   removed. A crash before that leaves marked files, which read the
 //!   lower data (whatever the upper copy holds); a crash after it leaves
 //!   synced data. The order that matters, mark then rename, is the order
-//!   of two metadata changes of one journaled filesystem (ext4, xfs,
-//!   btrfs commit metadata in order; data is what they may lose). On a
-//!   filesystem without a journal (ext4 `^has_journal`) nothing orders
-//!   metadata, and nothing is promised after a crash there anyway (fsck).
+//!   of two metadata changes of one filesystem, which a journal or
+//!   copy-on-write keeps (ext3/ext4 with a journal, xfs, btrfs commit
+//!   metadata in order; data is what they may lose). Elsewhere (ext4
+//!   without a journal, which writes metadata blocks back in any order,
+//!   or a filesystem not known) the rename could reach the disk before
+//!   the mark: `batch_sync=auto` (the default) then syncs each copy-up as
+//!   above ([`crate::sys::orders_metadata`] decides); `batch_sync=on` and
+//!   `off` override it.
 //! - A marked file never receives new data while marked: an open for
 //!   writing or a truncate of it, and any rename or link (which would move
 //!   a marked file away from the path its data is found by) first settle
