@@ -512,12 +512,16 @@ impl PendingSync {
         if self.count() == 0 {
             return Ok(());
         }
-        let pending = self.state.lock().files.iter().any(|(n, _)| *n == id);
-        if pending {
-            return self.flush(true);
+        let pending = || self.state.lock().files.iter().any(|(n, _)| *n == id);
+        if !pending() {
+            // A flush under way may hold it: wait for it to end; one that
+            // failed has put its files back.
+            drop(self.flushing.lock());
+            if !pending() {
+                return Ok(());
+            }
         }
-        drop(self.flushing.lock());
-        Ok(())
+        self.flush(true)
     }
 }
 
@@ -535,7 +539,11 @@ fn flusher(weak: Weak<PendingSync>) {
         match due {
             Some(d) if d.is_zero() => {
                 drop(st);
-                let _ = p.flush(false);
+                if p.flush(false).is_err() {
+                    // The files stay marked; try again in a while rather
+                    // than spin on a failing disk.
+                    p.wake.wait_for(&mut p.state.lock(), Duration::from_secs(1));
+                }
             }
             Some(d) => {
                 p.wake.wait_for(&mut st, d);
