@@ -267,7 +267,11 @@ fn run_one(
         native: w.native_setup(),
     };
     let (guard, seconds) = if w.is_mount() {
-        sys::sync();
+        if w.cold() {
+            sys::drop_caches()?;
+        } else {
+            sys::sync();
+        }
         // Timed: the mount until its root answers the workload's stat.
         let (guard, took) = driver.mount_probed(&req, &mut |root| {
             w.run(&Ctx {

@@ -24,6 +24,7 @@ use crate::process;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Workload {
     Mount1,
+    Mount1Cold,
     Mount127,
     StatColdL16,
     StatWarmL16,
@@ -63,8 +64,9 @@ pub struct Ctx<'a> {
 
 impl Workload {
     /// Every workload, in the order results list them.
-    pub const ALL: [Workload; 19] = [
+    pub const ALL: [Workload; 20] = [
         Workload::Mount1,
+        Workload::Mount1Cold,
         Workload::Mount127,
         Workload::StatColdL16,
         Workload::StatWarmL16,
@@ -89,6 +91,7 @@ impl Workload {
     pub fn name(self) -> &'static str {
         match self {
             Workload::Mount1 => "mount1",
+            Workload::Mount1Cold => "mount1_cold",
             Workload::Mount127 => "mount127",
             Workload::StatColdL16 => "stat_cold_l16",
             Workload::StatWarmL16 => "stat_warm_l16",
@@ -114,6 +117,10 @@ impl Workload {
     pub fn describe(self, s: &Sizes) -> String {
         match self {
             Workload::Mount1 => "mount 1 layer until the root answers a stat".into(),
+            Workload::Mount1Cold => {
+                "the same right after dropping the page cache: loading the mount program counts"
+                    .into()
+            }
             Workload::Mount127 => "mount 127 layers until the root answers a stat".into(),
             Workload::StatColdL16 => format!(
                 "cold `find -printf %s` (stat of every entry), {} files in 16 layers",
@@ -174,9 +181,11 @@ impl Workload {
     /// The stack it mounts.
     pub fn stack(self) -> StackId {
         match self {
-            Workload::Mount1 | Workload::FindColdL1 | Workload::CreateStorm | Workload::Tarx => {
-                StackId::L1
-            }
+            Workload::Mount1
+            | Workload::Mount1Cold
+            | Workload::FindColdL1
+            | Workload::CreateStorm
+            | Workload::Tarx => StackId::L1,
             Workload::Mount127 => StackId::L127,
             Workload::StatColdL16
             | Workload::StatWarmL16
@@ -193,7 +202,10 @@ impl Workload {
 
     /// Whether the timed part is the mount itself.
     pub fn is_mount(self) -> bool {
-        matches!(self, Workload::Mount1 | Workload::Mount127)
+        matches!(
+            self,
+            Workload::Mount1 | Workload::Mount1Cold | Workload::Mount127
+        )
     }
 
     /// Whether the page cache (and dentries, inodes) is dropped right
@@ -201,7 +213,8 @@ impl Workload {
     pub fn cold(self) -> bool {
         matches!(
             self,
-            Workload::StatColdL16
+            Workload::Mount1Cold
+                | Workload::StatColdL16
                 | Workload::FindColdL1
                 | Workload::Seqread
                 | Workload::Randread
@@ -247,7 +260,7 @@ impl Workload {
         let root = cx.root;
         match self {
             // The runner times the mount; this is the stat it waits for.
-            Workload::Mount1 | Workload::Mount127 => {
+            Workload::Mount1 | Workload::Mount1Cold | Workload::Mount127 => {
                 fs::metadata(root).map(drop).map_err(io_err("stat", root))
             }
             Workload::StatColdL16 | Workload::StatWarmL16 => {

@@ -11,13 +11,55 @@
 //! the same, also for a directory once it no longer merges a lower one
 //! (renamed, so made opaque). A lower entry's owner override is carried
 //! into the upper's form (see `ownership.rs`).
+//!
+//! ## Durability: synced before the rename, or marked until synced
+//!
+//! A copy-up must never leave, after a crash, a visible upper file with
+//! empty or partial data (a delayed-allocation filesystem persists a
+//! rename long before the data it names). Two ways keep that promise:
+//!
+//! - **Synced**: the data is `fsync`ed under the temporary name before the
+//!   rename, as the kernel's overlayfs does. Every copy-up that comes
+//!   before a change of the data (an open for writing, a truncate, a
+//!   rename, a link) goes this way.
+//! - **Marked** (a burst of chmod, chown, utimes or setxattr on lower files
+//!   with metacopy off, when the upper takes overlay xattrs): the copy gets
+//!   the metacopy xattr under the temporary name, *before* the rename, and
+//!   no fsync. A marked upper file is read as a metacopy file: its data
+//!   comes from the lower file of the same path, which never changes. The
+//!   burst is made durable together ([`PendingSync`]): one `syncfs` of the
+//!   upper filesystem, and only once it has succeeded are the marks
+//!   removed. A crash before that leaves marked files, which read the
+//!   lower data (whatever the upper copy holds); a crash after it leaves
+//!   synced data. The order that matters, mark then rename, is the order
+//!   of two metadata changes of one filesystem, which a journal or
+//!   copy-on-write keeps (ext3/ext4 with a journal, xfs, btrfs commit
+//!   metadata in order; data is what they may lose). Elsewhere (ext4
+//!   without a journal, which writes metadata blocks back in any order,
+//!   or a filesystem not known) the rename could reach the disk before
+//!   the mark: `batch_sync=auto` (the default) then syncs each copy-up as
+//!   above ([`crate::sys::orders_metadata`] decides); `batch_sync=on` and
+//!   `off` override it.
+//! - A marked file never receives new data while marked: an open for
+//!   writing or a truncate of it, and any rename or link (which would move
+//!   a marked file away from the path its data is found by) first settle
+//!   the burst (`syncfs`, marks removed, `syncfs` again so the removals
+//!   cannot be lost while new data survives).
+//! - The marks of a burst are removed by a background thread once 256
+//!   files are marked or 20 ms pass without a new one, and at unmount.
+//!   The kernel's overlayfs mounted with `metacopy=on` reads a marked file
+//!   as Strata does; with `metacopy=off` it refuses it (EPERM) rather than
+//!   show torn data.
 
-use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use tracing::error;
+use parking_lot::{Condvar, Mutex};
+use tracing::{error, warn};
 
 use crate::layers::LayerIdx;
 use crate::nodes::{Kind, Node, NodeId};
@@ -74,7 +116,10 @@ impl Overlay {
         }
         let path = self.nodes.path(node)?;
         let from = s.layers[0];
-        let meta = self.copy_up_entry(from, &path, data, node.ino)?;
+        let (meta, marked) = self.copy_up_entry_with(from, &path, data, node.ino, true)?;
+        if let (Some(fd), Some(p)) = (marked, &self.pending_sync) {
+            p.push(node.id, fd);
+        }
         let mut w = node.state.write();
         if w.kind == Kind::Dir {
             w.layers.insert(0, upper);
@@ -109,7 +154,13 @@ impl Overlay {
         let before = sys::stat_at(ufd, path.c())?;
         let inp = sys::open_beneath(self.stack.fd(from), path.c(), libc::O_RDONLY, 0)?;
         let out = sys::open_beneath(ufd, path.c(), libc::O_WRONLY, 0)?;
-        let len = sys::fstat(inp.as_fd())?.st_size.min(before.st_size) as u64;
+        // A metacopy file has its data's size (a change of size copies
+        // the data up first); a marked copy-up whose size a crash lost
+        // gets it back here.
+        let len = sys::fstat(inp.as_fd())?.st_size as u64;
+        if before.st_size as u64 != len {
+            sys::ftruncate(out.as_fd(), len)?;
+        }
         if len > 0 {
             copy_data(inp.as_fd(), out.as_fd(), len)?;
         }
@@ -143,6 +194,23 @@ impl Overlay {
         data: CopyData,
         ino: u64,
     ) -> Res<bool> {
+        let (meta, marked) = self.copy_up_entry_with(from, path, data, ino, false)?;
+        debug_assert!(marked.is_none(), "only marks when asked to");
+        Ok(meta)
+    }
+
+    /// As [`Overlay::copy_up_entry`]; with `may_mark`, a whole copy asked
+    /// for as [`CopyData::Meta`] (metacopy off) may be marked instead of
+    /// synced (see the module's header): then its open fd comes back, to
+    /// be handed to [`PendingSync::push`].
+    fn copy_up_entry_with(
+        &self,
+        from: LayerIdx,
+        path: &RelPath,
+        data: CopyData,
+        ino: u64,
+        may_mark: bool,
+    ) -> Res<(bool, Option<OwnedFd>)> {
         let upper = self.upper()?;
         let work = self.stack.work().ok_or(Errno::EROFS)?;
         let src = self.stack.fd(from);
@@ -150,6 +218,13 @@ impl Overlay {
         let kind = Kind::from_mode(st.st_mode);
         // Metadata only for a plain file of a lower layer; hard-linked ones
         // are linked up whole (their other names must share the data).
+        let plain_lower = kind == Kind::File && st.st_nlink == 1 && !self.stack.is_upper(from);
+        let mark = may_mark
+            && data == CopyData::Meta
+            && !self.metacopy_on()
+            && plain_lower
+            && st.st_size > 0
+            && self.pending_sync.is_some();
         let data = match data {
             CopyData::Meta
                 if kind == Kind::File
@@ -163,12 +238,16 @@ impl Overlay {
             d => d,
         };
         let tmp = temp_name();
-        let res = self.build_copy(from, path, &st, kind, work, &tmp, data, ino);
-        if let Err(e) = res {
-            error!(?e, %path, "copy-up failed");
-            let _ = crate::layers::remove_tree(work, &tmp, kind == Kind::Dir);
-            return Err(e);
-        }
+        let res = self.build_copy(from, path, &st, kind, work, &tmp, data, ino, mark);
+        let marked = match res {
+            Ok(m) => m,
+            Err(e) => {
+                error!(?e, %path, "copy-up failed");
+                let _ = crate::layers::remove_tree(work, &tmp, kind == Kind::Dir);
+                return Err(e);
+            }
+        };
+        crate::faults::point("copyup.rename")?;
         let dst = self.stack.fd(upper);
         // Replace whatever the upper layer has at the name (nothing, or a
         // whiteout of the AUFS form, which is removed after).
@@ -184,9 +263,10 @@ impl Overlay {
             self.link_up_siblings(from, path, st.st_ino)?;
         }
         // The data was synced before the rename, as the kernel's overlayfs
-        // does; the directory is not: a copy-up lost in a crash leaves the
-        // lower file in view, never a torn one.
-        Ok(data == CopyData::Meta)
+        // does, or the file is marked until a syncfs; the directory is not
+        // synced: a copy-up lost in a crash leaves the lower file in view,
+        // never a torn one.
+        Ok((data == CopyData::Meta, marked))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -200,8 +280,10 @@ impl Overlay {
         tmp: &std::ffi::CStr,
         data: CopyData,
         ino: u64,
-    ) -> Res<()> {
+        mark: bool,
+    ) -> Res<Option<OwnedFd>> {
         let src = self.stack.fd(from);
+        let mut marked = None;
         match kind {
             Kind::Dir => {
                 sys::mkdir_at(work, tmp, 0o700)?;
@@ -220,7 +302,14 @@ impl Overlay {
                         // holes, also one at the end.
                         sys::ftruncate(out.as_fd(), st.st_size as u64)?;
                         copy_data(inp.as_fd(), out.as_fd(), st.st_size as u64)?;
-                        if self.do_fsync() {
+                        let mark_name = self.xattr(Xattr::Metacopy).filter(|_| mark);
+                        if let Some(name) = mark_name {
+                            // Read as a metacopy file until a syncfs has
+                            // made the data durable (see the header).
+                            sys::setxattr_at(work, tmp, name, b"", 0)?;
+                            marked = Some(out);
+                        } else if self.do_fsync() {
+                            crate::faults::point("copyup.fsync")?;
                             sys::fsync(out.as_fd(), false)?;
                         }
                     }
@@ -259,7 +348,218 @@ impl Overlay {
             Time::Set(st.st_atime, st.st_atime_nsec),
             Time::Set(st.st_mtime, st.st_mtime_nsec),
         )?;
+        Ok(marked)
+    }
+
+    /// Before new data reaches `node`'s upper file (an open for writing, a
+    /// truncate): if its copy-up is marked, the burst is made durable and
+    /// unmarked first (see the header).
+    pub(crate) fn settle_copyup(&self, node: &Node) -> Res<()> {
+        match &self.pending_sync {
+            Some(p) => p.settle(node.id),
+            None => Ok(()),
+        }
+    }
+
+    /// Before a rename or a link (which could move a marked file away
+    /// from the path its data is found by): every marked copy-up is made
+    /// durable and unmarked.
+    pub(crate) fn settle_copyups(&self) -> Res<()> {
+        match &self.pending_sync {
+            Some(p) if p.count() > 0 => p.flush(true),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Copy-ups marked instead of synced, until one `syncfs` makes them
+/// durable (see the module's header). A background thread, started with
+/// the first mark, flushes a burst once it is [`PendingSync::BURST`] long
+/// or [`PendingSync::IDLE`] passes without a new mark.
+pub(crate) struct PendingSync {
+    /// The upper layer's directory (a real fd: `syncfs` refuses `O_PATH`).
+    upper: OwnedFd,
+    /// The mark: the metacopy xattr in the mount's namespace.
+    mark: &'static CStr,
+    state: Mutex<Marked>,
+    wake: Condvar,
+    /// Held while a burst is synced and unmarked.
+    flushing: Mutex<()>,
+    /// Marked files not yet unmarked (pending or being flushed).
+    count: AtomicUsize,
+    thread: OnceLock<()>,
+}
+
+#[derive(Default)]
+struct Marked {
+    files: Vec<(NodeId, OwnedFd)>,
+    last: Option<Instant>,
+}
+
+impl std::fmt::Debug for PendingSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSync")
+            .field("count", &self.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingSync {
+    /// Files marked before the background thread flushes without waiting
+    /// for the burst to end.
+    pub const BURST: usize = 256;
+    /// How long without a new mark ends a burst.
+    pub const IDLE: Duration = Duration::from_millis(20);
+    /// Marked files (each an open fd) beyond which a copy-up waits for a
+    /// flush itself.
+    pub const MAX_PENDING: usize = 4 * Self::BURST;
+
+    pub(crate) fn new(upper: OwnedFd, mark: &'static CStr) -> PendingSync {
+        PendingSync {
+            upper,
+            mark,
+            state: Mutex::new(Marked::default()),
+            wake: Condvar::new(),
+            flushing: Mutex::new(()),
+            count: AtomicUsize::new(0),
+            thread: OnceLock::new(),
+        }
+    }
+
+    /// Marked files not yet unmarked.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether `id`'s copy-up is marked and waiting for a flush.
+    #[cfg(test)]
+    pub(crate) fn is_pending(&self, id: NodeId) -> bool {
+        self.state.lock().files.iter().any(|(n, _)| *n == id)
+    }
+
+    /// Records the marked copy-up of `id`, whose upper file `fd` is open.
+    fn push(self: &Arc<Self>, id: NodeId, fd: OwnedFd) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let mut st = self.state.lock();
+        st.files.push((id, fd));
+        st.last = Some(Instant::now());
+        let n = st.files.len();
+        drop(st);
+        // Unit tests flush by hand, on their own thread (fault points are
+        // per thread).
+        if cfg!(test) {
+            return;
+        }
+        self.thread.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            let spawned = std::thread::Builder::new()
+                .name("strata-sync".into())
+                .spawn(move || flusher(weak));
+            if let Err(e) = spawned {
+                warn!(%e, "cannot start the copy-up sync thread; marks stay until unmount");
+            }
+        });
+        if n == 1 || n >= Self::BURST {
+            self.wake.notify_one();
+        }
+        // The thread cannot keep up (a slow syncfs, or no thread): this
+        // request waits for a flush, so the open fds stay bounded.
+        if n >= Self::MAX_PENDING {
+            let _ = self.flush(false);
+        }
+    }
+
+    /// Makes every marked copy-up durable and unmarks it: one `syncfs`,
+    /// then the marks go; with `durable`, a second `syncfs` makes their
+    /// removal durable too. On an error the files stay marked (and
+    /// pending): they go on reading the lower data after a crash.
+    pub(crate) fn flush(&self, durable: bool) -> Res<()> {
+        let _f = self.flushing.lock();
+        let files = std::mem::take(&mut self.state.lock().files);
+        if files.is_empty() {
+            return Ok(());
+        }
+        let synced =
+            crate::faults::point("copyup.syncfs").and_then(|()| sys::syncfs(self.upper.as_fd()));
+        if let Err(e) = synced {
+            error!(
+                ?e,
+                "syncfs of the upper layer failed; the copied-up files stay marked"
+            );
+            let mut st = self.state.lock();
+            let newer = std::mem::replace(&mut st.files, files);
+            st.files.extend(newer);
+            return Err(e);
+        }
+        for (_, fd) in &files {
+            match sys::fremovexattr(fd.as_fd(), self.mark) {
+                Ok(()) | Err(Errno::ENODATA) => {}
+                // Still marked: it reads the lower data, the same bytes.
+                Err(e) => warn!(?e, "cannot remove a copy-up's sync mark"),
+            }
+        }
+        self.count.fetch_sub(files.len(), Ordering::SeqCst);
+        drop(files);
+        if durable {
+            sys::syncfs(self.upper.as_fd())?;
+        }
         Ok(())
+    }
+
+    /// Before new data reaches `id`'s upper file: flushes if it is marked,
+    /// else waits for a flush under way (which may hold it).
+    fn settle(&self, id: NodeId) -> Res<()> {
+        if self.count() == 0 {
+            return Ok(());
+        }
+        let pending = || self.state.lock().files.iter().any(|(n, _)| *n == id);
+        if !pending() {
+            // A flush under way may hold it: wait for it to end; one that
+            // failed has put its files back.
+            drop(self.flushing.lock());
+            if !pending() {
+                return Ok(());
+            }
+        }
+        self.flush(true)
+    }
+}
+
+/// The background flusher: ends with the [`PendingSync`] it serves.
+fn flusher(weak: Weak<PendingSync>) {
+    loop {
+        let Some(p) = weak.upgrade() else { return };
+        let mut st = p.state.lock();
+        let due = match st.last {
+            _ if st.files.is_empty() => None,
+            _ if st.files.len() >= PendingSync::BURST => Some(Duration::ZERO),
+            Some(t) => Some(PendingSync::IDLE.saturating_sub(t.elapsed())),
+            None => Some(Duration::ZERO),
+        };
+        match due {
+            Some(d) if d.is_zero() => {
+                drop(st);
+                if p.flush(false).is_err() {
+                    // The files stay marked; try again in a while rather
+                    // than spin on a failing disk.
+                    p.wake.wait_for(&mut p.state.lock(), Duration::from_secs(1));
+                }
+            }
+            Some(d) => {
+                p.wake.wait_for(&mut st, d);
+            }
+            // Woken by the first mark of a burst, or now and then to see
+            // whether the mount is gone.
+            None => {
+                p.wake.wait_for(&mut st, Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+impl Drop for PendingSync {
+    fn drop(&mut self) {
+        let _ = self.flush(true);
     }
 }
 

@@ -137,6 +137,8 @@ impl Overlay {
         }
         if acc != libc::O_RDONLY || trunc {
             self.ensure_upper_with(node, if trunc { CopyData::None } else { CopyData::All })?;
+            // New data must not land in a copy-up still marked unsynced.
+            self.settle_copyup(node)?;
         }
         let path = self.nodes.path(node)?;
         // Where the data is: a metacopy file is read from below.

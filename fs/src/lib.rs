@@ -484,6 +484,12 @@ impl Mounted {
     pub fn run(self) -> std::io::Result<()> {
         let uring = self.session.uring_negotiated();
         let res = self.session.run();
+        // The last burst of marked copy-ups, made durable (see copyup.rs).
+        if let Some(p) = &self.overlay.pending_sync {
+            if let Err(e) = p.flush(true) {
+                tracing::warn!(%e, "cannot sync the upper layer at unmount; unsynced copy-ups stay marked");
+            }
+        }
         if uring && self.transport.ring_queues() == 0 {
             let _ = sys::umount_detach(&self.mountpoint);
         }

@@ -254,6 +254,8 @@ impl Overlay {
         if is_reserved_name(newname.as_bytes()) {
             return Err(Errno::EINVAL);
         }
+        // A marked copy-up finds its data by its path: no second name.
+        self.settle_copyups()?;
         let pst = newparent.state();
         let ppath = self.nodes.path(newparent)?;
         if self

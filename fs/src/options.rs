@@ -67,6 +67,11 @@ pub struct MountOptions {
     /// first write. Off by default: tools that read the upper directory
     /// directly expect whole files.
     pub metacopy: bool,
+    /// `batch_sync=on|off|auto`: whether the copy-ups of a chmod, chown,
+    /// utimes or setxattr may be marked and synced once per burst instead
+    /// of each before its rename (see `copyup.rs`); `None` (auto): where
+    /// the upper filesystem commits metadata in order.
+    pub batch_sync: Option<bool>,
     /// Nodes kept at most before the least recently used are handed back
     /// to the kernel (`max_nodes=N`, 0 for no limit).
     pub max_nodes: Option<usize>,
@@ -253,6 +258,20 @@ impl MountOptions {
                         return Err(OptionsError::Invalid {
                             option: opt.to_string(),
                             reason: "expected metacopy=on or metacopy=off".into(),
+                        })
+                    }
+                }
+            }
+            ("batch_sync", Some(v)) => {
+                self.batch_sync = match v.trim() {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    "auto" => None,
+                    _ => {
+                        return Err(OptionsError::Invalid {
+                            option: opt.to_string(),
+                            reason: "expected batch_sync=auto, batch_sync=on or batch_sync=off"
+                                .into(),
                         })
                     }
                 }

@@ -5,6 +5,7 @@
 //! readdir, copy-up, namespace changes, rename, xattrs, open files.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::FileAttr;
@@ -103,6 +104,10 @@ pub struct Overlay {
     /// Each layer's owner override mode, by [`LayerIdx`] (see
     /// `ownership.rs`).
     pub(crate) overrides: Vec<Option<strata_ovl::OverrideMode>>,
+    /// Copy-ups marked instead of synced, until a syncfs (see
+    /// `copyup.rs`); `None` when copy-ups are always synced (read-only,
+    /// no overlay xattrs in the upper, `fsync=0`).
+    pub(crate) pending_sync: Option<Arc<crate::copyup::PendingSync>>,
 }
 
 impl Overlay {
@@ -127,7 +132,30 @@ impl Overlay {
             );
         }
         let overrides = crate::ownership::layer_modes(&stack, &opts);
+        let pending_sync = match (stack.upper(), forms.xattrs) {
+            (Some(upper), Some(ns)) if !opts.read_only && !opts.no_fsync => {
+                let fd = sys::open_beneath(
+                    stack.fd(upper),
+                    c".",
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                )?;
+                // A mark is only as good as the order in which the upper
+                // filesystem commits metadata (see copyup.rs).
+                let batch = opts
+                    .batch_sync
+                    .unwrap_or_else(|| sys::orders_metadata(std::os::fd::AsFd::as_fd(&fd)));
+                batch.then(|| {
+                    Arc::new(crate::copyup::PendingSync::new(
+                        fd,
+                        Xattr::Metacopy.name(ns),
+                    ))
+                })
+            }
+            _ => None,
+        };
         let ov = Overlay {
+            pending_sync,
             overrides,
             nodes: NodeTable::new(root_ino, crate::layers::Layers::new()),
             stack,
@@ -282,12 +310,13 @@ impl Overlay {
         self.opts.metacopy && self.forms.xattrs.is_some()
     }
 
-    /// Whether the upper file at `path` is a metacopy file.
+    /// Whether the upper file at `path` is a metacopy file. Also with
+    /// metacopy off: a copy-up marked until its data is synced is one
+    /// (see `copyup.rs`), and so is one the kernel's overlayfs made.
     pub fn is_metacopy_at(&self, upper: LayerIdx, path: &RelPath) -> bool {
-        self.metacopy_on()
-            && self.xattr(Xattr::Metacopy).is_some_and(|name| {
-                sys::getxattr_at(self.stack.fd(upper), path.c(), name, &mut []).is_ok()
-            })
+        self.xattr(Xattr::Metacopy).is_some_and(|name| {
+            sys::getxattr_at(self.stack.fd(upper), path.c(), name, &mut []).is_ok()
+        })
     }
 
     /// The upper layer, or `EROFS` for a read-only mount.
@@ -352,11 +381,14 @@ impl Overlay {
         }
         if merged && a.kind == fuser::FileType::RegularFile {
             // A metacopy file: the upper copy is sparse; report the blocks
-            // of the data, as the kernel does.
+            // of the data, as the kernel does, and its size (the same: a
+            // change of size copies the data up first), which a crash may
+            // have lost from a marked copy-up (see copyup.rs).
             let data = node.data_layer();
             if let Ok(path) = self.nodes.path(node) {
                 if let Ok(d) = sys::stat_at(self.stack.fd(data), path.c()) {
                     a.blocks = d.st_blocks as u64;
+                    a.size = d.st_size as u64;
                 }
             }
         }

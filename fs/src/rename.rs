@@ -58,6 +58,8 @@ impl Overlay {
         if is_reserved_name(newname.as_bytes()) {
             return Err(Errno::EINVAL);
         }
+        // A marked copy-up finds its data by its path: none may move.
+        self.settle_copyups()?;
         self.ensure_upper(parent)?;
         self.ensure_upper(newparent)?;
         // No other request runs meanwhile: the FUSE dispatch holds
@@ -343,7 +345,18 @@ impl Overlay {
         let top = layers[0];
         let st = sys::stat_at(self.stack.fd(top), src.c())?;
         let ino = self.ino_for(top, src, &st, Kind::Dir, layers);
-        self.build_copy(top, src, &st, Kind::Dir, work, dst.c(), CopyData::All, ino)?;
+        // Not marked: the tree's files are synced before its one rename.
+        self.build_copy(
+            top,
+            src,
+            &st,
+            Kind::Dir,
+            work,
+            dst.c(),
+            CopyData::All,
+            ino,
+            false,
+        )?;
         for (name, layer, _, kind) in self.merged_entries(src, layers)? {
             let (child, copy) = (src.join(&name), dst.join(&name));
             if kind == Kind::Dir {
@@ -382,6 +395,7 @@ impl Overlay {
                     copy.c(),
                     CopyData::All,
                     ino,
+                    false,
                 )?;
                 if shared {
                     links.insert((layer, lst.st_ino), (child, copy));

@@ -36,6 +36,10 @@ impl Overlay {
             None => CopyData::Meta,
         };
         self.ensure_upper_with(node, data)?;
+        if ch.size.is_some() {
+            // New data must not land in a copy-up still marked unsynced.
+            self.settle_copyup(node)?;
+        }
         let ufd = self.stack.fd(upper);
         let unlinked = node.state.read().unlinked;
         if let Some(size) = ch.size {

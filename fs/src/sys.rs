@@ -285,6 +285,12 @@ pub fn in_user_namespace() -> bool {
 /// namespace: what FUSE passthrough (backing files) and `trusted.*` xattrs
 /// need. Root in a user namespace does not.
 pub fn has_init_cap_sys_admin() -> bool {
+    // Asked twice while mounting; the answer does not change.
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(init_cap_sys_admin)
+}
+
+fn init_cap_sys_admin() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     let initial_ns = !in_user_namespace();
     let cap_eff = std::fs::read_to_string("/proc/self/status")
@@ -322,4 +328,51 @@ pub fn clone_tree(path: &std::path::Path, recursive: bool) -> Result<OwnedFd, Er
     // SAFETY: `fd` was just returned by the kernel and is owned by no one
     // else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// `syncfs(2)`: writes out everything dirty of the filesystem that holds
+/// `fd` (which must be a real fd, not `O_PATH`).
+pub fn syncfs(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::unistd::syncfs(fd)
+}
+
+/// `fremovexattr(2)`.
+pub fn fremovexattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: `fd` is a live descriptor for the call's duration and `name`
+    // a NUL-terminated string; the call reads nothing else.
+    let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+/// Whether the filesystem of `fd` commits metadata changes in the order
+/// they were made, so that a crash keeps a prefix of them: a journal or
+/// copy-on-write (xfs, btrfs, ext3/ext4 with a journal), or nothing
+/// survives a crash anyway (tmpfs). ext4 without a journal, and anything
+/// not known, does not count.
+pub fn orders_metadata(fd: BorrowedFd<'_>) -> bool {
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    const TMPFS: i64 = 0x0102_1994;
+    const EXT: i64 = 0xef53;
+    let Ok(fs) = nix::sys::statfs::fstatfs(fd) else {
+        return false;
+    };
+    // `f_type`'s width varies by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.filesystem_type().0 as i64;
+    match kind {
+        XFS | BTRFS | TMPFS => true,
+        // A journaled ext3/ext4 has a jbd2 entry named after its device.
+        EXT => fstat(fd).is_ok_and(|st| {
+            let (major, minor) = (libc::major(st.st_dev), libc::minor(st.st_dev));
+            std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+                .ok()
+                .and_then(|u| {
+                    u.lines()
+                        .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+                })
+                .is_some_and(|dev| std::path::Path::new(&format!("/proc/fs/jbd2/{dev}-8")).exists())
+        }),
+        _ => false,
+    }
 }

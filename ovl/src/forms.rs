@@ -97,54 +97,55 @@ pub struct Probe {
     pub trusted_xattr: bool,
     /// `user.overlay.*` xattrs on a directory.
     pub user_xattr: bool,
-    /// `O_TMPFILE` files.
-    pub tmpfile: bool,
-    /// `renameat2(RENAME_EXCHANGE)`.
-    pub rename_exchange: bool,
 }
 
-/// The name of the scratch directory a probe works in.
-const PROBE_DIR: &std::ffi::CStr = c"strata-probe";
+/// The names a probe makes in the work directory, and removes again.
+const PROBE_WH: &std::ffi::CStr = c"strata-probe-wh";
+const PROBE_FILE: &std::ffi::CStr = c"strata-probe";
 
 impl Probe {
     /// Probes the filesystem of the directory `work` (an upper layer's work
     /// directory: writable, on the upper's filesystem, private to the
-    /// mount). Works in a scratch directory it removes again; fails only
-    /// when nothing can be created there at all.
+    /// mount), leaving it as it was; fails only when nothing can be
+    /// created there at all. One inode at most is made (the whiteout
+    /// device, or a plain file where devices are refused): on ext4 each
+    /// new inode can cost a scan of an inode table block, which made the
+    /// probe most of a mount's time; the xattrs go on `work` itself.
     pub fn run(work: BorrowedFd<'_>) -> Result<Probe, Errno> {
-        let _ = remove_tree(work, PROBE_DIR);
-        sys::mkdir_at(work, PROBE_DIR, 0o700)?;
-        let r = Self::run_in(work);
-        let _ = remove_tree(work, PROBE_DIR);
-        Ok(r)
-    }
-
-    fn run_in(work: BorrowedFd<'_>) -> Probe {
-        let Ok(dir) = sys::open_beneath(work, PROBE_DIR, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        else {
-            return Probe::default();
-        };
+        let dir = sys::open_beneath(work, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         let d = dir.as_fd();
+        let _ = sys::unlink_at(d, PROBE_WH, false);
+        let device_whiteout = match sys::mknod_at(d, PROBE_WH, libc::S_IFCHR, 0) {
+            Ok(()) => {
+                let ok =
+                    sys::stat_at(d, PROBE_WH).is_ok_and(|st| crate::layer::is_device_whiteout(&st));
+                let _ = sys::unlink_at(d, PROBE_WH, false);
+                ok
+            }
+            Err(_) => {
+                let _ = sys::unlink_at(d, PROBE_FILE, false);
+                sys::open_beneath(
+                    d,
+                    PROBE_FILE,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )?;
+                let _ = sys::unlink_at(d, PROBE_FILE, false);
+                false
+            }
+        };
         let xattr = |ns: XattrNs| {
-            sys::setxattr_at(d, c".", Xattr::Opaque.name(ns), b"y", 0).is_ok()
-                && sys::getxattr_at(d, c".", Xattr::Opaque.name(ns), &mut [0u8; 1]) == Ok(1)
+            let name = Xattr::Opaque.name(ns);
+            let ok = sys::setxattr_at(d, c".", name, b"y", 0).is_ok()
+                && sys::getxattr_at(d, c".", name, &mut [0u8; 1]) == Ok(1);
+            let _ = sys::removexattr_at(d, c".", name);
+            ok
         };
-        let device_whiteout = sys::mknod_at(d, c"wh", libc::S_IFCHR, 0).is_ok()
-            && sys::stat_at(d, c"wh").is_ok_and(|st| crate::layer::is_device_whiteout(&st));
-        let made = |name: &std::ffi::CStr| {
-            sys::open_beneath(d, name, libc::O_CREAT | libc::O_WRONLY, 0o600).is_ok()
-        };
-        let rename_exchange = made(c"a")
-            && made(c"b")
-            && sys::rename_at2(d, c"a", d, c"b", libc::RENAME_EXCHANGE).is_ok();
-        let tmpfile = sys::open_beneath(d, c".", libc::O_TMPFILE | libc::O_WRONLY, 0o600).is_ok();
-        Probe {
+        Ok(Probe {
             device_whiteout,
             trusted_xattr: xattr(XattrNs::Trusted),
             user_xattr: xattr(XattrNs::User),
-            tmpfile,
-            rename_exchange,
-        }
+        })
     }
 
     /// The forms to write on a filesystem that accepted this: the kernel's
@@ -175,26 +176,12 @@ impl fmt::Display for Probe {
         let yn = |b: bool| if b { "yes" } else { "no" };
         write!(
             f,
-            "whiteout device {}, trusted xattrs {}, user xattrs {}, O_TMPFILE {}, RENAME_EXCHANGE {}",
+            "whiteout device {}, trusted xattrs {}, user xattrs {}",
             yn(self.device_whiteout),
             yn(self.trusted_xattr),
             yn(self.user_xattr),
-            yn(self.tmpfile),
-            yn(self.rename_exchange)
         )
     }
-}
-
-/// Removes the small scratch tree `name` beneath `dir` (no subdirectories).
-fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errno> {
-    if let Ok(fd) = sys::open_beneath(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-        let sub = sys::open_beneath(fd.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        for (n, _, _) in sys::read_dir_fd(fd)? {
-            let n = std::ffi::CString::new(n).map_err(|_| Errno::EINVAL)?;
-            let _ = sys::unlink_at(sub.as_fd(), &n, false);
-        }
-    }
-    sys::unlink_at(dir, name, true)
 }
 
 #[cfg(test)]
@@ -207,7 +194,6 @@ mod tests {
             device_whiteout: true,
             trusted_xattr: true,
             user_xattr: true,
-            ..Probe::default()
         };
         assert_eq!(all.forms(), Forms::KERNEL);
         let userns = Probe {
@@ -227,5 +213,10 @@ mod tests {
         let p = Probe::run(fd.as_fd()).unwrap();
         assert!(p.user_xattr || !p.trusted_xattr, "{p}");
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+        let left = sys::listxattr_vec(fd.as_fd(), c".").unwrap_or_default();
+        assert!(
+            !left.iter().any(|n| n.ends_with(b"overlay.opaque")),
+            "the probe's xattrs stayed on the work directory"
+        );
     }
 }
