@@ -49,6 +49,12 @@ pub enum DriverKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverSpec {
     pub kind: DriverKind,
+    /// `@userns`: mounted, and the workload run, inside a user namespace
+    /// and a mount namespace of their own, without any capability in the
+    /// initial namespace (see [`crate::sys::in_userns`]): the rootless
+    /// setting of rootless podman and buildah. The kernel's overlayfs gets
+    /// `userxattr` there.
+    pub userns: bool,
     /// Options appended to the `-o` string (or to the kernel's mount data).
     pub extra: Vec<String>,
 }
@@ -58,6 +64,7 @@ impl DriverSpec {
     pub fn kernel() -> Self {
         DriverSpec {
             kind: DriverKind::Kernel,
+            userns: false,
             extra: Vec::new(),
         }
     }
@@ -93,6 +100,7 @@ impl DriverSpec {
                 name: name.clone(),
                 program: p,
                 extra: self.extra.clone(),
+                userns: self.userns,
             }))
         };
         if self.wants_uring() && !Path::new(crate::sys::ENABLE_URING).exists() {
@@ -112,9 +120,15 @@ impl DriverSpec {
                 let supported = fs::read_to_string("/proc/filesystems")
                     .is_ok_and(|s| s.lines().any(|l| l.ends_with("\toverlay")));
                 if supported {
+                    let mut extra = self.extra.clone();
+                    if self.userns && !extra.iter().any(|o| o == "userxattr") {
+                        // trusted.* needs CAP_SYS_ADMIN in the initial namespace.
+                        extra.insert(0, "userxattr".to_string());
+                    }
                     Ok(Box::new(KernelDriver {
                         name,
-                        extra: self.extra.clone(),
+                        extra,
+                        userns: self.userns,
                     }))
                 } else {
                     Err(format!("{name}: this kernel has no overlayfs"))
@@ -151,6 +165,10 @@ impl FromStr for DriverSpec {
                     .collect()
             })
             .unwrap_or_default();
+        let (head, userns) = match head.strip_suffix("@userns") {
+            Some(h) => (h, true),
+            None => (head, false),
+        };
         let kind = match head {
             "strata" => DriverKind::Strata,
             "kernel" | "overlay" | "overlayfs" => DriverKind::Kernel,
@@ -161,10 +179,14 @@ impl FromStr for DriverSpec {
             }
             _ => return Err(BenchError::UnknownDriver(s.to_string())),
         };
-        if kind == DriverKind::Native && !extra.is_empty() {
+        if kind == DriverKind::Native && (!extra.is_empty() || userns) {
             return Err(BenchError::UnknownDriver(s.to_string()));
         }
-        Ok(DriverSpec { kind, extra })
+        Ok(DriverSpec {
+            kind,
+            userns,
+            extra,
+        })
     }
 }
 
@@ -176,6 +198,9 @@ impl fmt::Display for DriverSpec {
             DriverKind::FuseOverlayfs => f.write_str("fuse-overlayfs")?,
             DriverKind::Native => f.write_str("native")?,
             DriverKind::Program(p) => write!(f, "prog:{}", p.display())?,
+        }
+        if self.userns {
+            f.write_str("@userns")?;
         }
         if !self.extra.is_empty() {
             write!(f, "+{}", self.extra.join(","))?;
@@ -211,6 +236,12 @@ pub trait Driver {
     fn name(&self) -> &str;
     /// Whether a FUSE server process serves the mounts.
     fn is_fuse(&self) -> bool;
+    /// Whether it mounts, and the workload runs, in a user namespace of
+    /// their own (`@userns`): the runner then runs both in a child process
+    /// there ([`crate::sys::in_userns`]).
+    fn userns(&self) -> bool {
+        false
+    }
     /// Mounts `req.stack` and calls `probe` on the mounted root. Returns
     /// the guard and the time from the start of the mount itself (after
     /// the scratch directories exist) to the end of `probe`; the driver's
@@ -249,6 +280,7 @@ fn make_dirs(scratch: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
 struct KernelDriver {
     name: String,
     extra: Vec<String>,
+    userns: bool,
 }
 
 impl Driver for KernelDriver {
@@ -257,6 +289,9 @@ impl Driver for KernelDriver {
     }
     fn is_fuse(&self) -> bool {
         false
+    }
+    fn userns(&self) -> bool {
+        self.userns
     }
     fn mount_probed(
         &self,
@@ -302,6 +337,7 @@ struct ProgramDriver {
     name: String,
     program: PathBuf,
     extra: Vec<String>,
+    userns: bool,
 }
 
 impl Driver for ProgramDriver {
@@ -310,6 +346,9 @@ impl Driver for ProgramDriver {
     }
     fn is_fuse(&self) -> bool {
         true
+    }
+    fn userns(&self) -> bool {
+        self.userns
     }
     fn mount_probed(
         &self,
@@ -627,6 +666,22 @@ mod tests {
             "kernel".parse::<DriverSpec>().unwrap(),
             DriverSpec::kernel()
         );
+        let d: DriverSpec = "strata@userns+uring=off".parse().unwrap();
+        assert_eq!((d.kind.clone(), d.userns), (DriverKind::Strata, true));
+        assert_eq!(d.extra, ["uring=off"]);
+        assert_eq!(d.to_string(), "strata@userns+uring=off");
+        let d: DriverSpec = "prog:/opt/x@y/fuse-overlayfs@userns".parse().unwrap();
+        assert_eq!(
+            (d.kind.clone(), d.userns),
+            (
+                DriverKind::Program(PathBuf::from("/opt/x@y/fuse-overlayfs")),
+                true
+            )
+        );
+        assert_eq!(d.to_string(), "prog:/opt/x@y/fuse-overlayfs@userns");
+        assert!("kernel@userns".parse::<DriverSpec>().unwrap().userns);
+        assert!(!"kernel".parse::<DriverSpec>().unwrap().userns);
+        assert!("native@userns".parse::<DriverSpec>().is_err());
         assert!("zfs".parse::<DriverSpec>().is_err());
         assert!("native+x".parse::<DriverSpec>().is_err());
         assert!("prog:".parse::<DriverSpec>().is_err());

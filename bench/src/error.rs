@@ -36,8 +36,12 @@ pub enum BenchError {
         reason: String,
     },
     /// A `--drivers` element that names no driver.
-    #[error("unknown driver {0:?}: expected strata, kernel, fuse-overlayfs, native or prog:/path/to/program[+opt,...]")]
+    #[error("unknown driver {0:?}: expected strata, kernel, fuse-overlayfs, native or prog:/path/to/program, then @userns (not for native) and [+opt,...]")]
     UnknownDriver(String),
+    /// A run of an `@userns` driver failed in, or on the way into, its
+    /// user namespace.
+    #[error("{driver} (in a user namespace): {reason}")]
+    Userns { driver: String, reason: String },
     /// A `--workloads` element that names no workload.
     #[error("unknown workload {0:?}; `strata-bench --list` shows them")]
     UnknownWorkload(String),

@@ -11,6 +11,11 @@ use crate::workload::Workload;
 /// The driver that ratios are relative to.
 pub const BASELINE: &str = "kernel";
 
+/// The rootless drivers that get a ratio table of their own when a run has
+/// them: the kernel's overlayfs with `userxattr` and fuse-overlayfs, each
+/// in a user namespace.
+pub const ROOTLESS_BASELINES: [&str; 2] = ["kernel@userns", "fuse-overlayfs@userns"];
+
 /// One workload × driver summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cell {
@@ -50,12 +55,6 @@ fn samples<'a>(r: &'a Results, w: Workload, d: &'a str) -> impl Iterator<Item = 
 pub fn cell(r: &Results, w: Workload, driver: &str) -> Option<Cell> {
     let secs: Vec<f64> = samples(r, w, driver).map(|s| s.seconds).collect();
     let median_secs = median(&secs)?;
-    let ratios: Vec<f64> = samples(r, w, driver)
-        .filter_map(|s| {
-            let base = samples(r, w, BASELINE).find(|b| b.round == s.round)?;
-            (base.seconds > 0.0).then(|| s.seconds / base.seconds)
-        })
-        .collect();
     let uppers: Vec<f64> = samples(r, w, driver)
         .filter_map(|s| s.upper_bytes.map(|b| b as f64))
         .collect();
@@ -63,10 +62,22 @@ pub fn cell(r: &Results, w: Workload, driver: &str) -> Option<Cell> {
         median: median_secs,
         min: secs.iter().copied().fold(f64::INFINITY, f64::min),
         max: secs.iter().copied().fold(0.0, f64::max),
-        ratio: median(&ratios),
+        ratio: ratio_to(r, w, driver, BASELINE),
         peak_rss_kib: samples(r, w, driver).filter_map(|s| s.peak_rss_kib).max(),
         upper_bytes: median(&uppers).map(|b| b as u64),
     })
+}
+
+/// The median over rounds of `driver`'s time on `w` divided by `base`'s
+/// time in the same round.
+pub fn ratio_to(r: &Results, w: Workload, driver: &str, base: &str) -> Option<f64> {
+    let ratios: Vec<f64> = samples(r, w, driver)
+        .filter_map(|s| {
+            let b = samples(r, w, base).find(|b| b.round == s.round)?;
+            (b.seconds > 0.0).then(|| s.seconds / b.seconds)
+        })
+        .collect();
+    median(&ratios)
 }
 
 /// Seconds with three significant digits.
@@ -202,6 +213,29 @@ pub fn markdown(r: &Results) -> String {
             for d in &r.drivers {
                 let c = cell(r, w, d).and_then(|c| c.ratio);
                 match c {
+                    Some(x) => {
+                        let _ = write!(row, " {} |", fmt_ratio(x));
+                    }
+                    None => row.push_str(" – |"),
+                }
+            }
+            let _ = writeln!(o, "{row}");
+        }
+    }
+
+    for base in ROOTLESS_BASELINES {
+        if !r.drivers.iter().any(|d| d == base) {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "\nMedian per-round ratio to {base} (time ÷ {base}'s time in the same round); below 1 is faster.\n"
+        );
+        header(&mut o, "workload");
+        for &w in &r.workloads {
+            let mut row = format!("| {w} |");
+            for d in &r.drivers {
+                match ratio_to(r, w, d, base) {
                     Some(x) => {
                         let _ = write!(row, " {} |", fmt_ratio(x));
                     }
@@ -511,6 +545,23 @@ mod tests {
         // Per-round ratios 3, 1, 1.5: the median is 1.5, not 2.0/1.0.
         assert_eq!(c.ratio, Some(1.5));
         assert_eq!(cell(&r, Workload::Tarx, "kernel").unwrap().ratio, Some(1.0));
+    }
+
+    #[test]
+    fn rootless_runs_get_ratios_to_the_rootless_kernel_and_fuse_overlayfs() {
+        let w = Workload::Tarx;
+        let mut r = results();
+        r.drivers = vec!["strata@userns".into(), "kernel@userns".into()];
+        for s in &mut r.samples {
+            s.driver = format!("{}@userns", s.driver);
+        }
+        let md = markdown(&r);
+        assert!(md.contains("ratio to kernel@userns"), "{md}");
+        assert!(md.contains("| tarx | 1.50 | 1.00 |"), "{md}");
+        assert!(!md.contains("ratio to fuse-overlayfs@userns"), "{md}");
+        assert!(!md.contains("ratio to the kernel's overlayfs"), "{md}");
+        assert_eq!(ratio_to(&r, w, "strata@userns", "kernel@userns"), Some(1.5));
+        assert_eq!(ratio_to(&r, w, "strata@userns", "kernel"), None);
     }
 
     #[test]

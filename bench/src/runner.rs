@@ -151,7 +151,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                 ));
                 let scratch = scratch_root.join(format!("{n:05}"));
                 n += 1;
-                let outcome = run_one(
+                let outcome = run_one_anywhere(
                     driver.as_ref(),
                     w,
                     &stacks[&w.stack()],
@@ -250,6 +250,73 @@ fn prepare_data(
 /// Indexes `0..n` rotated left by `by`.
 pub fn rotation(n: usize, by: usize) -> Vec<usize> {
     (0..n).map(|i| (i + by) % n.max(1)).collect()
+}
+
+/// [`run_one`], in a child process in a user namespace of its own for an
+/// `@userns` driver. Whatever that child left running under `scratch` (a
+/// FUSE server whose unmount failed holds the namespace and its mount
+/// alive) is killed, and the run fails.
+fn run_one_anywhere(
+    driver: &dyn Driver,
+    w: Workload,
+    stack: &Stack,
+    inputs: &Inputs,
+    sizes: &Sizes,
+    scratch: &Path,
+) -> Result<Sample> {
+    if !driver.userns() {
+        return run_one(driver, w, stack, inputs, sizes, scratch);
+    }
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let reply = sys::in_userns(|| {
+        run_one(driver, w, stack, inputs, sizes, scratch)
+            .map(|s| {
+                format!(
+                    "{} {} {}",
+                    s.seconds,
+                    opt(s.peak_rss_kib),
+                    opt(s.upper_bytes)
+                )
+            })
+            .map_err(|e| e.to_string())
+    });
+    let fail = |reason: String| BenchError::Userns {
+        driver: driver.name().to_string(),
+        reason,
+    };
+    let left = process::pids_with_arg_under(scratch);
+    if !left.is_empty() {
+        for &pid in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        return Err(fail(format!("processes left behind, killed: {left:?}")));
+    }
+    let reply = reply.map_err(fail)?;
+    let parsed = (|| {
+        let mut f = reply.split(' ');
+        let seconds: f64 = f.next()?.parse().ok()?;
+        let num = |x: Option<&str>| -> Option<Option<u64>> {
+            match x? {
+                "-" => Some(None),
+                v => v.parse().ok().map(Some),
+            }
+        };
+        let peak_rss_kib = num(f.next())?;
+        let upper_bytes = num(f.next())?;
+        Some(Sample {
+            workload: w,
+            driver: driver.name().to_string(),
+            round: 0,
+            position: 0,
+            seconds,
+            peak_rss_kib,
+            upper_bytes,
+        })
+    })();
+    parsed.ok_or_else(|| fail(format!("unreadable reply {reply:?}")))
 }
 
 fn run_one(

@@ -147,6 +147,8 @@ pub struct Node {
     used: AtomicU32,
     /// Known to have no `security.capability` xattr (see `crate::xattr`).
     pub no_caps: std::sync::atomic::AtomicBool,
+    /// Known to have no `security.selinux` xattr (see `crate::xattr`).
+    pub no_selinux: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -235,6 +237,7 @@ impl NodeTable {
             listed: Default::default(),
             used: AtomicU32::new(0),
             no_caps: Default::default(),
+            no_selinux: Default::default(),
         };
         t.nodes.insert(NodeId::ROOT, Arc::new(root));
         t
@@ -254,10 +257,12 @@ impl NodeTable {
         Ok(n)
     }
 
-    /// Forgets, on every node, that it has no capabilities.
+    /// Forgets, on every node, that it has no capabilities and no
+    /// SELinux label.
     pub fn forget_no_caps(&self) {
         for e in self.nodes.iter() {
             e.value().no_caps.store(false, Ordering::Relaxed);
+            e.value().no_selinux.store(false, Ordering::Relaxed);
         }
     }
 
@@ -382,6 +387,7 @@ impl NodeTable {
             listed: Default::default(),
             used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
             no_caps: Default::default(),
+            no_selinux: Default::default(),
         });
         self.nodes.insert(id, node.clone());
         self.live.fetch_add(1, Ordering::Relaxed);

@@ -801,3 +801,20 @@ fn without_batch_sync_a_chmod_copy_up_is_synced_before_its_rename() {
         "the whole data"
     );
 }
+
+/// `ls -l` asks for `security.selinux` of every entry, and the answer is
+/// remembered when there is none: setting a label through the mount must
+/// make the next read see it.
+#[test]
+fn a_label_set_through_the_mount_is_seen_after_its_absence_was_remembered() {
+    let u = Union::new(|_| {}, |up| put(up, "f"));
+    let ov = u.mount();
+    let f = find(&ov, "f").unwrap();
+    let label = OsStr::new("security.selinux");
+    for _ in 0..2 {
+        assert_eq!(ov.getxattr(&f, label, 0).err(), Some(Errno::ENODATA));
+    }
+    let value = b"system_u:object_r:container_file_t:s0";
+    ov.setxattr(&f, label, value, 0).unwrap();
+    assert_eq!(ov.getxattr(&f, label, 64).unwrap(), value);
+}

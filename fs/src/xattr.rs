@@ -19,9 +19,11 @@
 //! `noxattrs=1` every xattr call fails (EOPNOTSUPP to the caller).
 //!
 //! The kernel asks for `security.capability` before every write and every
-//! change of owner (to drop file capabilities): once a node is known to
-//! have none, the answer comes from memory. Every way a capability can
-//! appear goes through this server (setxattr), which forgets what it knew.
+//! change of owner (to drop file capabilities), and `ls -l` asks for
+//! `security.selinux` of every entry (the kernel caches no xattr of a FUSE
+//! file but its ACLs): once a node is known to have none, the answer comes
+//! from memory. Every way either can appear goes through this server
+//! (setxattr), which forgets what it knew.
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -37,6 +39,25 @@ use strata_ovl::{escape_xattr, is_private_xattr, unescape_xattr};
 
 /// The xattr that holds file capabilities.
 const CAPS: &[u8] = b"security.capability";
+/// The xattr that holds a file's SELinux label.
+const SELINUX: &[u8] = b"security.selinux";
+
+/// The flag of `node` that says it has no xattr `name`, for the names
+/// whose absence is remembered. A label's absence only while SELinux is
+/// off: on, it labels the files a copy-up creates.
+fn absence_flag<'a>(node: &'a Node, name: &[u8]) -> Option<&'a std::sync::atomic::AtomicBool> {
+    static SELINUX_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match name {
+        CAPS => Some(&node.no_caps),
+        SELINUX
+            if !*SELINUX_ON
+                .get_or_init(|| std::path::Path::new("/sys/fs/selinux/enforce").exists()) =>
+        {
+            Some(&node.no_selinux)
+        }
+        _ => None,
+    }
+}
 
 /// The name a client's xattr `name` has in the layers: escaped for an
 /// overlay name, `EPERM` (`ENODATA` for a read) for another private one.
@@ -63,16 +84,18 @@ impl Overlay {
     pub fn getxattr(&self, node: &Node, name: &OsStr, size: u32) -> Res<Vec<u8>> {
         self.xattrs_on()?;
         let cname = layer_name(name, Errno::ENODATA)?;
-        let caps = name.as_bytes() == CAPS;
-        if caps && node.no_caps.load(Ordering::Relaxed) {
+        let absent = absence_flag(node, name.as_bytes());
+        if absent.is_some_and(|f| f.load(Ordering::Relaxed)) {
             return Err(Errno::ENODATA);
         }
         let path = self.nodes.path(node)?;
         let fd = self.stack.fd(node.top());
         let mut buf = vec![0u8; size as usize];
         let n = match sys::getxattr_at(fd, path.c(), &cname, &mut buf) {
-            Err(Errno::ENODATA) if caps => {
-                node.no_caps.store(true, Ordering::Relaxed);
+            Err(Errno::ENODATA) if absent.is_some() => {
+                if let Some(f) = absent {
+                    f.store(true, Ordering::Relaxed);
+                }
                 return Err(Errno::ENODATA);
             }
             r => r?,
@@ -105,9 +128,9 @@ impl Overlay {
     }
 
     /// After a change of `name` on some node: what any node knew of its
-    /// capabilities may be wrong (hard links share them).
+    /// capabilities or label may be wrong (hard links share them).
     fn xattr_changed(&self, name: &OsStr) {
-        if name.as_bytes() == CAPS {
+        if matches!(name.as_bytes(), CAPS | SELINUX) {
             self.nodes.forget_no_caps();
         }
     }
