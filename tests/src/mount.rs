@@ -614,11 +614,23 @@ impl Mounted {
             }
         }
         for &pid in &self.servers {
-            if !wait_process_gone(pid, PROCESS_TIMEOUT) {
+            // A mount namespace made while the mount was live (a user
+            // namespace test running beside this one, on a machine whose
+            // `/` is a private mount) holds a copy of it, and the server
+            // serves that copy until the namespace ends: wait for those.
+            let mut gone = wait_process_gone(pid, PROCESS_TIMEOUT);
+            for _ in 0..4 {
+                if gone || copies_elsewhere(&self.mnt).is_empty() {
+                    break;
+                }
+                gone = wait_process_gone(pid, PROCESS_TIMEOUT);
+            }
+            if !gone {
                 let threads = thread_states(pid);
+                let copies = copies_elsewhere(&self.mnt);
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 problems.push(format!(
-                    "the FUSE server (pid {pid}) of {} did not exit within {:?} after unmount; killed it; its threads were: {threads}",
+                    "the FUSE server (pid {pid}) of {} did not exit within {:?} after unmount; killed it; copies of the mount in other namespaces held by {copies:?}; its threads were: {threads}",
                     self.mnt.display(),
                     PROCESS_TIMEOUT
                 ));
@@ -700,6 +712,30 @@ impl Drop for Mounted {
 /// Escapes `:` (and `\`) in a lowerdir element as fuse-overlayfs expects.
 pub fn escape_colon(path: &str) -> String {
     path.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// The processes of other mount namespaces that hold a copy of the FUSE
+/// mount at `mnt` (made when their namespace was created).
+pub fn copies_elsewhere(mnt: &Path) -> Vec<i32> {
+    let ours = fs::read_link("/proc/self/ns/mnt").ok();
+    let want = mnt.to_string_lossy().into_owned();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() != ours)
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|m| {
+                m.lines().any(|l| {
+                    let mut halves = l.split(" - ");
+                    let (head, tail) = (halves.next().unwrap_or(""), halves.next().unwrap_or(""));
+                    head.split(' ').nth(4) == Some(want.as_str()) && tail.starts_with("fuse")
+                })
+            })
+        })
+        .collect()
 }
 
 /// What each thread of `pid` was doing (name, state, wait channel, kernel
