@@ -139,6 +139,32 @@ impl DriverSpec {
     }
 }
 
+/// The drivers of a `--drivers` list. Drivers and their options are both
+/// comma-separated: a piece that does not name a driver continues the
+/// options of the one before (`strata+a=1,b=2,kernel` is two drivers).
+pub fn parse_list(s: &str) -> Result<Vec<DriverSpec>> {
+    let starts_driver = |piece: &str| {
+        let head = piece.split('+').next().unwrap_or("");
+        let head = head.strip_suffix("@userns").unwrap_or(head);
+        piece.starts_with("prog:")
+            || matches!(
+                head,
+                "strata" | "kernel" | "overlay" | "overlayfs" | "fuse-overlayfs" | "native"
+            )
+    };
+    let mut specs: Vec<String> = Vec::new();
+    for piece in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match specs.last_mut() {
+            Some(last) if !starts_driver(piece) && last.contains('+') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => specs.push(piece.to_string()),
+        }
+    }
+    specs.iter().map(|p| p.parse()).collect()
+}
+
 impl FromStr for DriverSpec {
     type Err = BenchError;
 
@@ -642,6 +668,18 @@ impl Drop for MountGuard {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_list_keeps_each_drivers_comma_separated_options() {
+        let v =
+            super::parse_list("strata+uring=off,threads=4,kernel,fuse-overlayfs@userns").unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].extra, ["uring=off", "threads=4"]);
+        assert_eq!(v[1], super::DriverSpec::kernel());
+        assert!(v[2].userns);
+        // A piece that is not a driver and follows no options is refused.
+        assert!(super::parse_list("kernel,threads=4").is_err());
+    }
+
     use super::*;
 
     #[test]

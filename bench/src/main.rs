@@ -77,13 +77,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let drivers: Vec<DriverSpec> = args
-        .drivers
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .context("--drivers")?;
+    let drivers: Vec<DriverSpec> = driver::parse_list(&args.drivers).context("--drivers")?;
     let workloads = workload::parse_list(&args.workloads).context("--workloads")?;
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 });
     if rounds == 0 || workloads.is_empty() || drivers.is_empty() {
