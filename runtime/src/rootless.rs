@@ -478,3 +478,44 @@ fn pause_main(to_parent: OwnedFd, from_parent: OwnedFd) -> ! {
     drop(from);
     pause_forever()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_nonempty_range_of_the_user_by_name_or_uid() {
+        let text =
+            "# comment\nbob:200000:65536\nalice:100000:0\n1000:300000:65536\nalice:400000:65536\n";
+        assert_eq!(
+            parse_range(text, "alice", 1000),
+            Some(Range {
+                start: 300_000,
+                count: 65_536
+            })
+        );
+        assert_eq!(
+            parse_range(text, "bob", 7),
+            Some(Range {
+                start: 200_000,
+                count: 65_536
+            })
+        );
+        assert_eq!(parse_range(text, "carol", 7), None);
+        assert_eq!(parse_range("carol:x:1\ncarol:5\n", "carol", 7), None);
+    }
+
+    #[test]
+    fn dirs_follow_xdg_and_fall_back_to_home_and_tmp() {
+        let d = Dirs::of_user(Path::new("/home/alice"), 1000);
+        // The test environment may set XDG variables: check the rule.
+        match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            Some(x) => assert_eq!(d.store, PathBuf::from(x).join("strata")),
+            None => assert_eq!(d.store, PathBuf::from("/home/alice/.local/share/strata")),
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            Some(x) => assert_eq!(d.run, PathBuf::from(x).join("strata")),
+            None => assert_eq!(d.run, PathBuf::from("/tmp/strata-run-1000")),
+        }
+    }
+}
