@@ -3,56 +3,12 @@
 //! own, a workload runs there, and nothing is left mounted or running.
 //! Runs as root with `strata-mount` built next to `strata-bench`.
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use strata_bench::process::{mounts_under, pids_with_arg_under};
-
-fn bench_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_strata-bench"))
-}
-
-fn strata_mount() -> PathBuf {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "strata-bench's tests mount filesystems: run them as root"
-    );
-    let strata = bench_exe().with_file_name("strata-mount");
-    assert!(
-        strata.exists(),
-        "{} is missing: build it first (cargo build -p strata-fs, or cargo build --workspace)",
-        strata.display()
-    );
-    strata
-}
-
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("strata-bench-rootless")
-        .tempdir_in("/var/tmp")
-        .expect("temporary directory in /var/tmp")
-}
-
-fn assert_nothing_left(data: &Path) {
-    let mounts = mounts_under(data);
-    assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
-    let pids = pids_with_arg_under(data);
-    assert!(pids.is_empty(), "processes left behind: {pids:?}");
-}
-
-/// `driver,workload` pairs of samples.csv.
-fn ran(out: &Path) -> BTreeSet<(String, String)> {
-    let csv = std::fs::read_to_string(out.join("samples.csv")).expect("samples.csv");
-    csv.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[1].to_string(), f[0].to_string())
-        })
-        .collect()
-}
+use common::{assert_nothing_left, quick, samples, scratch, strata_mount};
 
 #[test]
 fn rootless_drivers_mount_in_their_own_user_namespace_run_and_clean_up() {
@@ -84,16 +40,18 @@ fn rootless_drivers_mount_in_their_own_user_namespace_run_and_clean_up() {
     }
     // rmlower: whiteouts and opaque directories in the forms a user
     // namespace allows.
-    let run = Command::new(bench_exe())
-        .args(["--quick", "--no-progress", "--workloads", "rmlower"])
-        .arg("--drivers")
-        .arg(drivers.join(","))
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run strata-bench");
+    let drivers_arg = drivers.join(",");
+    let run = quick(
+        &[
+            "--no-progress",
+            "--workloads",
+            "rmlower",
+            "--drivers",
+            &drivers_arg,
+        ],
+        &data,
+        &out,
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         run.status.success(),
@@ -101,10 +59,10 @@ fn rootless_drivers_mount_in_their_own_user_namespace_run_and_clean_up() {
     );
     assert_nothing_left(&data);
 
-    let ran = ran(&out);
+    let ran = samples(&out);
     for d in &drivers {
         assert!(
-            ran.contains(&(d.clone(), "rmlower".to_string())),
+            ran.contains(&("rmlower".to_string(), d.clone())),
             "rmlower has no sample from {d}: {ran:?}\n{stderr}"
         );
     }
@@ -129,20 +87,17 @@ fn a_mount_program_failing_in_a_user_namespace_is_reported_and_leaves_nothing() 
     strata_mount();
     let tmp = scratch();
     let data = tmp.path().join("data");
-    let run = Command::new(bench_exe())
-        .args([
-            "--quick",
+    let run = quick(
+        &[
             "--no-progress",
             "--workloads",
             "mount1,find_cold_l1",
-        ])
-        .args(["--drivers", "prog:/bin/false@userns,kernel@userns"])
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(tmp.path().join("out"))
-        .output()
-        .expect("run strata-bench");
+            "--drivers",
+            "prog:/bin/false@userns,kernel@userns",
+        ],
+        &data,
+        &tmp.path().join("out"),
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "a failing driver must fail --quick");
     assert!(
