@@ -15,136 +15,46 @@ mod common;
 mod registry_support;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use common::Run;
+use strata_tests::sys::DevicesOpen;
+use strata_tests::users::TestUser;
 
 static DEVICES: Mutex<()> = Mutex::new(());
 
-/// Device nodes opened to all users, their modes restored on drop.
-struct OpenDevices(Vec<(PathBuf, u32)>);
-
-impl OpenDevices {
-    fn set(paths: &[&str], mode: u32) -> OpenDevices {
-        let mut saved = Vec::new();
-        for p in paths {
-            let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));
-            saved.push((PathBuf::from(p), m.mode() & 0o7777));
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        OpenDevices(saved)
-    }
-}
-
-impl Drop for OpenDevices {
-    fn drop(&mut self) {
-        for (p, mode) in &self.0 {
-            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*mode));
-        }
-    }
-}
-
-/// Removes the lines naming `user` from /etc/subuid or /etc/subgid.
-fn drop_range(file: &str, user: &str) {
-    if let Ok(s) = std::fs::read_to_string(file) {
-        let kept: String = s
-            .lines()
-            .filter(|l| !l.starts_with(&format!("{user}:")))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let _ = std::fs::write(file, kept);
-    }
-}
-
-/// An ordinary user with a home and a runtime directory under a test
-/// directory, and a copy of `strata` it may run.
+/// A test user (strata_tests::users) with a copy of `strata` it may run.
 struct User {
-    name: String,
-    uid: u32,
-    /// The first id of its subordinate range (none when `None`).
+    user: TestUser,
+    /// The first id of its subordinate range, if it has one.
     base: Option<u32>,
-    dir: tempfile::TempDir,
     exe: PathBuf,
+}
+
+impl std::ops::Deref for User {
+    type Target = TestUser;
+    fn deref(&self) -> &TestUser {
+        &self.user
+    }
 }
 
 impl User {
     fn new(tag: &str, with_range: bool) -> User {
-        let name = format!("strt{}{tag}", std::process::id() % 100_000);
-        let dir = tempfile::Builder::new()
-            .prefix("strata-user-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let home = dir.path().join("home");
-        let ok = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", "-d"])
-            .arg(&home)
-            .arg(&name)
-            .status()
-            .expect("run useradd")
-            .success();
-        assert!(ok, "useradd {name}");
-        // useradd may have given it a range: the test decides.
-        drop_range("/etc/subuid", &name);
-        drop_range("/etc/subgid", &name);
-        let uid = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .expect("the new user")
-            .uid
-            .as_raw();
         let base = with_range.then(|| 600_000 + (std::process::id() % 1000) * 65_536);
-        let mut u = User {
-            name,
-            uid,
-            base,
-            dir,
-            exe: PathBuf::new(),
-        };
-        if let Some(base) = base {
-            for file in ["/etc/subuid", "/etc/subgid"] {
-                let mut s = std::fs::read_to_string(file).unwrap_or_default();
-                s.push_str(&format!("{}:{base}:65536\n", u.name));
-                std::fs::write(file, s).unwrap();
-            }
-        }
-        for d in ["home", "run"] {
-            let p = u.dir.path().join(d);
-            std::fs::create_dir(&p).unwrap();
-            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
-        }
-        std::fs::set_permissions(
-            u.dir.path().join("run"),
-            std::fs::Permissions::from_mode(0o700),
-        )
-        .unwrap();
-        u.exe = u.dir.path().join("strata");
-        std::fs::copy(env!("CARGO_BIN_EXE_strata"), &u.exe).unwrap();
-        u
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    /// A file the user owns, in its home.
-    fn give(&self, name: &str, from: &Path) -> PathBuf {
-        let to = self.home().join(name);
-        std::fs::copy(from, &to).unwrap();
-        std::os::unix::fs::chown(&to, Some(self.uid), Some(self.uid)).unwrap();
-        to
+        let user = TestUser::new("strt", tag, base);
+        let exe = user.dir.path().join("strata");
+        std::fs::copy(env!("CARGO_BIN_EXE_strata"), &exe).unwrap();
+        User { user, base, exe }
     }
 
     fn strata(&self, args: &[&str]) -> Run {
         Command::new("runuser")
             .args(["-u", &self.name, "--", "env", "-i"])
             .arg(format!("HOME={}", self.home().display()))
-            .arg(format!(
-                "XDG_RUNTIME_DIR={}",
-                self.dir.path().join("run").display()
-            ))
+            .arg(format!("XDG_RUNTIME_DIR={}", self.run_dir().display()))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .arg(&self.exe)
             .args(args)
@@ -164,26 +74,9 @@ impl User {
 
 impl Drop for User {
     fn drop(&mut self) {
+        // Then TestUser's drop: what still runs as the user (supervisors
+        // left by a failed step, the pause process), the user, its ranges.
         let _ = self.strata(&["rm", "-f", "web"]);
-        // Whatever still runs as the user: supervisors left by a failed
-        // step, the pause process.
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.name])
-            .status();
-        for _ in 0..100 {
-            let left = Command::new("pgrep")
-                .args(["-u", &self.name])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !left {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = Command::new("userdel").arg(&self.name).status();
-        drop_range("/etc/subuid", &self.name);
-        drop_range("/etc/subgid", &self.name);
     }
 }
 
@@ -221,7 +114,7 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
         return;
     }
     let _serial = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
-    let _open = OpenDevices::set(&["/dev/fuse", "/dev/net/tun"], 0o666);
+    let _open = DevicesOpen::set(&["/dev/fuse", "/dev/net/tun"], 0o666);
     let u = User::new("a", true);
     let base = u.base.unwrap();
     let archive = u.give("busybox.tar", &common::fixture());
@@ -231,7 +124,7 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
     // The store and run state are the user's, where XDG says.
     let store = u.home().join(".local/share/strata");
     assert_eq!(std::fs::metadata(&store).unwrap().uid(), u.uid);
-    let pause = u.dir.path().join("run/strata/pause.pid");
+    let pause = u.run_dir().join("strata/pause.pid");
     assert!(pause.is_file(), "no pause process recorded");
     // Root of the image is the user on disk (no chown storm: extraction
     // gave each file its owner through the namespace's mapping).
@@ -361,7 +254,7 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
     // cp both ways, export.
     let note = u.home().join("note.txt");
     std::fs::write(&note, "from the host\n").unwrap();
-    std::os::unix::fs::chown(&note, Some(u.uid), Some(u.uid)).unwrap();
+    u.give_path(&note);
     u.ok(&["cp", note.to_str().unwrap(), "web:/note.txt"]);
     u.ok(&["cp", "web:/etc2/passwd", "passwd.out"]);
     assert!(std::fs::read_to_string(u.home().join("passwd.out"))
@@ -408,7 +301,7 @@ fn an_ordinary_user_runs_builds_commits_pushes_and_pulls() {
     .unwrap();
     std::fs::write(ctx.join("f.txt"), "copied\n").unwrap();
     for p in [&ctx, &ctx.join("Containerfile"), &ctx.join("f.txt")] {
-        std::os::unix::fs::chown(p, Some(u.uid), Some(u.uid)).unwrap();
+        u.give_path(p);
     }
     u.ok(&["build", "-t", "built:1", ctx.to_str().unwrap()]);
     let check = "cat /built /f.txt; test ! -e /etc2 && test -d /root2 && stat -c %h /bb3";
@@ -470,7 +363,7 @@ fn what_a_rootless_user_lacks_is_named_in_one_line() {
     // /dev/fuse closed to the user: fusermount3 cannot help in a user
     // namespace, so the error says what to change.
     {
-        let _closed = OpenDevices::set(&["/dev/fuse"], 0o600);
+        let _closed = DevicesOpen::set(&["/dev/fuse"], 0o600);
         let r = u.strata(&["run", "--rm", "--network", "none", "busybox", "true"]);
         assert_eq!(r.code, 125, "{r:?}");
         assert!(
@@ -479,8 +372,8 @@ fn what_a_rootless_user_lacks_is_named_in_one_line() {
         );
     }
     // /dev/net/tun closed: user-mode networking cannot start.
-    let _fuse = OpenDevices::set(&["/dev/fuse"], 0o666);
-    let _tun = OpenDevices::set(&["/dev/net/tun"], 0o600);
+    let _fuse = DevicesOpen::set(&["/dev/fuse"], 0o666);
+    let _tun = DevicesOpen::set(&["/dev/net/tun"], 0o600);
     let r = u.strata(&["run", "--rm", "busybox", "true"]);
     assert_eq!(r.code, 125, "{r:?}");
     assert!(

@@ -18,6 +18,7 @@ pub mod sys;
 pub mod transport;
 pub mod tree;
 pub mod upperfs;
+pub mod users;
 
 pub use fixture::{Layer, Layers, OpaqueForm, FIXTURE_MTIME};
 pub use mount::{Backend, Mounted};

@@ -260,29 +260,37 @@ pub fn at_exit(f: extern "C" fn()) {
     assert_eq!(r, 0, "atexit failed");
 }
 
-/// `/dev/fuse` open to every user for the guard's life (Debian's default
-/// mode is 0666; some machines have 0600), for tests that mount as an
-/// unprivileged user; the old mode comes back on drop.
-pub struct DevFuseOpen(u32);
+/// Device nodes opened to every user for the guard's life (Debian makes
+/// `/dev/fuse` and `/dev/net/tun` 0666; some machines have 0600), for
+/// tests that run as an unprivileged user; the old modes come back on
+/// drop.
+pub struct DevicesOpen(Vec<(&'static str, u32)>);
 
-impl DevFuseOpen {
-    /// Makes `/dev/fuse` mode 0666.
-    #[allow(clippy::new_without_default)] // it changes the machine: no Default
-    pub fn new() -> DevFuseOpen {
+impl DevicesOpen {
+    /// Sets `paths` to `mode`.
+    pub fn set(paths: &[&'static str], mode: u32) -> DevicesOpen {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/fuse")
-            .expect("/dev/fuse")
-            .permissions()
-            .mode();
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
-            .expect("chmod /dev/fuse");
-        DevFuseOpen(mode & 0o7777)
+        let mut saved = Vec::new();
+        for p in paths {
+            let old = std::fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            saved.push((*p, old.permissions().mode() & 0o7777));
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {p}: {e}"));
+        }
+        DevicesOpen(saved)
+    }
+
+    /// `/dev/fuse` mode 0666.
+    pub fn fuse() -> DevicesOpen {
+        DevicesOpen::set(&["/dev/fuse"], 0o666)
     }
 }
 
-impl Drop for DevFuseOpen {
+impl Drop for DevicesOpen {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+        for (p, mode) in &self.0 {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*mode));
+        }
     }
 }

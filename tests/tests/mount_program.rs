@@ -800,7 +800,7 @@ fn as_nobody(dir: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
 /// works in the mount, and both `fusermount3 -u` and SIGTERM unmount it.
 #[test]
 fn unprivileged_user_mounts_through_fusermount3() {
-    let _open = strata_tests::sys::DevFuseOpen::new();
+    let _open = strata_tests::sys::DevicesOpen::fuse();
     let root = strata_tests::mount::temp_root();
     let dir = root.path();
     for d in ["lower", "upper", "work", "merged"] {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use strata_tests::mount::strata_program;
+use strata_tests::users::TestUser;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -35,74 +36,44 @@ fn have(prog: &str, pkg: &str) -> bool {
 /// An unprivileged user with subordinate uid and gid ranges, and a podman
 /// of its own whose overlay driver mounts through `mount_program`.
 struct RootlessPodman {
-    user: String,
-    dir: tempfile::TempDir,
-}
-
-/// Removes the lines naming `user` from /etc/subuid or /etc/subgid.
-fn drop_range(file: &str, user: &str) {
-    if let Ok(s) = std::fs::read_to_string(file) {
-        let kept: String = s
-            .lines()
-            .filter(|l| !l.starts_with(&format!("{user}:")))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let _ = std::fs::write(file, kept);
-    }
+    user: TestUser,
 }
 
 impl RootlessPodman {
     fn new(mount_program: &Path, tag: &str) -> RootlessPodman {
-        let user = format!("strl{}{tag}", std::process::id() % 100_000);
-        let dir = tempfile::Builder::new()
-            .prefix("strata-rootless-")
-            .tempdir_in("/var/tmp")
-            .expect("temp dir");
-        let home = dir.path().join("home");
-        let ok = Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh", "-d"])
-            .arg(&home)
-            .arg(&user)
-            .status()
-            .expect("run useradd")
-            .success();
-        assert!(ok, "useradd {user}");
-        let p = RootlessPodman { user, dir };
         // A range of 65536 ids no other user of this machine has.
         let base =
             400_000 + (std::process::id() % 1000) * 131_072 + if tag == "s" { 0 } else { 65_536 };
-        for file in ["/etc/subuid", "/etc/subgid"] {
-            let mut s = std::fs::read_to_string(file).unwrap_or_default();
-            s.push_str(&format!("{}:{base}:65536\n", p.user));
-            std::fs::write(file, s).expect("write the subordinate ids");
-        }
+        let p = RootlessPodman {
+            user: TestUser::new("strl", tag, Some(base)),
+        };
         // The mount program where the user can run it.
-        let prog = p.dir.path().join("mount-program");
+        let prog = p.user.dir.path().join("mount-program");
         std::fs::copy(mount_program, &prog).expect("copy the mount program");
         for d in ["home/.config/containers", "run", "root", "runroot"] {
-            std::fs::create_dir_all(p.dir.path().join(d)).expect("mkdir");
+            std::fs::create_dir_all(p.user.dir.path().join(d)).expect("mkdir");
         }
         std::fs::write(
-            p.dir.path().join("containers.conf"),
+            p.user.dir.path().join("containers.conf"),
             "[containers]\nnetns = \"none\"\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\n\
              [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
         )
         .expect("containers.conf");
         std::fs::write(
-            p.dir.path().join("storage.conf"),
+            p.user.dir.path().join("storage.conf"),
             format!(
                 "[storage]\ndriver = \"overlay\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n\n\
                  [storage.options.overlay]\nmount_program = \"{}\"\n",
-                p.dir.path().join("runroot").display(),
-                p.dir.path().join("root").display(),
+                p.user.dir.path().join("runroot").display(),
+                p.user.dir.path().join("root").display(),
                 prog.display()
             ),
         )
         .expect("storage.conf");
-        let archive = p.dir.path().join("image-oci.tar");
+        let archive = p.user.dir.path().join("image-oci.tar");
         std::fs::copy(fixtures().join("busybox-c1-oci-archive.tar"), &archive)
             .expect("copy the fixture");
-        let ctx = p.dir.path().join("ctx");
+        let ctx = p.user.dir.path().join("ctx");
         std::fs::create_dir(&ctx).expect("mkdir ctx");
         std::fs::write(
             ctx.join("Containerfile"),
@@ -113,21 +84,17 @@ impl RootlessPodman {
         .expect("Containerfile");
         for d in ["home", "run", "root", "runroot", "image-oci.tar", "ctx"] {
             let ok = Command::new("chown")
-                .args(["-R", &format!("{0}:{0}", p.user)])
-                .arg(p.dir.path().join(d))
+                .args(["-R", &format!("{0}:{0}", p.user.name)])
+                .arg(p.user.dir.path().join(d))
                 .status()
                 .is_ok_and(|s| s.success());
             assert!(ok, "chown {d}");
         }
-        // The user must reach its directory.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p.dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the test directory");
         p
     }
 
     fn podman(&self, args: &[&str]) -> Output {
-        podman_as(&self.user, self.dir.path(), args)
+        podman_as(&self.user.name, self.user.dir.path(), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -173,21 +140,17 @@ impl Drop for RootlessPodman {
         let _ = self.podman(&["rm", "-af"]);
         let _ = self.podman(&["unshare", "podman", "image", "unmount", "-af"]);
         let _ = self.podman(&["system", "reset", "-f"]);
-        // Servers left by a failed step: whatever still runs as the user.
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.user])
-            .status();
+        // Servers left by a failed step: whatever still runs as the user
+        // (the user itself goes when `TestUser` drops, after this).
+        self.user.kill_all();
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let base = self.dir.path().to_string_lossy().into_owned();
+            let base = self.user.dir.path().to_string_lossy().into_owned();
             for mp in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
                 if mp.starts_with(&base) {
                     let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
                 }
             }
         }
-        let _ = Command::new("userdel").arg(&self.user).status();
-        drop_range("/etc/subuid", &self.user);
-        drop_range("/etc/subgid", &self.user);
     }
 }
 
@@ -301,7 +264,7 @@ fn steps(p: &RootlessPodman, control: bool) {
                 "-c".into(),
                 format!("echo {i} > /data/mine && sleep 0.3 && cat /data/mine && ls /data"),
             ];
-            let (user, dir) = (p.user.clone(), p.dir.path().to_path_buf());
+            let (user, dir) = (p.user.name.clone(), p.user.dir.path().to_path_buf());
             std::thread::spawn(move || {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 succeeded(&args, podman_as(&user, &dir, &args))
@@ -327,7 +290,7 @@ fn rootless_podman_with_strata_and_fuse_overlayfs_as_the_control() {
     if !have("podman", "podman") || !have("newuidmap", "uidmap") {
         return;
     }
-    let _fuse = strata_tests::sys::DevFuseOpen::new();
+    let _fuse = strata_tests::sys::DevicesOpen::fuse();
     {
         let p = RootlessPodman::new(&strata_program(), "s");
         steps(&p, false);
