@@ -1,5 +1,5 @@
-//! What the store may do on its filesystem as this process: probed when
-//! the store is opened, never judged by the uid. Root in a user namespace
+//! What the store may do on its filesystem as this process: probed before
+//! the store's first extraction, never judged by the uid. Root in a user namespace
 //! (rootless `strata`, `unshare -Ur`) is uid 0 but may not make device
 //! nodes or write `trusted.*` xattrs, and may give files only the owners
 //! its id mapping holds; an ordinary user may do none of it.

@@ -183,7 +183,9 @@ pub struct StoreOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-    abilities: Abilities,
+    /// Probed at the first extraction, not at open: most commands extract
+    /// nothing. Shared by the store's clones.
+    abilities: std::sync::Arc<std::sync::OnceLock<Abilities>>,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -230,8 +232,8 @@ impl Store {
     /// Opens (creating it if needed) the store at `root`.
     ///
     /// What the store may do (owners, device nodes, `trusted.*` xattrs,
-    /// device whiteouts) is probed in its `tmp` directory: see
-    /// [`Abilities`].
+    /// device whiteouts) is probed in its `tmp` directory at the first
+    /// extraction: see [`Abilities`].
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         Store::open_with(root, &StoreOptions::default())
     }
@@ -253,11 +255,10 @@ impl Store {
             .mode(0o600)
             .open(&lock)
             .ctx("create", &lock)?;
-        let abilities = if opts.unprivileged {
-            Abilities::UNPRIVILEGED
-        } else {
-            Abilities::probe(&root.join("tmp"))?
-        };
+        let abilities = std::sync::Arc::new(std::sync::OnceLock::new());
+        if opts.unprivileged {
+            let _ = abilities.set(Abilities::UNPRIVILEGED);
+        }
         Ok(Store { root, abilities })
     }
 
@@ -284,9 +285,13 @@ impl Store {
     }
 
     /// What extraction may do here (owners, devices, `trusted.*`, the
-    /// forms written), as probed at open.
-    pub fn abilities(&self) -> Abilities {
-        self.abilities
+    /// forms written), probed once per store value.
+    pub fn abilities(&self) -> Result<Abilities> {
+        if let Some(a) = self.abilities.get() {
+            return Ok(*a);
+        }
+        let a = Abilities::probe(&self.tmp_dir())?;
+        Ok(*self.abilities.get_or_init(|| a))
     }
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
@@ -365,7 +370,7 @@ impl Store {
             .map_err(|e| Error::io("zstd", &split_path, e))?;
         let mut split = SplitWriter::new(enc).map_err(|e| Error::io("write", &split_path, e))?;
         let input = extract::decompress(reader, what)?;
-        let ex = extract::extract(input, &diff, &mut split, self.abilities, what)?;
+        let ex = extract::extract(input, &diff, &mut split, self.abilities()?, what)?;
         let enc = split
             .finish()
             .map_err(|e| Error::io("write", &split_path, e))?;
