@@ -52,12 +52,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn open(root: Option<PathBuf>) -> Result<Ctx> {
-        let root = Store::default_root(root.as_deref());
-        Ctx::open_at(root)
-    }
-
-    fn open_at(root: PathBuf) -> Result<Ctx> {
+    fn open(root: PathBuf) -> Result<Ctx> {
         let store = Store::open(&root)
             .with_context(|| format!("cannot open the store at {}", root.display()))?;
         let reg = Registry::open(&root)
@@ -85,16 +80,14 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         let store = rootless.map(|d| d.store);
         return unshare(command, store.as_deref());
     }
-    let explicit = cli.root.or_else(|| {
-        std::env::var_os("STRATA_ROOT")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
-    let ctx = match (explicit, rootless) {
-        (Some(root), _) => Ctx::open_at(root)?,
-        (None, Some(dirs)) => Ctx::open_at(dirs.store)?,
-        (None, None) => Ctx::open(None)?,
+    // --root, else $STRATA_ROOT, else the user's store or /var/lib/strata.
+    let root = match (cli.root, rootless) {
+        (None, Some(dirs)) if std::env::var_os("STRATA_ROOT").is_none_or(|v| v.is_empty()) => {
+            dirs.store
+        }
+        (explicit, _) => Store::default_root(explicit.as_deref()),
     };
+    let ctx = Ctx::open(root)?;
     match cli.command {
         Command::Images(a) | Command::Image(ImageCommand::Ls(a)) => images::images(&ctx, &a),
         Command::Import(a) => images::import(&ctx, &a),
